@@ -1,0 +1,13 @@
+//! Per-user sliding-window features in event time: one code path for training and serving.
+
+pub mod spec;
+pub mod state;
+pub mod store;
+pub mod window;
+
+pub use spec::{FeatureSpec, Transform};
+pub use state::{Applied, Layout, UserRef};
+pub use store::FeatureStore;
+
+/// The most windows a spec may list (bounded so the vector is built on the stack).
+pub const MAX_WINDOWS: usize = 8;

@@ -1,0 +1,278 @@
+//! Per-user feature state in a compact, fixed-size layout, and the feature vector read from it.
+//!
+//! A user's state is two fixed-length slices: `narrow` u32 cells (window slots, lifetime counts,
+//! the activity-day bitmap) and `wide` u64 cells (timestamps and the lifetime amount). The
+//! [`Layout`] is derived once from a [`FeatureSpec`]; the store keeps all users' slices in two
+//! arenas, so an update touches no allocator and the bytes per user are exact.
+
+use super::spec::FeatureSpec;
+use super::window::{DayBitmap, Ring};
+use crate::time::{Millis, DAY_MS};
+
+/// A `last_by_type` value meaning "never seen".
+const NEVER: u64 = i64::MIN as u64;
+
+const W_FIRST_TS: usize = 0;
+const W_LAST_TS: usize = 1;
+const W_LIFETIME_AMOUNT: usize = 2;
+const W_RETURNED_AT: usize = 3;
+const W_LAST_BY_TYPE: usize = 4;
+
+/// What applying an event did to a user's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The event is the user's newest (or ties it).
+    Newest,
+    /// The event is older than the user's newest; it was applied wherever it still falls inside
+    /// a window.
+    OutOfOrder,
+}
+
+/// Offsets of everything inside one user's state, derived from a spec.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    spec: FeatureSpec,
+    rings: Vec<Ring>,
+    days: DayBitmap,
+    n_types: usize,
+    /// Cells per ring slot: one count per type, then the amount (f32 bits).
+    slot_cells: usize,
+    lifetime_off: usize,
+    narrow_len: usize,
+    wide_len: usize,
+    n_features: usize,
+    window_days: Vec<Option<i64>>,
+    recency_cap_days: f64,
+    /// A silence at least this long before an event marks the user as returned (reactivated).
+    return_gap_ms: Millis,
+}
+
+/// Read-only view of one user's state.
+#[derive(Clone, Copy)]
+pub struct UserRef<'a> {
+    pub narrow: &'a [u32],
+    pub wide: &'a [u64],
+}
+
+/// Mutable view of one user's state.
+pub struct UserMut<'a> {
+    pub narrow: &'a mut [u32],
+    pub wide: &'a mut [u64],
+}
+
+impl Layout {
+    /// `return_gap_ms`: the silence after which a new event counts as a return (see
+    /// [`UserRef::returned_at`]); the lifecycle policy reads it.
+    pub fn new(spec: &FeatureSpec, return_gap_ms: Millis) -> Layout {
+        let n_types = spec.n_types();
+        let slot_cells = n_types + 1;
+        let mut off = 0;
+        let rings: Vec<Ring> = spec
+            .windows
+            .iter()
+            .map(|w| {
+                let r = Ring::new(w.ms(), spec.slots_per_window, slot_cells, off);
+                off += r.len();
+                r
+            })
+            .collect();
+        let lifetime_off = off;
+        off += n_types;
+        let days = DayBitmap::new(spec.max_active_days(), off);
+        off += days.len();
+        let window_days = spec
+            .windows
+            .iter()
+            .map(|w| (w.ms() % DAY_MS == 0).then_some(w.ms() / DAY_MS))
+            .collect();
+        Layout {
+            n_features: spec.features().len(),
+            spec: spec.clone(),
+            rings,
+            days,
+            n_types,
+            slot_cells,
+            lifetime_off,
+            narrow_len: off,
+            wide_len: W_LAST_BY_TYPE + spec.event_types.len(),
+            window_days,
+            recency_cap_days: spec.recency_cap_days(),
+            return_gap_ms,
+        }
+    }
+
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    pub fn narrow_len(&self) -> usize {
+        self.narrow_len
+    }
+
+    pub fn wide_len(&self) -> usize {
+        self.wide_len
+    }
+
+    /// Bytes of window state per user (both slices).
+    pub fn state_bytes(&self) -> usize {
+        self.narrow_len * 4 + self.wide_len * 8
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Reset a slot for a user whose first event is at `ts`.
+    pub fn init(&self, u: UserMut<'_>, ts: Millis) {
+        u.narrow.fill(0);
+        u.wide.fill(NEVER);
+        u.wide[W_FIRST_TS] = ts as u64;
+        u.wide[W_LAST_TS] = ts as u64;
+        u.wide[W_LIFETIME_AMOUNT] = 0f64.to_bits();
+    }
+
+    /// Apply one event. `type_idx` comes from [`FeatureSpec::type_index`].
+    #[inline]
+    pub fn apply(&self, u: UserMut<'_>, ts: Millis, type_idx: usize, amount: f64) -> Applied {
+        let (narrow, wide) = (u.narrow, u.wide);
+        let last = wide[W_LAST_TS] as i64;
+        let applied = if ts >= last {
+            if ts > last {
+                for r in &self.rings {
+                    r.advance(narrow, last, ts);
+                }
+                self.days.advance(narrow, last, ts);
+                if ts - last >= self.return_gap_ms {
+                    wide[W_RETURNED_AT] = ts as u64;
+                }
+                wide[W_LAST_TS] = ts as u64;
+            }
+            Applied::Newest
+        } else {
+            if ts < wide[W_FIRST_TS] as i64 {
+                wide[W_FIRST_TS] = ts as u64;
+            }
+            Applied::OutOfOrder
+        };
+        let head = wide[W_LAST_TS] as i64;
+        let amount32 = amount as f32;
+        for r in &self.rings {
+            if let Some(b) = r.locate(head, ts) {
+                narrow[b + type_idx] = narrow[b + type_idx].saturating_add(1);
+                if amount != 0.0 {
+                    let a = &mut narrow[b + self.n_types];
+                    *a = (f32::from_bits(*a) + amount32).to_bits();
+                }
+            }
+        }
+        let lt = &mut narrow[self.lifetime_off + type_idx];
+        *lt = lt.saturating_add(1);
+        self.days.mark(narrow, head, ts);
+        if amount != 0.0 {
+            wide[W_LIFETIME_AMOUNT] = (f64::from_bits(wide[W_LIFETIME_AMOUNT]) + amount).to_bits();
+        }
+        if let Some(slot) = wide.get_mut(W_LAST_BY_TYPE + type_idx) {
+            if *slot == NEVER || (*slot as i64) < ts {
+                *slot = ts as u64;
+            }
+        }
+        applied
+    }
+
+    /// Write the feature vector at time `at` into `out` (length [`Layout::n_features`]), in the
+    /// order of [`FeatureSpec::features`]. `at` earlier than the user's newest event is read as
+    /// that event's time: a vector never looks back before data it already holds.
+    pub fn vector_at(&self, u: UserRef<'_>, at: Millis, out: &mut [f64]) {
+        let head = u.last_ts();
+        let at = at.max(head);
+        let a = &self.spec.aggregates;
+        let mut i = 0;
+        let mut put = |v: f64| {
+            out[i] = v;
+            i += 1;
+        };
+        // Per-window totals, gathered once: counts per type, then amount.
+        let nw = self.rings.len();
+        let mut totals = [[0f64; 34]; super::MAX_WINDOWS];
+        for (w, r) in self.rings.iter().enumerate() {
+            let t = &mut totals[w];
+            r.for_each_in_window(u.narrow, head, at, |cells| {
+                for (acc, c) in t.iter_mut().zip(&cells[..self.n_types]) {
+                    *acc += f64::from(*c);
+                }
+                t[self.n_types] += f64::from(f32::from_bits(cells[self.n_types]));
+            });
+        }
+        if a.counts {
+            for t in &totals[..nw] {
+                for c in &t[..self.n_types] {
+                    put(*c);
+                }
+            }
+        }
+        if a.amount_sum {
+            for t in &totals[..nw] {
+                put(t[self.n_types]);
+            }
+        }
+        if a.active_days {
+            for wd in self.window_days.iter().flatten() {
+                put(f64::from(self.days.count(u.narrow, head, at, *wd)));
+            }
+        }
+        let days_since = |ts: Millis| (at - ts) as f64 / DAY_MS as f64;
+        if a.recency {
+            put(days_since(head).min(self.recency_cap_days));
+            for j in 0..self.spec.event_types.len() {
+                let last = u.wide[W_LAST_BY_TYPE + j];
+                put(if last == NEVER {
+                    self.recency_cap_days
+                } else {
+                    days_since(last as i64).min(self.recency_cap_days)
+                });
+            }
+        }
+        if a.tenure {
+            put(days_since(u.first_ts()));
+        }
+        if a.lifetime {
+            for c in &u.narrow[self.lifetime_off..self.lifetime_off + self.n_types] {
+                put(f64::from(*c));
+            }
+            put(f64::from_bits(u.wide[W_LIFETIME_AMOUNT]));
+        }
+        if a.trends {
+            for w in 1..nw {
+                let short: f64 = totals[w - 1][..self.n_types].iter().sum();
+                let long: f64 = totals[w][..self.n_types].iter().sum();
+                let scale = self.spec.windows[w].ms() as f64 / self.spec.windows[w - 1].ms() as f64;
+                put(trend_ratio(short, long, scale));
+            }
+        }
+        debug_assert_eq!(i, self.n_features);
+    }
+
+    pub fn slot_cells(&self) -> usize {
+        self.slot_cells
+    }
+}
+
+/// The short window's rate over the long window's, both add-one smoothed so that silence reads
+/// as 1 (no change) rather than 0/0.
+pub fn trend_ratio(short_count: f64, long_count: f64, long_over_short: f64) -> f64 {
+    (short_count * long_over_short + 1.0) / (long_count + 1.0)
+}
+
+impl<'a> UserRef<'a> {
+    pub fn last_ts(&self) -> Millis {
+        self.wide[W_LAST_TS] as i64
+    }
+    pub fn first_ts(&self) -> Millis {
+        self.wide[W_FIRST_TS] as i64
+    }
+    /// When the user last came back after a long silence, if ever.
+    pub fn returned_at(&self) -> Option<Millis> {
+        let v = self.wide[W_RETURNED_AT];
+        (v != NEVER).then_some(v as i64)
+    }
+}

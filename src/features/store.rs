@@ -1,0 +1,155 @@
+//! All tracked users' feature state: interned user ids and two flat arenas.
+//!
+//! Users are addressed by a dense `u32` index. Each id string is stored once; the hash table
+//! holds only indices, so a lookup by `&str` allocates nothing. Evicted indices are reused.
+
+use hashbrown::HashTable;
+
+use super::state::{Applied, Layout, UserMut, UserRef};
+use crate::time::Millis;
+
+pub type UserIdx = u32;
+
+pub struct FeatureStore {
+    layout: Layout,
+    hasher: ahash::RandomState,
+    table: HashTable<UserIdx>,
+    ids: Vec<Box<str>>,
+    narrow: Vec<u32>,
+    wide: Vec<u64>,
+    free: Vec<UserIdx>,
+    live: usize,
+}
+
+impl FeatureStore {
+    pub fn new(layout: Layout) -> FeatureStore {
+        FeatureStore {
+            layout,
+            // Fixed keys: the table's iteration order never leaks into results, but fixed keys keep
+            // runs repeatable byte for byte when debugging.
+            hasher: ahash::RandomState::with_seeds(0x51, 0x7e, 0xc4, 0x19),
+            table: HashTable::new(),
+            ids: Vec::new(),
+            narrow: Vec::new(),
+            wide: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Users currently tracked.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Upper bound of indices handed out so far (live or free).
+    pub fn capacity_index(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn get(&self, user_id: &str) -> Option<UserIdx> {
+        let h = self.hasher.hash_one(user_id);
+        self.table
+            .find(h, |&i| &*self.ids[i as usize] == user_id)
+            .copied()
+    }
+
+    /// The user's index, creating fresh state (first event at `ts`) if they are new.
+    /// Returns `(index, created)`.
+    pub fn get_or_insert(&mut self, user_id: &str, ts: Millis) -> (UserIdx, bool) {
+        let h = self.hasher.hash_one(user_id);
+        if let Some(&i) = self.table.find(h, |&i| &*self.ids[i as usize] == user_id) {
+            return (i, false);
+        }
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.ids[i as usize] = user_id.into();
+                i
+            }
+            None => {
+                let i = self.ids.len() as UserIdx;
+                self.ids.push(user_id.into());
+                self.narrow.resize(self.narrow.len() + self.layout.narrow_len(), 0);
+                self.wide.resize(self.wide.len() + self.layout.wide_len(), 0);
+                i
+            }
+        };
+        let ids = &self.ids;
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(h, idx, |&i| hasher.hash_one(&*ids[i as usize]));
+        let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
+        let i = idx as usize;
+        self.layout.init(
+            UserMut {
+                narrow: &mut self.narrow[i * n..(i + 1) * n],
+                wide: &mut self.wide[i * w..(i + 1) * w],
+            },
+            ts,
+        );
+        self.live += 1;
+        (idx, true)
+    }
+
+    pub fn user(&self, idx: UserIdx) -> UserRef<'_> {
+        let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
+        let i = idx as usize;
+        UserRef {
+            narrow: &self.narrow[i * n..(i + 1) * n],
+            wide: &self.wide[i * w..(i + 1) * w],
+        }
+    }
+
+    pub fn user_id(&self, idx: UserIdx) -> &str {
+        &self.ids[idx as usize]
+    }
+
+    #[inline]
+    pub fn apply(&mut self, idx: UserIdx, ts: Millis, type_idx: usize, amount: f64) -> Applied {
+        let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
+        let i = idx as usize;
+        let u = UserMut {
+            narrow: &mut self.narrow[i * n..(i + 1) * n],
+            wide: &mut self.wide[i * w..(i + 1) * w],
+        };
+        self.layout.apply(u, ts, type_idx, amount)
+    }
+
+    #[inline]
+    pub fn vector_at(&self, idx: UserIdx, at: Millis, out: &mut [f64]) {
+        self.layout.vector_at(self.user(idx), at, out);
+    }
+
+    /// Forget a user; their index is reused by the next new user.
+    pub fn evict(&mut self, idx: UserIdx) {
+        let h = self.hasher.hash_one(&*self.ids[idx as usize]);
+        if let Ok(entry) = self.table.find_entry(h, |&i| i == idx) {
+            entry.remove();
+            self.ids[idx as usize] = Box::from("");
+            self.free.push(idx);
+            self.live -= 1;
+        }
+    }
+
+    /// Live user indices (in index order).
+    pub fn indices(&self) -> impl Iterator<Item = UserIdx> + '_ {
+        self.table.iter().copied()
+    }
+
+    /// Approximate heap bytes held, for the state-size gauge and the benchmark.
+    pub fn heap_bytes(&self) -> usize {
+        let ids: usize = self.ids.iter().map(|s| s.len()).sum::<usize>() + self.ids.capacity() * 16;
+        ids + self.narrow.capacity() * 4
+            + self.wide.capacity() * 8
+            + self.table.capacity() * (std::mem::size_of::<UserIdx>() + 1)
+            + self.free.capacity() * 4
+    }
+}

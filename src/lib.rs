@@ -1,0 +1,10 @@
+//! churnguard: real-time churn prediction over activity event streams.
+//!
+//! Data flows one way: source -> features -> model -> policy -> sink. The same
+//! [`features`] code computes the vectors a model is trained on and the vectors it serves.
+
+pub mod event;
+pub mod features;
+pub mod model;
+pub mod sim;
+pub mod time;
