@@ -5,6 +5,8 @@
 
 pub mod event;
 pub mod features;
+pub mod hash;
 pub mod model;
 pub mod sim;
+pub mod source;
 pub mod time;

@@ -1,4 +1,11 @@
 //! Model training, scoring, evaluation metrics and reports.
 
+pub mod artifact;
+pub mod dataset;
 pub mod metrics;
 pub mod report;
+pub mod score;
+pub mod train;
+
+pub use artifact::ModelArtifact;
+pub use score::Scorer;

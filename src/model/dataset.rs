@@ -1,0 +1,368 @@
+//! Labelled training rows: the event log replayed through the feature engine up to each cutoff.
+//!
+//! The feature vector of a row comes from [`crate::features`] exactly as the service computes it;
+//! only the label is looked up in the future of the cutoff.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use crate::features::{FeatureSpec, FeatureStore, Layout};
+use crate::source::{self, RejectTally, SourceError};
+use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("no valid events in {0}")]
+    Empty(String),
+    #[error("cutoff {cutoff} + horizon {horizon} ends after the last event ({last}); labels would be censored. Use an earlier --cutoff or a shorter --horizon")]
+    Censored {
+        cutoff: String,
+        horizon: String,
+        last: String,
+    },
+    #[error("cutoff {cutoff} is before the first event ({first})")]
+    BeforeData { cutoff: String, first: String },
+    #[error("labels file {path}: {msg}")]
+    Labels { path: String, msg: String },
+    #[error("no rows: the population at the cutoff(s) is empty (check --cutoff and --active-within)")]
+    NoRows,
+}
+
+/// One event, compacted: user and type interned.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    ts: Millis,
+    user: u32,
+    ty: u16,
+    amount: f64,
+}
+
+/// A whole event log in memory, sorted by event time (stable: file order breaks ties).
+pub struct EventLog {
+    recs: Vec<Rec>,
+    users: Vec<String>,
+    types: Vec<String>,
+    type_counts: Vec<u64>,
+    pub rejected: RejectTally,
+    pub path: String,
+}
+
+impl EventLog {
+    pub fn load(path: &Path) -> Result<EventLog, DatasetError> {
+        let mut user_ix: HashMap<String, u32> = HashMap::new();
+        let mut type_ix: HashMap<String, u16> = HashMap::new();
+        let (mut users, mut types, mut type_counts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut recs = Vec::new();
+        let mut rejected = RejectTally::default();
+        source::for_each_event(path, DEFAULT_MAX_EVENT_BYTES, &mut rejected, |ev| {
+            let user = match user_ix.get(ev.user_id.as_ref()) {
+                Some(&u) => u,
+                None => {
+                    let u = users.len() as u32;
+                    users.push(ev.user_id.to_string());
+                    user_ix.insert(ev.user_id.to_string(), u);
+                    u
+                }
+            };
+            let ty = match type_ix.get(ev.event_type.as_ref()) {
+                Some(&t) => t,
+                None => {
+                    let t = types.len() as u16;
+                    types.push(ev.event_type.to_string());
+                    type_counts.push(0);
+                    type_ix.insert(ev.event_type.to_string(), t);
+                    t
+                }
+            };
+            type_counts[ty as usize] += 1;
+            recs.push(Rec {
+                ts: ev.ts,
+                user,
+                ty,
+                amount: ev.amount.unwrap_or(0.0),
+            });
+        })?;
+        if recs.is_empty() {
+            return Err(DatasetError::Empty(path.display().to_string()));
+        }
+        recs.sort_by_key(|r| r.ts);
+        Ok(EventLog {
+            recs,
+            users,
+            types,
+            type_counts,
+            rejected,
+            path: path.display().to_string(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    pub fn first_ts(&self) -> Millis {
+        self.recs.first().map_or(0, |r| r.ts)
+    }
+
+    pub fn last_ts(&self) -> Millis {
+        self.recs.last().map_or(0, |r| r.ts)
+    }
+
+    pub fn user_id(&self, u: u32) -> &str {
+        &self.users[u as usize]
+    }
+
+    /// Event types with their counts, for deriving a spec from the data.
+    pub fn type_counts(&self) -> Vec<(String, u64)> {
+        self.types.iter().cloned().zip(self.type_counts.iter().copied()).collect()
+    }
+}
+
+/// Where labels come from.
+#[derive(Debug, Clone)]
+pub enum LabelSource {
+    /// Churned = no event at all in (cutoff, cutoff + horizon].
+    Silence,
+    /// Churned = an event of this type in (cutoff, cutoff + horizon] (subscription cancel).
+    ChurnEvent(String),
+    /// Explicit labels: (user, cutoff or None for any cutoff) -> churned.
+    Explicit(ExplicitLabels),
+}
+
+impl LabelSource {
+    pub fn describe(&self) -> String {
+        match self {
+            LabelSource::Silence => "silence: no event in (cutoff, cutoff + horizon]".into(),
+            LabelSource::ChurnEvent(t) => format!("churn event: {t:?} in (cutoff, cutoff + horizon]"),
+            LabelSource::Explicit(l) => format!("explicit labels from {}", l.path),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExplicitLabels {
+    pub path: String,
+    by_user: HashMap<String, Vec<(Option<Millis>, bool)>>,
+}
+
+impl ExplicitLabels {
+    /// CSV `user_id,churned[,cutoff]`; a header row is allowed; churned is 1/0/true/false.
+    pub fn load(path: &Path) -> Result<ExplicitLabels, DatasetError> {
+        let p = path.display().to_string();
+        let err = |msg: String| DatasetError::Labels { path: p.clone(), msg };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut by_user: HashMap<String, Vec<(Option<Millis>, bool)>> = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || (i == 0 && line.starts_with("user_id")) {
+                continue;
+            }
+            let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cols.len() < 2 || cols.len() > 3 {
+                return Err(err(format!("line {}: expected user_id,churned[,cutoff]", i + 1)));
+            }
+            let churned = match cols[1] {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                other => return Err(err(format!("line {}: churned must be 1/0/true/false, got {other:?}", i + 1))),
+            };
+            let cutoff = match cols.get(2).filter(|c| !c.is_empty()) {
+                Some(c) => Some(crate::time::parse_timestamp(c).map_err(|e| err(format!("line {}: {e}", i + 1)))?),
+                None => None,
+            };
+            by_user.entry(cols[0].to_string()).or_default().push((cutoff, churned));
+        }
+        Ok(ExplicitLabels { path: p, by_user })
+    }
+
+    fn label(&self, user: &str, cutoff: Millis) -> Option<bool> {
+        let rows = self.by_user.get(user)?;
+        rows.iter()
+            .find(|(c, _)| *c == Some(cutoff))
+            .or_else(|| rows.iter().find(|(c, _)| c.is_none()))
+            .map(|(_, l)| *l)
+    }
+}
+
+/// Who is scored at a cutoff, and how they are labelled.
+#[derive(Debug, Clone)]
+pub struct Labelling {
+    pub cutoffs: Vec<Millis>,
+    pub horizon: Span,
+    pub active_within: Option<Span>,
+    pub source: LabelSource,
+}
+
+/// Rows of raw (untransformed) feature vectors with labels.
+pub struct Dataset {
+    pub n_features: usize,
+    /// Row-major, `rows * n_features`.
+    pub x: Vec<f64>,
+    pub y: Vec<bool>,
+    /// The user of each row (index into the log's users), to split by user.
+    pub user: Vec<u32>,
+    pub cutoff: Vec<Millis>,
+    /// Population members left out for lack of an explicit label.
+    pub unlabelled: usize,
+}
+
+impl Dataset {
+    pub fn rows(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn row(&self, i: usize) -> &[f64] {
+        &self.x[i * self.n_features..(i + 1) * self.n_features]
+    }
+
+    pub fn churn_rate(&self) -> f64 {
+        if self.y.is_empty() {
+            return f64::NAN;
+        }
+        self.y.iter().filter(|y| **y).count() as f64 / self.y.len() as f64
+    }
+
+    pub fn distinct_users(&self) -> usize {
+        let mut u = self.user.clone();
+        u.sort_unstable();
+        u.dedup();
+        u.len()
+    }
+}
+
+/// Replay the log through the feature engine and take a labelled row per population member at
+/// each cutoff.
+pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Dataset, DatasetError> {
+    let mut cutoffs = lab.cutoffs.clone();
+    cutoffs.sort_unstable();
+    cutoffs.dedup();
+    let h = lab.horizon.ms();
+    for &c in &cutoffs {
+        if c + h > log.last_ts() {
+            return Err(DatasetError::Censored {
+                cutoff: format_rfc3339_ms(c),
+                horizon: lab.horizon.to_string(),
+                last: format_rfc3339_ms(log.last_ts()),
+            });
+        }
+        if c < log.first_ts() {
+            return Err(DatasetError::BeforeData {
+                cutoff: format_rfc3339_ms(c),
+                first: format_rfc3339_ms(log.first_ts()),
+            });
+        }
+    }
+    let churn_type = match &lab.source {
+        LabelSource::ChurnEvent(t) => Some(log.types.iter().position(|x| x == t).map(|i| i as u16)),
+        _ => None,
+    };
+    let type_map: Vec<usize> = log.types.iter().map(|t| spec.type_index(t)).collect();
+    // The return gap only feeds lifecycle stages, never a feature.
+    let mut store = FeatureStore::new(Layout::new(spec, 30 * DAY_MS));
+    let p = store.layout().n_features();
+    // Per cutoff: the rows taken (row index, log user) and which users showed the label event.
+    struct Snap {
+        cutoff: Millis,
+        first_row: usize,
+        seen: Vec<bool>,
+    }
+    let mut snaps: Vec<Snap> = Vec::new();
+    let (mut x, mut row_user, mut row_cutoff) = (Vec::new(), Vec::new(), Vec::new());
+    let mut store_to_log: Vec<u32> = Vec::new();
+    let mut next = 0;
+    let mut buf = vec![0.0; p];
+    let mut snapshot = |c: Millis, store: &FeatureStore, store_to_log: &[u32], x: &mut Vec<f64>, ru: &mut Vec<u32>, rc: &mut Vec<Millis>| {
+        let first_row = ru.len();
+        let mut idxs: Vec<u32> = store.indices().collect();
+        idxs.sort_unstable();
+        for i in idxs {
+            let u = store.user(i);
+            if let Some(aw) = lab.active_within {
+                if u.last_ts() <= c - aw.ms() {
+                    continue;
+                }
+            }
+            store.vector_at(i, c, &mut buf);
+            x.extend_from_slice(&buf);
+            ru.push(store_to_log[i as usize]);
+            rc.push(c);
+        }
+        Snap {
+            cutoff: c,
+            first_row,
+            seen: vec![false; log.users.len()],
+        }
+    };
+    for r in &log.recs {
+        while next < cutoffs.len() && r.ts > cutoffs[next] {
+            snaps.push(snapshot(cutoffs[next], &store, &store_to_log, &mut x, &mut row_user, &mut row_cutoff));
+            next += 1;
+        }
+        for s in &mut snaps {
+            let counts = match churn_type {
+                None => true,
+                Some(ct) => Some(r.ty) == ct,
+            };
+            if counts && r.ts > s.cutoff && r.ts <= s.cutoff + h {
+                s.seen[r.user as usize] = true;
+            }
+        }
+        let (idx, created) = store.get_or_insert(log.user_id(r.user), r.ts);
+        if created {
+            if store_to_log.len() <= idx as usize {
+                store_to_log.resize(idx as usize + 1, 0);
+            }
+            store_to_log[idx as usize] = r.user;
+        }
+        store.apply(idx, r.ts, type_map[r.ty as usize], r.amount);
+    }
+    // Every cutoff + horizon <= last ts, so all snapshots were taken inside the loop.
+    let mut y = Vec::with_capacity(row_user.len());
+    let mut keep = Vec::with_capacity(row_user.len());
+    let mut unlabelled = 0;
+    for (si, s) in snaps.iter().enumerate() {
+        let end = snaps.get(si + 1).map_or(row_user.len(), |n| n.first_row);
+        for row in s.first_row..end {
+            let user = row_user[row];
+            let label = match &lab.source {
+                LabelSource::Silence => Some(!s.seen[user as usize]),
+                LabelSource::ChurnEvent(_) => Some(s.seen[user as usize]),
+                LabelSource::Explicit(l) => l.label(log.user_id(user), s.cutoff),
+            };
+            match label {
+                Some(l) => {
+                    y.push(l);
+                    keep.push(row);
+                }
+                None => unlabelled += 1,
+            }
+        }
+    }
+    if keep.is_empty() {
+        return Err(DatasetError::NoRows);
+    }
+    let (x, user, cutoff) = if keep.len() == row_user.len() {
+        (x, row_user, row_cutoff)
+    } else {
+        let mut nx = Vec::with_capacity(keep.len() * p);
+        for &r in &keep {
+            nx.extend_from_slice(&x[r * p..(r + 1) * p]);
+        }
+        (nx, keep.iter().map(|&r| row_user[r]).collect(), keep.iter().map(|&r| row_cutoff[r]).collect())
+    };
+    Ok(Dataset {
+        n_features: p,
+        x,
+        y,
+        user,
+        cutoff,
+        unlabelled,
+    })
+}

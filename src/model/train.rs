@@ -1,0 +1,308 @@
+//! Training: standardise, fit L2-regularised logistic regression (linfa-logistic) with the L2
+//! strength chosen on a by-user validation split, correct for class rebalancing, pick thresholds.
+
+use std::time::Instant;
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2, Axis};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
+use super::dataset::Dataset;
+use super::metrics::{self, Metrics};
+use super::score::{transform, Scorer};
+use crate::features::FeatureSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training needs both churned and retained users; the {0} split has only one class")]
+    OneClass(&'static str),
+    #[error("logistic regression failed: {0}")]
+    Fit(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Per-row L2 strengths to try (the penalty is `l2 * rows / 2 * |w|^2`).
+    pub l2_grid: Vec<f64>,
+    pub validation_share: f64,
+    pub seed: u64,
+    pub max_iterations: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            l2_grid: vec![1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+            validation_share: 0.2,
+            seed: 42,
+            max_iterations: 200,
+        }
+    }
+}
+
+/// What training produced besides the artifact: the validation rows' scores, for reports.
+pub struct TrainOutcome {
+    pub artifact: ModelArtifact,
+    pub validation_scores: Vec<f64>,
+    pub validation_labels: Vec<bool>,
+}
+
+/// Metadata the caller knows (file, cutoffs...) and training fills in the rest.
+pub struct TrainContext {
+    pub events_file: String,
+    pub data_from: String,
+    pub data_to: String,
+    pub cutoffs: Vec<String>,
+    pub horizon: String,
+    pub active_within: Option<String>,
+    pub label_source: String,
+}
+
+pub fn train(spec: &FeatureSpec, data: &Dataset, ctx: TrainContext, opt: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+    let started = Instant::now();
+    let defs = spec.features();
+    let p = defs.len();
+    let n = data.rows();
+    let transforms: Vec<_> = defs.iter().map(|d| d.transform).collect();
+    let mut z = Array2::<f64>::zeros((n, p));
+    for (i, mut row) in z.axis_iter_mut(Axis(0)).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = transform(transforms[j], data.row(i)[j]);
+        }
+    }
+    let salt = format!("churnguard-split-{}", opt.seed);
+    let is_valid: Vec<bool> = data
+        .user
+        .iter()
+        .map(|&u| crate::hash::stable_unit(&salt, &u.to_string()) < opt.validation_share)
+        .collect();
+    let train_rows: Vec<usize> = (0..n).filter(|&i| !is_valid[i]).collect();
+    let valid_rows: Vec<usize> = (0..n).filter(|&i| is_valid[i]).collect();
+    let scaler = fit_scaler(&z, &train_rows, transforms);
+    standardise(&mut z, &scaler);
+
+    let y_train: Vec<bool> = train_rows.iter().map(|&i| data.y[i]).collect();
+    let y_valid: Vec<bool> = valid_rows.iter().map(|&i| data.y[i]).collect();
+    for (name, ys) in [("training", &y_train), ("validation", &y_valid)] {
+        if ys.iter().all(|y| *y) || ys.iter().all(|y| !*y) {
+            return Err(TrainError::OneClass(name));
+        }
+    }
+    let z_train = z.select(Axis(0), &train_rows);
+    let z_valid = z.select(Axis(0), &valid_rows);
+
+    // Choose L2 by validation log loss: it rewards calibrated probabilities, which the tiers use.
+    let mut grid = Vec::new();
+    let mut best: Option<(f64, f64, Vec<f64>, f64)> = None;
+    for &l2 in &opt.l2_grid {
+        let (w, b) = fit_balanced(&z_train, &y_train, l2, opt)?;
+        let scores = predict(&z_valid, &w, b);
+        let ll = metrics::log_loss(&scores, &y_valid);
+        grid.push((l2, ll));
+        if best.as_ref().is_none_or(|(_, bl, _, _)| ll < *bl) {
+            best = Some((l2, ll, w, b));
+        }
+    }
+    let Some((l2, _, w_tr, b_tr)) = best else {
+        return Err(TrainError::Fit("empty l2 grid".into()));
+    };
+    let valid_scores = predict(&z_valid, &w_tr, b_tr);
+    let validation = metrics::evaluate(&valid_scores, &y_valid);
+    let thresholds = choose_thresholds(&valid_scores, &y_valid);
+
+    // Final fit on all rows with the chosen strength.
+    let all_y = data.y.clone();
+    let (coefficients, intercept) = fit_balanced(&z, &all_y, l2, opt)?;
+
+    let created = chrono::Utc::now();
+    let mut artifact = ModelArtifact {
+        format_version: FORMAT_VERSION,
+        model_version: String::new(),
+        created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        spec: spec.clone(),
+        spec_fingerprint: spec.fingerprint(),
+        feature_names: defs.iter().map(|d| d.name.clone()).collect(),
+        scaler,
+        coefficients,
+        intercept,
+        thresholds,
+        training: TrainingInfo {
+            events_file: ctx.events_file,
+            data_from: ctx.data_from,
+            data_to: ctx.data_to,
+            cutoffs: ctx.cutoffs,
+            horizon: ctx.horizon,
+            active_within: ctx.active_within,
+            label_source: ctx.label_source,
+            rows: n,
+            users: data.distinct_users(),
+            churn_rate: data.churn_rate(),
+            l2,
+            l2_grid: grid,
+            validation,
+            validation_rows: valid_rows.len(),
+            seed: opt.seed,
+            train_seconds: started.elapsed().as_secs_f64(),
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    };
+    artifact.model_version = model_version(&artifact, &created);
+    // Validation scores through the serving scorer, from the raw vectors: the report shows what
+    // serving will see. (The final model's, so the report matches the shipped coefficients.)
+    let scorer = Scorer::new(&artifact);
+    let validation_scores = valid_rows.iter().map(|&i| scorer.score(data.row(i))).collect();
+    Ok(TrainOutcome {
+        artifact,
+        validation_scores,
+        validation_labels: y_valid,
+    })
+}
+
+fn model_version(a: &ModelArtifact, at: &chrono::DateTime<chrono::Utc>) -> String {
+    let coef = serde_json::to_string(&(&a.coefficients, a.intercept, &a.spec_fingerprint)).unwrap_or_default();
+    let h = crate::hash::stable_u64("model", &coef);
+    format!("cg-{}-{:08x}", at.format("%Y%m%d"), h >> 32)
+}
+
+fn fit_scaler(z: &Array2<f64>, rows: &[usize], transforms: Vec<crate::features::Transform>) -> Scaler {
+    let p = z.ncols();
+    let (mut mean, mut std) = (vec![0.0; p], vec![1.0; p]);
+    let n = rows.len().max(1) as f64;
+    for j in 0..p {
+        let col = z.column(j);
+        let m = rows.iter().map(|&i| col[i]).sum::<f64>() / n;
+        let var = rows.iter().map(|&i| (col[i] - m).powi(2)).sum::<f64>() / n;
+        mean[j] = m;
+        // A constant feature standardises to 0 everywhere and so gets a zero coefficient.
+        std[j] = if var.sqrt() > 1e-9 { var.sqrt() } else { 1.0 };
+    }
+    Scaler { transforms, mean, std }
+}
+
+fn standardise(z: &mut Array2<f64>, s: &Scaler) {
+    for mut row in z.axis_iter_mut(Axis(0)) {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (*v - s.mean[j]) / s.std[j];
+        }
+    }
+}
+
+fn predict(z: &Array2<f64>, w: &[f64], b: f64) -> Vec<f64> {
+    let w = Array1::from(w.to_vec());
+    z.dot(&w).iter().map(|v| super::score::sigmoid(v + b)).collect()
+}
+
+/// Fit on a class-balanced resample (the minority class drawn again with replacement until both
+/// classes are equal), then shift the intercept back to the true base rate so the output is a
+/// calibrated P(churn) (King and Zeng's prior correction).
+fn fit_balanced(z: &Array2<f64>, y: &[bool], l2: f64, opt: &TrainOptions) -> Result<(Vec<f64>, f64), TrainError> {
+    let pos: Vec<usize> = (0..y.len()).filter(|&i| y[i]).collect();
+    let neg: Vec<usize> = (0..y.len()).filter(|&i| !y[i]).collect();
+    let (minority, majority) = if pos.len() < neg.len() { (&pos, &neg) } else { (&neg, &pos) };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opt.seed);
+    let mut idx: Vec<usize> = majority.iter().chain(minority.iter()).copied().collect();
+    for _ in 0..majority.len() - minority.len() {
+        idx.push(minority[rng.random_range(0..minority.len())]);
+    }
+    idx.shuffle(&mut rng);
+    let xb = z.select(Axis(0), &idx);
+    let yb: Array1<bool> = idx.iter().map(|&i| y[i]).collect();
+    let rows = idx.len() as f64;
+    let ds = linfa::Dataset::new(xb, yb);
+    let model = LogisticRegression::default()
+        .alpha(l2 * rows)
+        .max_iterations(opt.max_iterations)
+        // The loss is a sum over rows, so the gradient scales with them.
+        .gradient_tolerance(1e-6 * rows)
+        .fit(&ds)
+        .map_err(|e| TrainError::Fit(e.to_string()))?;
+    // linfa-logistic models P(the class it calls positive): the more frequent one, or the first
+    // seen on a tie. Flip so the coefficients always describe P(churned).
+    let sign = if model.labels().pos.class { 1.0 } else { -1.0 };
+    let w: Vec<f64> = model.params().iter().map(|v| v * sign).collect();
+    let b_balanced = model.intercept() * sign;
+    let base_rate = pos.len() as f64 / y.len() as f64;
+    let b = b_balanced + (base_rate / (1.0 - base_rate)).ln();
+    Ok((w, b))
+}
+
+/// Tiers from validation scores: `medium` at the F1-optimal threshold, `high` where the top of
+/// the ranking holds a third of the churners (so high is precise and medium casts the wider net).
+fn choose_thresholds(scores: &[f64], labels: &[bool]) -> Thresholds {
+    let (decision, _, _, _) = metrics::best_f1_threshold(scores, labels);
+    let high = metrics::threshold_for_recall(scores, labels, 1.0 / 3.0).max(decision);
+    let tiers = if high > decision {
+        vec![
+            TierThreshold { name: "high".into(), min_score: high },
+            TierThreshold { name: "medium".into(), min_score: decision },
+        ]
+    } else {
+        vec![TierThreshold { name: "high".into(), min_score: decision }]
+    };
+    Thresholds { decision, tiers }
+}
+
+/// Validation metrics of a model on a dataset, through the serving scorer.
+pub fn evaluate(artifact: &ModelArtifact, data: &Dataset) -> (Metrics, Vec<f64>) {
+    let scorer = Scorer::new(artifact);
+    let scores: Vec<f64> = (0..data.rows()).map(|i| scorer.score(data.row(i))).collect();
+    (metrics::evaluate(&scores, &data.y), scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    /// P(churn) must mean churn whichever class is the majority and whatever order rows come in.
+    #[test]
+    fn fitted_probability_is_probability_of_churn() {
+        for churn_is_majority in [false, true] {
+            // One feature; churners have high values. 20% or 80% churners.
+            let n = 500;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let mut xs = Vec::new();
+            let mut ys = Vec::new();
+            for i in 0..n {
+                let churned = if churn_is_majority { i % 5 != 0 } else { i % 5 == 0 };
+                let x: f64 = if churned { 1.0 } else { -1.0 } + rng.random_range(-1.5..1.5);
+                xs.push(x);
+                ys.push(churned);
+            }
+            let z = Array2::from_shape_vec((n, 1), xs).unwrap();
+            let (w, b) = fit_balanced(&z, &ys, 1e-4, &TrainOptions::default()).unwrap();
+            assert!(w[0] > 0.0, "higher x means churn, so the coefficient must be positive: {w:?}");
+            let p = predict(&array![[2.5], [-2.5]], &w, b);
+            assert!(p[0] > 0.8 && p[1] < 0.2, "{p:?}");
+            // Calibrated to the base rate: mean predicted close to observed churn rate.
+            let all = predict(&z, &w, b);
+            let mean = all.iter().sum::<f64>() / n as f64;
+            let rate = ys.iter().filter(|y| **y).count() as f64 / n as f64;
+            assert!((mean - rate).abs() < 0.05, "mean {mean} vs rate {rate}");
+        }
+    }
+
+    #[test]
+    fn constant_feature_gets_zero_weight_and_does_not_break_fit() {
+        let n = 200;
+        let mut v = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..n {
+            let churned = i % 3 == 0;
+            v.push(if churned { 1.0 } else { 0.0 } + (i % 7) as f64 * 0.1);
+            v.push(5.0);
+            ys.push(churned);
+        }
+        let mut z = Array2::from_shape_vec((n, 2), v).unwrap();
+        let rows: Vec<usize> = (0..n).collect();
+        let s = fit_scaler(&z, &rows, vec![crate::features::Transform::Identity; 2]);
+        assert_eq!(s.std[1], 1.0);
+        standardise(&mut z, &s);
+        let (w, _) = fit_balanced(&z, &ys, 1e-3, &TrainOptions::default()).unwrap();
+        assert_eq!(w[1], 0.0);
+        assert!(w[0] > 0.0);
+    }
+}
