@@ -3,10 +3,16 @@
 //! Data flows one way: source -> features -> model -> policy -> sink. The same
 //! [`features`] code computes the vectors a model is trained on and the vectors it serves.
 
+pub mod cli;
+pub mod engine;
 pub mod event;
 pub mod features;
 pub mod hash;
+pub mod intervention;
 pub mod model;
+pub mod pipeline;
+pub mod policy;
 pub mod sim;
 pub mod source;
 pub mod time;
+pub mod timers;

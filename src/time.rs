@@ -67,10 +67,11 @@ impl FromStr for Span {
 }
 
 impl fmt::Display for Span {
-    /// The largest unit that divides the span exactly, so `Display` round-trips through `FromStr`.
+    /// The largest unit up to days that divides the span exactly (weeks read as days, so
+    /// feature names say `7d` and `91d`), so `Display` round-trips through `FromStr`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, len) in [("w", WEEK_MS), ("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS)] {
+        for (unit, len) in [("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS)] {
             if ms != 0 && ms % len == 0 {
                 return write!(f, "{}{}", ms / len, unit);
             }
@@ -239,7 +240,8 @@ mod tests {
         assert_eq!("39w".parse::<Span>(), Ok(Span(39 * WEEK_MS)));
         assert_eq!("12h".parse::<Span>(), Ok(Span(12 * HOUR_MS)));
         assert_eq!("250ms".parse::<Span>(), Ok(Span(250)));
-        for s in ["30d", "2w", "12h", "90s", "250ms", "5m"] {
+        assert_eq!(Span(2 * WEEK_MS).to_string(), "14d");
+        for s in ["30d", "12h", "90s", "250ms", "5m"] {
             assert_eq!(s.parse::<Span>().map(|d| d.to_string()).as_deref(), Ok(s));
         }
         assert!("".parse::<Span>().is_err());

@@ -11,3 +11,5 @@ pub use store::FeatureStore;
 
 /// The most windows a spec may list (bounded so the vector is built on the stack).
 pub const MAX_WINDOWS: usize = 8;
+/// The most type buckets (listed types plus `other`).
+pub const MAX_TYPES: usize = 33;

@@ -13,7 +13,7 @@ use crate::time::{Span, DAY_MS};
 pub const OTHER_TYPE: &str = "other";
 /// Longest window the engine supports.
 pub const MAX_WINDOW: Span = Span::days(365);
-const MAX_EVENT_TYPES: usize = 32;
+const MAX_EVENT_TYPES: usize = super::MAX_TYPES - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -209,9 +209,11 @@ impl FeatureSpec {
     /// The type bucket of an event type string; unknown types map to `other`.
     #[inline]
     pub fn type_index(&self, event_type: &str) -> usize {
+        let b = event_type.as_bytes();
         self.event_types
             .iter()
-            .position(|t| t == event_type)
+            // Length and first byte reject almost every non-match without a memcmp call.
+            .position(|t| t.len() == b.len() && t.as_bytes().first() == b.first() && t.as_bytes() == b)
             .unwrap_or(self.event_types.len())
     }
 

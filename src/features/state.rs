@@ -191,28 +191,34 @@ impl Layout {
             out[i] = v;
             i += 1;
         };
-        // Per-window totals, gathered once: counts per type, then amount.
+        // Per-window totals, gathered once: counts per type (u32, summed exactly), then amount.
         let nw = self.rings.len();
-        let mut totals = [[0f64; 34]; super::MAX_WINDOWS];
+        let nt = self.n_types;
+        let mut counts = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
+        let mut amounts = [0f64; super::MAX_WINDOWS];
+        let mut all_events = [0f64; super::MAX_WINDOWS];
         for (w, r) in self.rings.iter().enumerate() {
-            let t = &mut totals[w];
+            let acc = &mut counts[w][..nt];
+            let mut amount = 0f64;
             r.for_each_in_window(u.narrow, head, at, |cells| {
-                for (acc, c) in t.iter_mut().zip(&cells[..self.n_types]) {
-                    *acc += f64::from(*c);
+                for (a, c) in acc.iter_mut().zip(&cells[..nt]) {
+                    *a += *c;
                 }
-                t[self.n_types] += f64::from(f32::from_bits(cells[self.n_types]));
+                amount += f64::from(f32::from_bits(cells[nt]));
             });
+            amounts[w] = amount;
+            all_events[w] = acc.iter().map(|c| f64::from(*c)).sum();
         }
         if a.counts {
-            for t in &totals[..nw] {
-                for c in &t[..self.n_types] {
-                    put(*c);
+            for c in &counts[..nw] {
+                for v in &c[..nt] {
+                    put(f64::from(*v));
                 }
             }
         }
         if a.amount_sum {
-            for t in &totals[..nw] {
-                put(t[self.n_types]);
+            for v in &amounts[..nw] {
+                put(*v);
             }
         }
         if a.active_days {
@@ -243,8 +249,7 @@ impl Layout {
         }
         if a.trends {
             for w in 1..nw {
-                let short: f64 = totals[w - 1][..self.n_types].iter().sum();
-                let long: f64 = totals[w][..self.n_types].iter().sum();
+                let (short, long) = (all_events[w - 1], all_events[w]);
                 let scale = self.spec.windows[w].ms() as f64 / self.spec.windows[w - 1].ms() as f64;
                 put(trend_ratio(short, long, scale));
             }

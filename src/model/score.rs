@@ -23,8 +23,10 @@ pub struct Scorer {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
     coef: Vec<f64>,
-    /// `coef / std`, so `logit = bias + sum(folded * transformed)`.
-    folded: Vec<f64>,
+    /// `coef / std` split by transform, so that `logit = bias + sum(w * transformed)` runs with
+    /// no per-feature dispatch.
+    log1p_terms: Vec<(usize, f64)>,
+    other_terms: Vec<(usize, Transform, f64)>,
     bias: f64,
     version: String,
 }
@@ -38,8 +40,12 @@ static LOG1P_TABLE: std::sync::LazyLock<Vec<f64>> =
 /// The transform used by training and serving alike.
 #[inline]
 pub fn transform(t: Transform, x: f64) -> f64 {
-    if t == Transform::Log1p && x >= 0.0 && x < LOG1P_TABLE_LEN as f64 && x.fract() == 0.0 {
-        return LOG1P_TABLE[x as usize];
+    if t == Transform::Log1p {
+        // `as` saturates, so negatives and NaN fail the round-trip check.
+        let n = x as usize;
+        if n < LOG1P_TABLE_LEN && n as f64 == x {
+            return LOG1P_TABLE[n];
+        }
     }
     t.apply(x)
 }
@@ -55,13 +61,23 @@ impl Scorer {
         let inv_std: Vec<f64> = s.std.iter().map(|v| 1.0 / v).collect();
         let folded: Vec<f64> = art.coefficients.iter().zip(&inv_std).map(|(c, i)| c * i).collect();
         let bias = art.intercept - folded.iter().zip(&s.mean).map(|(f, m)| f * m).sum::<f64>();
+        let mut log1p_terms = Vec::new();
+        let mut other_terms = Vec::new();
+        for (i, (t, w)) in s.transforms.iter().zip(&folded).enumerate() {
+            match t {
+                _ if *w == 0.0 => {}
+                Transform::Log1p => log1p_terms.push((i, *w)),
+                other => other_terms.push((i, *other, *w)),
+            }
+        }
         Scorer {
+            log1p_terms,
+            other_terms,
             names: art.feature_names.clone(),
             transforms: s.transforms.clone(),
             mean: s.mean.clone(),
             inv_std,
             coef: art.coefficients.clone(),
-            folded,
             bias,
             version: art.model_version.clone(),
         }
@@ -77,9 +93,16 @@ impl Scorer {
 
     #[inline]
     pub fn logit(&self, raw: &[f64]) -> f64 {
+        let table: &[f64] = &LOG1P_TABLE;
         let mut z = self.bias;
-        for ((x, t), w) in raw.iter().zip(&self.transforms).zip(&self.folded) {
-            z += w * transform(*t, *x);
+        for &(i, w) in &self.log1p_terms {
+            let x = raw[i];
+            let n = x as usize;
+            let v = if n < LOG1P_TABLE_LEN && n as f64 == x { table[n] } else { Transform::Log1p.apply(x) };
+            z += w * v;
+        }
+        for &(i, t, w) in &self.other_terms {
+            z += w * t.apply(raw[i]);
         }
         z
     }
@@ -93,18 +116,25 @@ impl Scorer {
     /// The `top` features pushing this score up the most (largest positive contributions first),
     /// falling back to the largest magnitudes when fewer push up.
     pub fn explain(&self, raw: &[f64], top: usize) -> Vec<Reason> {
-        let mut all: Vec<Reason> = raw
+        let mut all: Vec<(f64, usize)> = raw
             .iter()
             .enumerate()
-            .map(|(i, x)| Reason {
-                feature: self.names[i].clone(),
-                value: *x,
-                contribution: self.coef[i] * (transform(self.transforms[i], *x) - self.mean[i]) * self.inv_std[i],
-            })
-            .filter(|r| r.contribution != 0.0)
+            .map(|(i, x)| (self.coef[i] * (transform(self.transforms[i], *x) - self.mean[i]) * self.inv_std[i], i))
+            .filter(|(c, _)| *c != 0.0)
             .collect();
-        all.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+        let by_contribution = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if all.len() > top && top > 0 {
+            all.select_nth_unstable_by(top - 1, by_contribution);
+            all.truncate(top);
+        }
+        all.sort_by(by_contribution);
         all.truncate(top);
-        all
+        all.into_iter()
+            .map(|(contribution, i)| Reason {
+                feature: self.names[i].clone(),
+                value: raw[i],
+                contribution,
+            })
+            .collect()
     }
 }

@@ -1,0 +1,388 @@
+//! Command-line interface: argument definitions and the commands behind them.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use crate::features::FeatureSpec;
+use crate::model::dataset::{self, EventLog, ExplicitLabels, LabelSource, Labelling};
+use crate::model::metrics;
+use crate::model::report::{self, ReportInput};
+use crate::model::train::{self, TrainContext, TrainOptions};
+use crate::model::ModelArtifact;
+use crate::pipeline::replay::{self, ReplaySink};
+use crate::policy::PolicyConfig;
+use crate::sim::{self, SimConfig};
+use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span};
+
+#[derive(Parser, Debug)]
+#[command(name = "churnguard", version, about = "Real-time churn prediction on activity event streams")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a synthetic activity log with user lifecycles (and its ground truth).
+    #[command(after_help = "Example:\n  churnguard simulate --users 10000 --days 180 --seed 7 --out events.jsonl --truth truth.csv")]
+    Simulate(SimulateArgs),
+    /// Train a churn model on an event log, with features computed exactly as served.
+    #[command(after_help = "Example:\n  churnguard train --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out models/model.json --report report/")]
+    Train(TrainArgs),
+    /// Evaluate a model on an event log at a cutoff.
+    #[command(after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json")]
+    Evaluate(EvaluateArgs),
+    /// Replay an event log through the full scoring path; write interventions as JSON lines.
+    #[command(after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl")]
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    #[arg(long, default_value_t = 180)]
+    pub days: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// First day of the log (RFC3339 or YYYY-MM-DD).
+    #[arg(long, default_value = "2026-01-01")]
+    pub start: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Ground truth CSV: user_id,signup_ts,churn_ts,reactivated_ts,segment.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+}
+
+/// How rows are labelled; shared by train and evaluate so both label the same way.
+#[derive(Args, Debug, Clone)]
+pub struct LabelArgs {
+    /// Score users as of this time (RFC3339, YYYY-MM-DD or epoch ms).
+    #[arg(long)]
+    pub cutoff: String,
+    /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d.
+    #[arg(long)]
+    pub horizon: Span,
+    /// Only users with an event in (cutoff - DUR, cutoff].
+    #[arg(long)]
+    pub active_within: Option<Span>,
+    /// Churned = an event of this type in (cutoff, cutoff + horizon] (e.g. cancel).
+    #[arg(long, conflicts_with = "labels")]
+    pub churn_event: Option<String>,
+    /// Explicit labels CSV: user_id,churned[,cutoff].
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[arg(long)]
+    pub events: PathBuf,
+    #[command(flatten)]
+    pub label: LabelArgs,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Feature spec TOML; default: derived from the event types in the data.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Train on N cutoffs: --cutoff and the N-1 earlier ones --every apart.
+    #[arg(long, default_value_t = 1)]
+    pub cutoffs: usize,
+    #[arg(long, default_value = "14d")]
+    pub every: Span,
+    /// Seed of the train/validation split and the class rebalancing.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write an HTML report (ROC, PR, calibration, histograms, coefficients) to this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub events: PathBuf,
+    #[command(flatten)]
+    pub label: LabelArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub events: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the control group's records here.
+    #[arg(long)]
+    pub control_out: Option<PathBuf>,
+    /// Config TOML; its [engine] and [policy] sections apply.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Simulate(a) => simulate(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Evaluate(a) => evaluate_cmd(a),
+        Command::Replay(a) => replay_cmd(a),
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, f))
+}
+
+fn simulate(a: SimulateArgs) -> Result<()> {
+    let cfg = SimConfig {
+        users: a.users,
+        days: a.days,
+        seed: a.seed,
+        start_ms: parse_timestamp(&a.start).context("--start")?,
+    };
+    let started = std::time::Instant::now();
+    let mut out = create(&a.out)?;
+    let mut truth = a.truth.as_deref().map(create).transpose()?;
+    let s = sim::simulate(&cfg, &mut out, truth.as_mut())?;
+    out.flush()?;
+    if let Some(t) = truth.as_mut() {
+        t.flush()?;
+    }
+    eprintln!(
+        "simulated {} events for {} users ({} churned, {} reactivated) from {} to {} in {:.1}s -> {}",
+        s.events,
+        s.users,
+        s.churned_users,
+        s.reactivated_users,
+        format_rfc3339_ms(s.first_ts),
+        format_rfc3339_ms(s.last_ts),
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn labelling(l: &LabelArgs, cutoffs: Vec<Millis>) -> Result<Labelling> {
+    let source = match (&l.churn_event, &l.labels) {
+        (Some(t), _) => LabelSource::ChurnEvent(t.clone()),
+        (None, Some(p)) => LabelSource::Explicit(ExplicitLabels::load(p)?),
+        (None, None) => LabelSource::Silence,
+    };
+    Ok(Labelling {
+        cutoffs,
+        horizon: l.horizon,
+        active_within: l.active_within,
+        source,
+    })
+}
+
+fn load_log(path: &Path) -> Result<EventLog> {
+    let log = EventLog::load(path)?;
+    let report = log.rejected.report();
+    if !report.is_empty() {
+        eprintln!("{}: {report}", path.display());
+    }
+    Ok(log)
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    if a.cutoffs == 0 {
+        bail!("--cutoffs must be at least 1");
+    }
+    let cutoff = parse_timestamp(&a.label.cutoff).context("--cutoff")?;
+    let cutoffs: Vec<Millis> = (0..a.cutoffs as i64).map(|i| cutoff - i * a.every.ms()).collect();
+    let log = load_log(&a.events)?;
+    let spec = match &a.spec {
+        Some(p) => FeatureSpec::from_file(p)?,
+        None => FeatureSpec::derive_from_counts(&log.type_counts(), 0.0005, 16),
+    };
+    spec.validate()?;
+    let lab = labelling(&a.label, cutoffs.clone())?;
+    let data = dataset::build(&log, &spec, &lab)?;
+    eprintln!(
+        "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features",
+        data.rows(),
+        data.distinct_users(),
+        cutoffs.len(),
+        data.churn_rate(),
+        data.n_features
+    );
+    let ctx = TrainContext {
+        events_file: a.events.display().to_string(),
+        data_from: format_rfc3339_ms(log.first_ts()),
+        data_to: format_rfc3339_ms(log.last_ts()),
+        cutoffs: cutoffs.iter().map(|c| format_rfc3339_ms(*c)).collect(),
+        horizon: a.label.horizon.to_string(),
+        active_within: a.label.active_within.map(|s| s.to_string()),
+        label_source: lab.source.describe(),
+    };
+    let opt = TrainOptions {
+        seed: a.seed,
+        ..TrainOptions::default()
+    };
+    let outcome = train::train(&spec, &data, ctx, &opt)?;
+    let art = &outcome.artifact;
+    art.save(&a.out)?;
+    let v = &art.training.validation;
+    eprintln!(
+        "model {} -> {}: validation ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e}; tiers {}; {:.1}s",
+        art.model_version,
+        a.out.display(),
+        v.roc_auc,
+        v.pr_auc,
+        v.log_loss,
+        v.brier,
+        art.training.l2,
+        art.thresholds.tiers.iter().map(|t| format!("{}>={:.3}", t.name, t.min_score)).collect::<Vec<_>>().join(", "),
+        art.training.train_seconds
+    );
+    if let Some(dir) = &a.report {
+        let path = write_report(dir, art, &outcome.validation_scores, &outcome.validation_labels, "validation split")?;
+        eprintln!("report: {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool], what: &str) -> Result<PathBuf> {
+    let mut coefs: Vec<(String, f64)> = art.feature_names.iter().cloned().zip(art.coefficients.iter().copied()).collect();
+    coefs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    let t = &art.training;
+    let extra = vec![
+        ("model_version".to_string(), art.model_version.clone()),
+        ("created_at".to_string(), art.created_at.clone()),
+        ("events".to_string(), t.events_file.clone()),
+        ("data range".to_string(), format!("{} .. {}", t.data_from, t.data_to)),
+        ("cutoffs".to_string(), t.cutoffs.join(", ")),
+        ("horizon".to_string(), t.horizon.clone()),
+        ("labels".to_string(), t.label_source.clone()),
+        ("training rows / users".to_string(), format!("{} / {}", t.rows, t.users)),
+        ("l2 (per row)".to_string(), format!("{:e}", t.l2)),
+        ("features".to_string(), art.feature_names.len().to_string()),
+    ];
+    let subtitle = format!("{what}: {} rows", scores.len());
+    let title = format!("churnguard model {}", art.model_version);
+    let input = ReportInput {
+        title: &title,
+        subtitle: &subtitle,
+        scores,
+        labels,
+        coefficients: &coefs,
+        threshold: art.thresholds.decision,
+        extra: &extra,
+    };
+    Ok(report::write_report(dir, &input)?)
+}
+
+fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
+    let art = ModelArtifact::load(&a.model)?;
+    let cutoff = parse_timestamp(&a.label.cutoff).context("--cutoff")?;
+    let log = load_log(&a.events)?;
+    let lab = labelling(&a.label, vec![cutoff])?;
+    let data = dataset::build(&log, &art.spec, &lab)?;
+    let (m, scores) = train::evaluate(&art, &data);
+    if a.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else {
+        println!("model        {}", art.model_version);
+        println!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon);
+        println!("users        {}", m.n_users);
+        println!("churn rate   {:.4}", m.churn_rate);
+        println!("ROC AUC      {:.4}", m.roc_auc);
+        println!("PR AUC       {:.4}", m.pr_auc);
+        println!("log loss     {:.4}", m.log_loss);
+        println!("Brier        {:.4}", m.brier);
+        println!();
+        println!("calibration");
+        print!("{}", metrics::format_calibration_table(&metrics::calibration_table(&scores, &data.y, 10)));
+    }
+    if let Some(dir) = &a.report {
+        let path = write_report(dir, &art, &scores, &data.y, &format!("evaluation at {}", format_rfc3339_ms(cutoff)))?;
+        eprintln!("report: {}", path.display());
+    }
+    Ok(())
+}
+
+/// The [engine] and [policy] sections of a config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct ReplayConfig {
+    engine: EngineConfig,
+    policy: PolicyConfig,
+}
+
+fn replay_cmd(a: ReplayArgs) -> Result<()> {
+    let art = ModelArtifact::load(&a.model)?;
+    let cfg: ReplayConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            let pick = |k: &str| table.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
+            ReplayConfig {
+                engine: pick("engine").try_into().context("[engine]")?,
+                policy: pick("policy").try_into().context("[policy]")?,
+            }
+        }
+        None => ReplayConfig::default(),
+    };
+    cfg.policy.validate()?;
+    cfg.engine.validate(&cfg.policy)?;
+    let mut engine = Engine::new(&art, cfg.policy, cfg.engine);
+    let mut out = create(&a.out)?;
+    let mut control = a.control_out.as_deref().map(create).transpose()?;
+    let s = replay::replay(
+        &a.events,
+        DEFAULT_MAX_EVENT_BYTES,
+        &mut engine,
+        ReplaySink {
+            interventions: &mut out,
+            control: control.as_mut().map(|c| c as &mut dyn Write),
+        },
+    )?;
+    out.flush()?;
+    if let Some(c) = control.as_mut() {
+        c.flush()?;
+    }
+    let report = s.rejected.report();
+    if !report.is_empty() {
+        eprintln!("{}: {report}", a.events.display());
+    }
+    let fmt = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    eprintln!(
+        "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {} -> {}",
+        s.lines,
+        s.valid,
+        s.rejected.total(),
+        s.late,
+        s.elapsed.as_secs_f64(),
+        s.events_per_second(),
+        s.users_tracked,
+        s.counters.users_evicted,
+        s.counters.interventions,
+        fmt(&s.interventions_by_tier),
+        s.counters.control,
+        fmt(&s.control_by_tier),
+        s.counters.scored_on_timer,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The scoring engine shared by `replay` (file) and `run` (Kafka): event-time clock, feature
+//! updates, rescoring of silent users by timer, TTL eviction, and the policy.
+//!
+//! One engine owns one ordered stream (a file, or one Kafka partition). Every decision is a
+//! function of the user's own events and of event time, never of arrival interleaving with other
+//! users, so the same events give the same decisions in both modes:
+//! - an event is scored at the user's newest event time;
+//! - a silent user is scored at exact due times `last decision + rescore_interval`;
+//! - before a user's event is applied, any of their timers due at or before it fire first.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::ActivityEvent;
+use crate::features::{FeatureStore, Layout};
+use crate::intervention::{intervention_id, now_rfc3339, Intervention, ReasonRecord, Trigger};
+use crate::model::{ModelArtifact, Scorer};
+use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
+use crate::time::{format_rfc3339_ms, Millis, Span};
+use crate::timers::TimerWheel;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Events up to this much older than the newest seen are applied exactly; older ones are late.
+    pub allowed_lateness: Span,
+    /// Every tracked user is rescored at least this often in event time.
+    pub rescore_interval: Span,
+    /// Users silent this long are forgotten (and counted as churned).
+    pub state_ttl: Span,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            allowed_lateness: Span::hours(1),
+            rescore_interval: Span::days(1),
+            state_ttl: Span::days(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("engine.{key}: {msg}")]
+pub struct EngineConfigError {
+    pub key: &'static str,
+    pub msg: String,
+}
+
+impl EngineConfig {
+    pub fn validate(&self, policy: &PolicyConfig) -> Result<(), EngineConfigError> {
+        if self.allowed_lateness.ms() < 0 {
+            return Err(EngineConfigError { key: "allowed_lateness", msg: "must not be negative".into() });
+        }
+        if self.rescore_interval.ms() < 60_000 {
+            return Err(EngineConfigError { key: "rescore_interval", msg: "must be at least 1m".into() });
+        }
+        if self.state_ttl <= policy.lifecycle.churned_after {
+            return Err(EngineConfigError {
+                key: "state_ttl",
+                msg: format!(
+                    "{} must be longer than policy.lifecycle.churned_after ({}) or no user is ever seen as churned",
+                    self.state_ttl, policy.lifecycle.churned_after
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counters the engine keeps locally; the pipeline flushes them into metrics per batch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EngineCounters {
+    pub events_applied: u64,
+    pub events_late: u64,
+    pub events_out_of_order: u64,
+    pub users_created: u64,
+    pub users_evicted: u64,
+    pub scored_on_event: u64,
+    pub scored_on_timer: u64,
+    pub suppressed_cooldown: u64,
+    pub interventions: u64,
+    pub control: u64,
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    Applied,
+    Late,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UserMeta {
+    next_due: Millis,
+    memory: Memory,
+}
+
+const NO_DUE: Millis = Millis::MAX;
+
+pub struct Engine {
+    store: FeatureStore,
+    meta: Vec<UserMeta>,
+    timers: TimerWheel,
+    scorer: Arc<Scorer>,
+    policy: Policy,
+    cfg: EngineConfig,
+    max_ts: Millis,
+    watermark: Millis,
+    vector: Vec<f64>,
+    due_scratch: Vec<(Millis, u32)>,
+    pub counters: EngineCounters,
+}
+
+impl Engine {
+    pub fn new(model: &ModelArtifact, policy: PolicyConfig, cfg: EngineConfig) -> Engine {
+        let layout = Layout::new(&model.spec, policy.lifecycle.churned_after.ms());
+        let n = layout.n_features();
+        let policy = Policy::new(policy, &model.thresholds.tiers);
+        Engine {
+            store: FeatureStore::new(layout),
+            meta: Vec::new(),
+            // Due times within a bucket fire together; a 24th of the interval keeps the delay small.
+            timers: TimerWheel::new((cfg.rescore_interval.ms() / 24).max(1000)),
+            scorer: Arc::new(Scorer::new(model)),
+            policy,
+            cfg,
+            max_ts: Millis::MIN,
+            watermark: Millis::MIN,
+            vector: vec![0.0; n],
+            due_scratch: Vec::new(),
+            counters: EngineCounters::default(),
+        }
+    }
+
+    pub fn store(&self) -> &FeatureStore {
+        &self.store
+    }
+
+    pub fn watermark(&self) -> Millis {
+        self.watermark
+    }
+
+    pub fn max_ts(&self) -> Millis {
+        self.max_ts
+    }
+
+    pub fn model_version(&self) -> &str {
+        self.scorer.version()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Swap the model between events. The new model must use the same feature spec.
+    pub fn swap_model(&mut self, model: &ModelArtifact) -> Result<(), String> {
+        if model.spec != *self.store.layout().spec() {
+            return Err("the new model's feature spec differs from the running state's".into());
+        }
+        self.scorer = Arc::new(Scorer::new(model));
+        let cfg = self.policy.cfg.clone();
+        self.policy = Policy::new(cfg, &model.thresholds.tiers);
+        Ok(())
+    }
+
+    /// Apply one valid event, emitting any interventions it or the advanced clock causes.
+    pub fn ingest(&mut self, ev: &ActivityEvent<'_>, emit: &mut dyn FnMut(Intervention)) -> Ingested {
+        if ev.ts < self.watermark {
+            self.counters.events_late += 1;
+            return Ingested::Late;
+        }
+        if ev.ts > self.max_ts {
+            // Other users' timers due by the new watermark fire first; this user's are handled
+            // by catch-up below, so the order cannot change any decision.
+            self.max_ts = ev.ts;
+            self.advance_watermark(ev.ts.saturating_sub(self.cfg.allowed_lateness.ms()), emit);
+        }
+        let type_idx = self.store.layout().spec().type_index(&ev.event_type);
+        let mut idx = self.lookup_or_create(&ev.user_id, ev.ts);
+        // Catch-up: the user's own timers due before this event fire first, whatever the clock.
+        while self.meta[idx as usize].next_due <= ev.ts {
+            let due = self.meta[idx as usize].next_due;
+            if !self.fire(idx, due, emit) {
+                idx = self.lookup_or_create(&ev.user_id, ev.ts);
+                break;
+            }
+        }
+        if self.store.apply(idx, ev.ts, type_idx, ev.amount.unwrap_or(0.0)) == crate::features::Applied::OutOfOrder {
+            self.counters.events_out_of_order += 1;
+        }
+        self.counters.events_applied += 1;
+        let at = self.store.user(idx).last_ts();
+        self.counters.scored_on_event += 1;
+        self.score_and_decide(idx, at, Trigger::Event, emit);
+        Ingested::Applied
+    }
+
+    /// Move the clock forward (never back) and fire every timer due by then. Used per event, for
+    /// idle partitions (wall clock), and at the end of a file.
+    pub fn advance_watermark(&mut self, to: Millis, emit: &mut dyn FnMut(Intervention)) {
+        if to <= self.watermark {
+            return;
+        }
+        self.watermark = to;
+        if !self.timers.has_complete(to) {
+            return;
+        }
+        let mut due_now = std::mem::take(&mut self.due_scratch);
+        let meta = &self.meta;
+        let timers = &mut self.timers;
+        let granularity = timers.granularity();
+        timers.drain_until(to, |bucket, ids| {
+            for &id in ids {
+                let due = meta[id as usize].next_due;
+                if due != NO_DUE && due.div_euclid(granularity) == bucket {
+                    due_now.push((due, id));
+                }
+            }
+        });
+        // Fire in due order so output order is deterministic too.
+        due_now.sort_unstable();
+        for &(due, id) in &due_now {
+            // A user may have been handled by catch-up since the entry was read.
+            if self.meta[id as usize].next_due == due {
+                self.fire(id, due, emit);
+            }
+        }
+        due_now.clear();
+        self.due_scratch = due_now;
+    }
+
+    fn lookup_or_create(&mut self, user_id: &str, ts: Millis) -> u32 {
+        let (idx, created) = self.store.get_or_insert(user_id, ts);
+        if created {
+            self.counters.users_created += 1;
+            let i = idx as usize;
+            if self.meta.len() <= i {
+                self.meta.resize(i + 1, UserMeta { next_due: NO_DUE, memory: Memory::NONE });
+            }
+            self.meta[i] = UserMeta { next_due: NO_DUE, memory: Memory::NONE };
+        }
+        idx
+    }
+
+    /// A rescore timer at `due`: evict the user if silent past the TTL, else score them.
+    /// Returns false if the user was evicted.
+    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(Intervention)) -> bool {
+        let last = self.store.user(idx).last_ts();
+        if due - last >= self.cfg.state_ttl.ms() {
+            self.store.evict(idx);
+            self.meta[idx as usize].next_due = NO_DUE;
+            self.counters.users_evicted += 1;
+            return false;
+        }
+        self.counters.scored_on_timer += 1;
+        self.score_and_decide(idx, due, Trigger::Silence, emit);
+        true
+    }
+
+    fn schedule(&mut self, idx: u32, due: Millis) {
+        let m = &mut self.meta[idx as usize];
+        let had = m.next_due;
+        m.next_due = due;
+        // One wheel entry per bucket is enough: the entry checks the real due time when drained.
+        if had == NO_DUE || self.timers.bucket_of(had) != self.timers.bucket_of(due) {
+            self.timers.push(due, idx);
+        }
+    }
+
+    fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(Intervention)) {
+        self.store.vector_at(idx, at, &mut self.vector);
+        let score = self.scorer.score(&self.vector);
+        let verdict = if score < self.policy.min_threshold() {
+            Verdict::NoTier
+        } else {
+            self.policy.judge(score, at, &mut self.meta[idx as usize].memory)
+        };
+        // While the top tier is in cooldown no rescore can send anything (no higher tier to
+        // escalate to), so the silent user's next rescore waits for the cooldown to end.
+        let mem = self.meta[idx as usize].memory;
+        let mut next = at.saturating_add(self.cfg.rescore_interval.ms());
+        if mem.last_rank == 0 && mem.last_sent != Millis::MIN {
+            next = next.max(mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms()));
+        }
+        // ...but never past the moment the user's state expires.
+        let expires = self.store.user(idx).last_ts().saturating_add(self.cfg.state_ttl.ms());
+        self.schedule(idx, next.min(expires.max(at + 1)));
+        let rank = match verdict {
+            Verdict::NoTier => return,
+            Verdict::Cooldown => {
+                self.counters.suppressed_cooldown += 1;
+                return;
+            }
+            Verdict::Send(rank) => rank as usize,
+        };
+        let user = self.store.user(idx);
+        let stage: Stage = self.policy.cfg.lifecycle.stage(user, at);
+        let user_id = self.store.user_id(idx);
+        let tier = &self.policy.tiers[rank];
+        let control = self.policy.in_control(user_id);
+        if control {
+            self.counters.control += 1;
+        } else {
+            self.counters.interventions += 1;
+        }
+        emit(Intervention {
+            schema: crate::intervention::SCHEMA.to_string(),
+            intervention_id: intervention_id(user_id, &tier.name, at),
+            user_id: user_id.to_string(),
+            score,
+            threshold: tier.min_score,
+            tier: tier.name.clone(),
+            stage,
+            action: self.policy.action(&tier.name, stage).to_string(),
+            reasons: self
+                .scorer
+                .explain(&self.vector, self.policy.cfg.top_reasons)
+                .into_iter()
+                .map(ReasonRecord::from)
+                .collect(),
+            model_version: self.scorer.version().to_string(),
+            event_time: format_rfc3339_ms(at),
+            watermark: format_rfc3339_ms(self.watermark.max(0)),
+            trigger,
+            emitted_at: now_rfc3339(),
+            control,
+        });
+    }
+
+    /// Users per lifecycle stage at the current watermark (a scan; call it per metrics scrape,
+    /// not per event).
+    pub fn stage_counts(&self) -> [(Stage, u64); 5] {
+        let mut out = Stage::ALL.map(|s| (s, 0u64));
+        let at = self.watermark.max(self.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()));
+        for idx in self.store.indices() {
+            let s = self.policy.cfg.lifecycle.stage(self.store.user(idx), at);
+            out[s as usize].1 += 1;
+        }
+        out
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources and sinks around the [`crate::engine::Engine`]: file replay now, Kafka in `run`.
+
+pub mod replay;

@@ -1,0 +1,114 @@
+//! A calendar queue of rescore timers keyed by due event time.
+//!
+//! Pushing is O(1); due times are bucketed by `granularity` and a bucket is drained once the
+//! watermark has passed its end. Entries are hints: the owner keeps each user's real due time
+//! and ignores an entry whose bucket no longer matches it, so rescheduling never searches.
+
+use std::collections::VecDeque;
+
+use crate::time::Millis;
+
+pub struct TimerWheel {
+    granularity: Millis,
+    /// Bucket number of `buckets[0]`.
+    base: i64,
+    buckets: VecDeque<Vec<u32>>,
+    spare: Vec<Vec<u32>>,
+    len: usize,
+}
+
+impl TimerWheel {
+    pub fn new(granularity: Millis) -> TimerWheel {
+        TimerWheel {
+            granularity: granularity.max(1),
+            base: i64::MIN,
+            buckets: VecDeque::new(),
+            spare: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn granularity(&self) -> Millis {
+        self.granularity
+    }
+
+    pub fn bucket_of(&self, due: Millis) -> i64 {
+        due.div_euclid(self.granularity)
+    }
+
+    /// Entries held (including stale ones not yet drained).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, due: Millis, id: u32) {
+        let b = self.bucket_of(due);
+        if self.base == i64::MIN {
+            self.base = b;
+        }
+        // A due time already in a drained bucket goes to the front bucket: it is due now.
+        let pos = (b - self.base).max(0) as usize;
+        while self.buckets.len() <= pos {
+            let v = self.spare.pop().unwrap_or_default();
+            self.buckets.push_back(v);
+        }
+        self.buckets[pos].push(id);
+        self.len += 1;
+    }
+
+    /// Take every bucket that ends at or before `watermark`, in due order, calling `f(bucket, ids)`.
+    /// Whether `drain_until(watermark)` would take anything; cheap, for the per-event path.
+    #[inline]
+    pub fn has_complete(&self, watermark: Millis) -> bool {
+        self.base != i64::MIN && self.base <= (watermark + 1).div_euclid(self.granularity) - 1
+    }
+
+    pub fn drain_until(&mut self, watermark: Millis, mut f: impl FnMut(i64, &[u32])) {
+        if self.base == i64::MIN {
+            return;
+        }
+        // Bucket b holds due times in [b*g, (b+1)*g); it is complete once watermark >= (b+1)*g - 1.
+        let last_complete = (watermark + 1).div_euclid(self.granularity) - 1;
+        while self.base <= last_complete {
+            match self.buckets.pop_front() {
+                Some(mut ids) => {
+                    self.len -= ids.len();
+                    f(self.base, &ids);
+                    ids.clear();
+                    self.spare.push(ids);
+                    self.base += 1;
+                }
+                None => {
+                    self.base = last_complete + 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_only_complete_buckets_in_order() {
+        let mut w = TimerWheel::new(10);
+        w.push(25, 1);
+        w.push(5, 2);
+        w.push(12, 3);
+        let mut seen = Vec::new();
+        w.drain_until(18, |b, ids| seen.push((b, ids.to_vec())));
+        assert_eq!(seen, vec![(0, vec![2])], "bucket 1 ends at 19, not complete at 18");
+        w.drain_until(19, |b, ids| seen.push((b, ids.to_vec())));
+        assert_eq!(seen.last(), Some(&(1, vec![3])));
+        w.push(3, 4); // already past: lands in the front bucket
+        w.drain_until(100, |b, ids| seen.push((b, ids.to_vec())));
+        assert_eq!(seen[2..], [(2, vec![1, 4])]);
+        assert!(w.is_empty());
+    }
+}
