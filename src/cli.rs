@@ -41,6 +41,53 @@ pub enum Command {
     /// Replay an event log through the full scoring path; write interventions as JSON lines.
     #[command(after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl")]
     Replay(ReplayArgs),
+    /// Run the streaming service: Kafka in, interventions out (stops on SIGTERM/SIGINT).
+    #[command(after_help = "Example:\n  churnguard run --config churnguard.toml\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml")]
+    Run(RunArgs),
+    /// Everything in one process: in-process broker, simulator, service, live interventions.
+    #[command(after_help = "Example:\n  churnguard demo --duration 30s")]
+    Demo(DemoArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file and print the resolved values (secrets redacted).
+    #[command(after_help = "Example:\n  churnguard config check deploy/churnguard.toml")]
+    Check { file: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, default_value = "churnguard.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this long and print a summary (e.g. 30s); without it, run until Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<Span>,
+    #[arg(long, default_value_t = 4000)]
+    pub users: u64,
+    #[arg(long, default_value_t = 120)]
+    pub days: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Wall-clock seconds per simulated day.
+    #[arg(long, default_value_t = 0.25)]
+    pub day_seconds: f64,
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    #[arg(long, default_value = "models/default.json")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub http: String,
+    /// Print at most this many interventions per second.
+    #[arg(long, default_value_t = 10)]
+    pub print_per_second: u32,
 }
 
 #[derive(Args, Debug)]
@@ -142,7 +189,47 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Replay(a) => replay_cmd(a),
+        Command::Run(a) => run_cmd(a),
+        Command::Demo(a) => demo_cmd(a),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let cfg = crate::config::Config::load(&file)?;
+            print!("{}", cfg.redacted_toml());
+            eprintln!("{}: ok", file.display());
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run_cmd(a: RunArgs) -> Result<()> {
+    let cfg = crate::config::Config::load(&a.config)?;
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let summary = runtime()?.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }))?;
+    eprintln!(
+        "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
+        summary.consumed, summary.valid, summary.dead_lettered, summary.interventions, summary.control
+    );
+    Ok(())
+}
+
+fn demo_cmd(a: DemoArgs) -> Result<()> {
+    let opts = crate::demo::DemoOptions {
+        duration: a.duration.map(|d| std::time::Duration::from_millis(d.ms().max(0) as u64)),
+        users: a.users,
+        days: a.days,
+        seed: a.seed,
+        day_seconds: a.day_seconds,
+        partitions: a.partitions,
+        model: a.model,
+        http: a.http,
+        print_per_second: a.print_per_second,
+    };
+    runtime()?.block_on(crate::demo::run(opts))
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {

@@ -4,6 +4,8 @@
 //! [`features`] code computes the vectors a model is trained on and the vectors it serves.
 
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod features;
@@ -13,6 +15,8 @@ pub mod model;
 pub mod pipeline;
 pub mod policy;
 pub mod sim;
+pub mod service;
 pub mod source;
+pub mod telemetry;
 pub mod time;
 pub mod timers;

@@ -1,0 +1,224 @@
+//! `churnguard demo`: the whole service in one process with nothing installed: an in-process
+//! Kafka-protocol broker (librdkafka's mock cluster), the simulator producing events on an
+//! accelerated clock, the service, and a consumer printing the interventions it publishes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use crate::config::Config;
+use crate::intervention::Intervention;
+use crate::sim::{self, SimConfig};
+use crate::telemetry::Metrics;
+use crate::time::DAY_MS;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub duration: Option<Duration>,
+    pub users: u64,
+    pub days: u32,
+    pub seed: u64,
+    /// Wall-clock seconds per simulated day.
+    pub day_seconds: f64,
+    pub partitions: i32,
+    pub model: PathBuf,
+    pub http: String,
+    /// Print at most this many interventions per second (the rest are counted).
+    pub print_per_second: u32,
+}
+
+const EVENTS_TOPIC: &str = "activity";
+
+pub async fn run(opts: DemoOptions) -> Result<()> {
+    // The mock cluster keeps about 100k messages or 5 MiB per partition: stay well inside it.
+    let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
+    let brokers = mock.bootstrap_servers();
+    let mut cfg = Config::default();
+    cfg.kafka.insert("bootstrap.servers".into(), brokers.clone());
+    cfg.model.path = opts.model.clone();
+    cfg.http.listen = opts.http.clone();
+    cfg.source.idle_timeout = crate::time::Span(2_000);
+    cfg.validate()?;
+    mock.create_topic(EVENTS_TOPIC, opts.partitions, 1)?;
+    for t in [&cfg.sink.interventions_topic, &cfg.sink.control_topic, &cfg.sink.dead_letter_topic] {
+        mock.create_topic(t, 2, 1)?;
+    }
+
+    let sim_cfg = SimConfig { users: opts.users, days: opts.days, seed: opts.seed, ..SimConfig::default() };
+    let mut events = Vec::new();
+    let (sim_summary, _) = sim::generate(&sim_cfg, |e| {
+        let mut line = Vec::with_capacity(112);
+        sim::write_event_json(&mut line, e);
+        line.pop();
+        events.push((e.ts, sim::user_id_string(e.user_id), line));
+    })?;
+    let per_partition = events.len() as f64 / f64::from(opts.partitions.max(1));
+    anyhow::ensure!(per_partition < 60_000.0, "{} events over {} partitions exceeds what the mock broker keeps; lower --users/--days or raise --partitions", events.len(), opts.partitions);
+
+    let metrics = Arc::new(Metrics::new());
+    println!(
+        "churnguard demo: in-process broker at {brokers}; simulating {} users over {} days ({} events) at {:.2}s per day",
+        opts.users, opts.days, sim_summary.events, opts.day_seconds
+    );
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let feeder = {
+        let producer = producer.clone();
+        let produced = produced.clone();
+        let day_seconds = opts.day_seconds;
+        tokio::spawn(async move {
+            let t0 = events.first().map_or(0, |e| e.0);
+            let start = Instant::now();
+            let mut pending = Vec::new();
+            for (i, (ts, user, line)) in events.into_iter().enumerate() {
+                let due = Duration::from_secs_f64((ts - t0) as f64 / DAY_MS as f64 * day_seconds);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    for d in pending.drain(..) {
+                        let _ = d.await;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                // A malformed event now and then shows the dead-letter path.
+                let payload = if i % 5000 == 4999 { b"{\"user_id\": \"broken\", \"ts\": \"not a time\"".to_vec() } else { line };
+                match producer.send_result(FutureRecord::to(EVENTS_TOPIC).key(&user).payload(&payload)) {
+                    Ok(d) => pending.push(d),
+                    Err((e, _)) => tracing::warn!(error = %e, "demo producer"),
+                }
+                produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            for d in pending {
+                let _ = d.await;
+            }
+        })
+    };
+
+    let printer = {
+        let brokers = brokers.clone();
+        let topic = cfg.sink.interventions_topic.clone();
+        let per_second = opts.print_per_second;
+        tokio::spawn(async move { print_interventions(&brokers, &topic, per_second).await })
+    };
+
+    let reporter = {
+        let m = metrics.clone();
+        let produced = produced.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                println!("-- {}", live_summary(&m, produced.load(std::sync::atomic::Ordering::Relaxed)));
+            }
+        })
+    };
+
+    let shutdown = async {
+        match opts.duration {
+            Some(d) => tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = crate::service::shutdown_signal() => {}
+            },
+            None => crate::service::shutdown_signal().await,
+        }
+    };
+    let summary = crate::service::run(cfg, metrics.clone(), shutdown, |addr| {
+        println!("metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz");
+    })
+    .await?;
+    feeder.abort();
+    printer.abort();
+    reporter.abort();
+    // Let the aborted tasks drop their clients before the broker goes away.
+    let _ = tokio::join!(feeder, printer, reporter);
+    drop(producer);
+    println!();
+    println!("== demo summary ==");
+    println!("events produced      {}", produced.load(std::sync::atomic::Ordering::Relaxed));
+    println!("events consumed      {}", summary.consumed);
+    println!("dead-lettered        {}", summary.dead_lettered);
+    println!("users tracked        {}", metrics.users_tracked.get());
+    println!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
+    println!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
+    drop(mock);
+    Ok(())
+}
+
+fn by_label(v: &prometheus::IntCounterVec, label: &str) -> String {
+    use prometheus::core::Collector;
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for fam in v.collect() {
+        for metric in fam.get_metric() {
+            if let Some(l) = metric.get_label().iter().find(|l| l.name() == label) {
+                *m.entry(l.value().to_string()).or_default() += metric.get_counter().get_value() as u64;
+            }
+        }
+    }
+    m.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+fn live_summary(m: &Metrics, produced: u64) -> String {
+    use prometheus::core::Collector;
+    let consumed: f64 = m.events_consumed.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum();
+    format!(
+        "produced {produced}, consumed {consumed:.0}, users {}, interventions [{}], control [{}], dead-lettered [{}]",
+        m.users_tracked.get(),
+        by_label(&m.interventions, "tier"),
+        by_label(&m.control, "tier"),
+        by_label(&m.dead_lettered, "reason")
+    )
+}
+
+async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
+    let consumer: StreamConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "churnguard-demo-printer")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "demo printer");
+            return;
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[topic]) {
+        tracing::error!(error = %e, "demo printer");
+        return;
+    }
+    let (mut second, mut printed, mut skipped) = (Instant::now(), 0u32, 0u64);
+    loop {
+        let Ok(msg) = consumer.recv().await else { continue };
+        let Some(Ok(iv)) = msg.payload().map(serde_json::from_slice::<Intervention>) else { continue };
+        if second.elapsed() >= Duration::from_secs(1) {
+            if skipped > 0 {
+                println!("   (+{skipped} more)");
+            }
+            (second, printed, skipped) = (Instant::now(), 0, 0);
+        }
+        if printed >= per_second {
+            skipped += 1;
+            continue;
+        }
+        printed += 1;
+        let reasons: Vec<String> = iv.reasons.iter().map(|r| format!("{}={:.1}", r.feature, r.value)).collect();
+        println!(
+            "{} {:<6} {} score {:.2} {:<11} -> {:<18} [{}] ({})",
+            &iv.event_time[..10],
+            iv.tier,
+            iv.user_id,
+            iv.score,
+            iv.stage.as_str(),
+            iv.action,
+            reasons.join(", "),
+            format!("{:?}", iv.trigger).to_lowercase()
+        );
+    }
+}

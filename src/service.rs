@@ -1,0 +1,67 @@
+//! The long-running service: model, metrics endpoint and the Kafka pipeline, wired together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::model::ModelArtifact;
+use crate::pipeline::http::{self, HttpState};
+use crate::pipeline::kafka::{RunSummary, Service};
+use crate::telemetry::Metrics;
+
+/// Load the model and start `/metrics` (failing fast on either), then consume until `shutdown`.
+/// `on_listening` receives the bound HTTP address.
+pub async fn run(cfg: Config, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>, on_listening: impl FnOnce(SocketAddr)) -> Result<RunSummary> {
+    let model = ModelArtifact::load(&cfg.model.path).with_context(|| format!("model.path = {}", cfg.model.path.display()))?;
+    metrics
+        .model_info
+        .with_label_values(&[&model.model_version, &model.created_at, &model.feature_names.len().to_string()])
+        .set(1);
+    metrics.model_loaded.set(1);
+    let assigned = Arc::new(AtomicBool::new(false));
+    let addr: SocketAddr = cfg.http.listen.parse().context("http.listen")?;
+    let state = HttpState {
+        metrics: metrics.clone(),
+        assigned: assigned.clone(),
+        model_loaded: Arc::new(AtomicBool::new(true)),
+    };
+    let (bound, server) = http::bind(addr, state).await.with_context(|| format!("http.listen = {addr}: cannot bind"))?;
+    on_listening(bound);
+    tracing::info!(config = %cfg.redacted_toml().replace('\n', "; "), "starting");
+    let service = Service::new(cfg, model, metrics, assigned);
+    let summary = service.run(shutdown).await?;
+    server.abort();
+    Ok(summary)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,194 @@
+//! Prometheus metrics (docs/METRICS.md). The engine counts in plain integers on the hot path;
+//! the pipeline flushes deltas here once per batch, so no event touches an atomic or a lock.
+
+use prometheus::{
+    exponential_buckets, linear_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::engine::EngineCounters;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_invalid: IntCounterVec,
+    pub events_late: IntCounter,
+    pub events_out_of_order: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub interventions: IntCounterVec,
+    pub control: IntCounterVec,
+    pub suppressed_cooldown: IntCounter,
+    pub scored: IntCounterVec,
+    pub users_created: IntCounter,
+    pub users_evicted: IntCounter,
+    pub users_tracked: IntGauge,
+    pub users_by_stage: IntGaugeVec,
+    pub state_bytes: IntGauge,
+    pub watermark: GaugeVec,
+    pub event_time_lag: GaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub producer_queue: IntGauge,
+    pub in_flight: IntGauge,
+    pub rebalances: IntCounterVec,
+    pub backpressure_pauses: IntCounter,
+    pub commits: IntCounterVec,
+    pub restored_events: IntCounter,
+    pub processing_seconds: Histogram,
+    pub scoring_seconds: Histogram,
+    pub event_to_intervention_seconds: HistogramVec,
+    pub risk_score: Histogram,
+    pub model_info: IntGaugeVec,
+    pub model_loaded: IntGauge,
+    pub ready: IntGauge,
+    pub uptime: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Registration fails only on a duplicate name, which is a programming error caught by tests.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(r, IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(r, IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    reg(r, IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+fn fgauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    reg(r, GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    reg(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|_| unreachable_metric(name)))
+}
+
+/// Metric constructors fail only for invalid names or label sets, which are constants here.
+fn unreachable_metric(name: &str) -> ! {
+    panic!("invalid metric definition {name}")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let latency = exponential_buckets(0.0005, 2.0, 16).unwrap_or_default();
+        Metrics {
+            events_consumed: counter_vec(&r, "churnguard_events_consumed_total", "Messages read from the event topics.", &["topic"]),
+            events_invalid: counter_vec(&r, "churnguard_events_invalid_total", "Events that failed validation, by reason code.", &["reason"]),
+            events_late: counter(&r, "churnguard_events_late_total", "Events older than the watermark; counted, not applied."),
+            events_out_of_order: counter(&r, "churnguard_events_out_of_order_total", "Events older than their user's newest event but within the allowed lateness; applied exactly."),
+            dead_lettered: counter_vec(&r, "churnguard_dead_lettered_total", "Records written to the dead-letter topic and acknowledged, by reason code.", &["reason"]),
+            interventions: counter_vec(&r, "churnguard_interventions_total", "Interventions published, by tier and action.", &["tier", "action"]),
+            control: counter_vec(&r, "churnguard_control_total", "Would-be interventions held back as the control group, by tier.", &["tier"]),
+            suppressed_cooldown: counter(&r, "churnguard_suppressed_cooldown_total", "Decisions not sent because the user's cooldown was running."),
+            scored: counter_vec(&r, "churnguard_scored_total", "Risk scores computed, by trigger (event or silence).", &["trigger"]),
+            users_created: counter(&r, "churnguard_users_created_total", "Users who started being tracked."),
+            users_evicted: counter(&r, "churnguard_users_evicted_total", "Users forgotten after state_ttl of silence (counted as churned)."),
+            users_tracked: gauge(&r, "churnguard_users_tracked", "Users with feature state in memory."),
+            users_by_stage: gauge_vec(&r, "churnguard_users_by_stage", "Tracked users by lifecycle stage at the watermark.", &["stage"]),
+            state_bytes: gauge(&r, "churnguard_state_bytes", "Heap bytes of per-user feature state."),
+            watermark: fgauge_vec(&r, "churnguard_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["topic", "partition"]),
+            event_time_lag: fgauge_vec(&r, "churnguard_event_time_lag_seconds", "Wall clock minus watermark per partition.", &["topic", "partition"]),
+            consumer_lag: gauge_vec(&r, "churnguard_consumer_lag_messages", "Consumer lag per partition from librdkafka statistics.", &["topic", "partition"]),
+            producer_queue: gauge(&r, "churnguard_producer_queue_messages", "Messages in the producer's queue (librdkafka msg_cnt)."),
+            in_flight: gauge(&r, "churnguard_outputs_in_flight", "Outputs sent but not yet acknowledged by the broker."),
+            rebalances: counter_vec(&r, "churnguard_rebalances_total", "Consumer group rebalances, by kind (assign, revoke).", &["kind"]),
+            backpressure_pauses: counter(&r, "churnguard_backpressure_pauses_total", "Times consumption paused because the producer was full."),
+            commits: counter_vec(&r, "churnguard_offset_commits_total", "Offset commits, by result.", &["result"]),
+            restored_events: counter(&r, "churnguard_restored_events_total", "Events re-read to rebuild state for an assigned partition."),
+            processing_seconds: histogram(&r, "churnguard_processing_duration_seconds", "Time to process one consumed message (parse, features, score, policy).", exponential_buckets(0.000_001, 2.0, 20).unwrap_or_default()),
+            scoring_seconds: histogram(&r, "churnguard_scoring_duration_seconds", "Time to compute one feature vector and score.", exponential_buckets(0.000_000_1, 2.0, 18).unwrap_or_default()),
+            event_to_intervention_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("churnguard_event_to_intervention_seconds", "From the triggering message's Kafka timestamp to the intervention's acknowledgement.").buckets(latency),
+                    &["tier"],
+                )
+                .unwrap_or_else(|_| unreachable_metric("churnguard_event_to_intervention_seconds")),
+            ),
+            risk_score: histogram(&r, "churnguard_risk_score", "Distribution of computed P(churn).", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
+            model_info: gauge_vec(&r, "churnguard_model_info", "The serving model (value 1).", &["model_version", "trained_at", "features"]),
+            model_loaded: gauge(&r, "churnguard_model_loaded", "1 when a valid model is loaded."),
+            ready: gauge(&r, "churnguard_ready", "1 when the model is loaded and partitions are assigned."),
+            uptime: reg(&r, Gauge::new("churnguard_uptime_seconds", "Seconds since start.").unwrap_or_else(|_| unreachable_metric("churnguard_uptime_seconds"))),
+            registry: {
+                let build = gauge_vec(&r, "churnguard_build_info", "Build metadata (value 1).", &["version"]);
+                build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                r
+            },
+        }
+    }
+
+    /// Add the difference between two snapshots of engine counters.
+    pub fn add_engine_delta(&self, before: &EngineCounters, after: &EngineCounters) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        self.events_late.inc_by(d(before.events_late, after.events_late));
+        self.events_out_of_order.inc_by(d(before.events_out_of_order, after.events_out_of_order));
+        self.suppressed_cooldown.inc_by(d(before.suppressed_cooldown, after.suppressed_cooldown));
+        self.scored.with_label_values(&["event"]).inc_by(d(before.scored_on_event, after.scored_on_event));
+        self.scored.with_label_values(&["silence"]).inc_by(d(before.scored_on_timer, after.scored_on_timer));
+        self.users_created.inc_by(d(before.users_created, after.users_created));
+        self.users_evicted.inc_by(d(before.users_evicted, after.users_evicted));
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.events_consumed.with_label_values(&["t"]).inc();
+        m.events_invalid.with_label_values(&["not_json"]).inc();
+        m.dead_lettered.with_label_values(&["not_json"]).inc();
+        m.interventions.with_label_values(&["high", "coupon"]).inc();
+        m.control.with_label_values(&["high"]).inc();
+        m.scored.with_label_values(&["event"]).inc();
+        m.rebalances.with_label_values(&["assign"]).inc();
+        m.commits.with_label_values(&["ok"]).inc();
+        m.event_to_intervention_seconds.with_label_values(&["high"]).observe(0.1);
+        m.users_by_stage.with_label_values(&["new"]).set(1);
+        m.watermark.with_label_values(&["t", "0"]).set(1.0);
+        m.event_time_lag.with_label_values(&["t", "0"]).set(1.0);
+        m.consumer_lag.with_label_values(&["t", "0"]).set(1);
+        m.model_info.with_label_values(&["v", "t", "3"]).set(1);
+        for f in m.registry.gather() {
+            let n = f.get_name();
+            assert!(n.starts_with("churnguard_"), "{n}");
+            let is_counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(is_counter, n.ends_with("_total"), "{n}: counters and only counters end in _total");
+            for m in f.get_metric() {
+                for l in m.get_label() {
+                    assert!(!l.get_name().contains("user"), "{n} has a user label");
+                }
+            }
+        }
+    }
+}
