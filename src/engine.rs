@@ -214,17 +214,27 @@ impl Engine {
         timers.drain_until(to, |bucket, ids| {
             for &id in ids {
                 let due = meta[id as usize].next_due;
-                if due != NO_DUE && due.div_euclid(granularity) == bucket {
+                // An entry may sit in a later bucket than its due time (pushed after that
+                // bucket was drained); one in an earlier bucket is stale (rescheduled later).
+                if due != NO_DUE && due.div_euclid(granularity) <= bucket && due <= to {
                     due_now.push((due, id));
                 }
             }
         });
         // Fire in due order so output order is deterministic too.
         due_now.sort_unstable();
+        due_now.dedup();
         for &(due, id) in &due_now {
             // A user may have been handled by catch-up since the entry was read.
-            if self.meta[id as usize].next_due == due {
-                self.fire(id, due, emit);
+            if self.meta[id as usize].next_due != due {
+                continue;
+            }
+            // A jump in event time can leave several of the user's due times behind the clock.
+            while self.meta[id as usize].next_due <= to {
+                let d = self.meta[id as usize].next_due;
+                if !self.fire(id, d, emit) {
+                    break;
+                }
             }
         }
         due_now.clear();
@@ -247,6 +257,8 @@ impl Engine {
     /// A rescore timer at `due`: evict the user if silent past the TTL, else score them.
     /// Returns false if the user was evicted.
     fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(Intervention)) -> bool {
+        // The wheel entry that led here is spent: the next schedule must push a new one.
+        self.meta[idx as usize].next_due = NO_DUE;
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
             self.store.evict(idx);
@@ -275,21 +287,27 @@ impl Engine {
         let verdict = if score < self.policy.min_threshold() {
             Verdict::NoTier
         } else {
-            self.policy.judge(score, at, &mut self.meta[idx as usize].memory)
+            let last_active = self.store.user(idx).last_ts();
+            self.policy.judge(score, at, last_active, &mut self.meta[idx as usize].memory)
         };
-        // While the top tier is in cooldown no rescore can send anything (no higher tier to
-        // escalate to), so the silent user's next rescore waits for the cooldown to end.
+        // Rescores that cannot send anything are skipped: after the top tier was sent there is
+        // no escalation left, so a silent user waits for the cooldown to end, or (unless
+        // resend_while_silent) for their next event or eviction. Decisions are unchanged.
         let mem = self.meta[idx as usize].memory;
+        let last_active = self.store.user(idx).last_ts();
+        let expires = last_active.saturating_add(self.cfg.state_ttl.ms());
         let mut next = at.saturating_add(self.cfg.rescore_interval.ms());
         if mem.last_rank == 0 && mem.last_sent != Millis::MIN {
-            next = next.max(mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms()));
+            next = if !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(&mem, last_active) {
+                expires
+            } else {
+                next.max(mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms()))
+            };
         }
-        // ...but never past the moment the user's state expires.
-        let expires = self.store.user(idx).last_ts().saturating_add(self.cfg.state_ttl.ms());
-        self.schedule(idx, next.min(expires.max(at + 1)));
+        self.schedule(idx, next.min(expires).max(at + 1));
         let rank = match verdict {
             Verdict::NoTier => return,
-            Verdict::Cooldown => {
+            Verdict::Cooldown | Verdict::AlreadySent => {
                 self.counters.suppressed_cooldown += 1;
                 return;
             }

@@ -89,14 +89,19 @@ pub struct PolicyConfig {
     /// Features listed as reasons in an intervention.
     pub top_reasons: usize,
     pub lifecycle: LifecycleConfig,
-    /// tier -> stage -> action.
+    /// tier -> stage -> action, overriding the built-in table pair by pair
+    /// (see [`default_actions`]).
     pub actions: BTreeMap<String, BTreeMap<Stage, String>>,
-    /// Action for a tier/stage pair missing from `actions`.
+    /// Action for a tier/stage pair in neither `actions` nor the built-in table.
     pub default_action: String,
+    /// Send the same tier again after the cooldown even if the user has not been active since
+    /// the last intervention. Off: a user who has gone silent gets each tier once per silence
+    /// (escalation still goes through), instead of a win-back every cooldown until eviction.
+    pub resend_while_silent: bool,
 }
 
-impl Default for PolicyConfig {
-    fn default() -> Self {
+/// The built-in tier x stage action table.
+pub fn default_actions() -> BTreeMap<String, BTreeMap<Stage, String>> {
         let table = |pairs: [(Stage, &str); 5]| pairs.into_iter().map(|(s, a)| (s, a.to_string())).collect();
         let mut actions = BTreeMap::new();
         actions.insert(
@@ -119,6 +124,11 @@ impl Default for PolicyConfig {
                 (Stage::Reactivated, "welcome_back_email"),
             ]),
         );
+        actions
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
         PolicyConfig {
             tiers: Vec::new(),
             cooldown: Span::days(7),
@@ -126,8 +136,9 @@ impl Default for PolicyConfig {
             control_salt: "churnguard-control-v1".to_string(),
             top_reasons: 3,
             lifecycle: LifecycleConfig::default(),
-            actions,
+            actions: BTreeMap::new(),
             default_action: "review".to_string(),
+            resend_while_silent: false,
         }
     }
 }
@@ -171,6 +182,8 @@ pub enum Verdict {
     NoTier,
     /// Same or lower tier already sent within the cooldown.
     Cooldown,
+    /// Same or lower tier already sent, and the user has not been active since.
+    AlreadySent,
     /// Send tier `rank` (0 = highest).
     Send(u8),
 }
@@ -194,12 +207,17 @@ impl Memory {
 pub struct Policy {
     pub cfg: PolicyConfig,
     pub tiers: Vec<TierThreshold>,
+    builtin_actions: BTreeMap<String, BTreeMap<Stage, String>>,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, model_tiers: &[TierThreshold]) -> Policy {
         let tiers = if cfg.tiers.is_empty() { model_tiers.to_vec() } else { cfg.tiers.clone() };
-        Policy { cfg, tiers }
+        Policy {
+            cfg,
+            tiers,
+            builtin_actions: default_actions(),
+        }
     }
 
     /// The lowest score that can trigger anything.
@@ -207,8 +225,9 @@ impl Policy {
         self.tiers.last().map_or(f64::INFINITY, |t| t.min_score)
     }
 
-    /// Decide for a score at event time `at`, updating the user's memory when sending.
-    pub fn judge(&self, score: f64, at: Millis, mem: &mut Memory) -> Verdict {
+    /// Decide for a score at event time `at` for a user whose newest event is at `last_active`,
+    /// updating the user's memory when sending.
+    pub fn judge(&self, score: f64, at: Millis, last_active: Millis, mem: &mut Memory) -> Verdict {
         let Some(rank) = self.tiers.iter().position(|t| score >= t.min_score) else {
             return Verdict::NoTier;
         };
@@ -217,16 +236,25 @@ impl Policy {
         if in_cooldown && rank >= mem.last_rank {
             return Verdict::Cooldown;
         }
+        if !self.cfg.resend_while_silent && self.silent_since_sent(mem, last_active) && rank >= mem.last_rank {
+            return Verdict::AlreadySent;
+        }
         *mem = Memory { last_sent: at, last_rank: rank };
         Verdict::Send(rank)
     }
 
+    /// Whether the user has sent no event since their last intervention.
+    pub fn silent_since_sent(&self, mem: &Memory, last_active: Millis) -> bool {
+        mem.last_sent != Millis::MIN && last_active <= mem.last_sent
+    }
+
     pub fn action(&self, tier: &str, stage: Stage) -> &str {
-        self.cfg
-            .actions
-            .get(tier)
-            .and_then(|m| m.get(&stage))
-            .map_or(self.cfg.default_action.as_str(), String::as_str)
+        fn lookup<'t>(t: &'t BTreeMap<String, BTreeMap<Stage, String>>, tier: &str, stage: Stage) -> Option<&'t str> {
+            t.get(tier).and_then(|m| m.get(&stage)).map(String::as_str)
+        }
+        lookup(&self.cfg.actions, tier, stage)
+            .or_else(|| lookup(&self.builtin_actions, tier, stage))
+            .unwrap_or(self.cfg.default_action.as_str())
     }
 
     /// Whether a user's interventions go to the control record. Depends only on the salt and the
@@ -255,13 +283,42 @@ mod tests {
     fn cooldown_blocks_same_tier_but_not_escalation() {
         let p = policy();
         let mut m = Memory::NONE;
-        assert_eq!(p.judge(0.3, 0, &mut m), Verdict::NoTier);
-        assert_eq!(p.judge(0.6, 0, &mut m), Verdict::Send(1));
-        assert_eq!(p.judge(0.6, DAY_MS, &mut m), Verdict::Cooldown);
-        assert_eq!(p.judge(0.9, 2 * DAY_MS, &mut m), Verdict::Send(0), "escalation goes through");
-        assert_eq!(p.judge(0.6, 3 * DAY_MS, &mut m), Verdict::Cooldown, "a lower tier waits too");
-        assert_eq!(p.judge(0.9, 9 * DAY_MS - 1, &mut m), Verdict::Cooldown);
-        assert_eq!(p.judge(0.9, 9 * DAY_MS, &mut m), Verdict::Send(0), "cooldown over");
+        // An active user: an event every time we look.
+        assert_eq!(p.judge(0.3, 0, 0, &mut m), Verdict::NoTier);
+        assert_eq!(p.judge(0.6, 0, 0, &mut m), Verdict::Send(1));
+        assert_eq!(p.judge(0.6, DAY_MS, DAY_MS, &mut m), Verdict::Cooldown);
+        assert_eq!(p.judge(0.9, 2 * DAY_MS, 2 * DAY_MS, &mut m), Verdict::Send(0), "escalation goes through");
+        assert_eq!(p.judge(0.6, 3 * DAY_MS, 3 * DAY_MS, &mut m), Verdict::Cooldown, "a lower tier waits too");
+        assert_eq!(p.judge(0.9, 9 * DAY_MS - 1, 9 * DAY_MS - 1, &mut m), Verdict::Cooldown);
+        assert_eq!(p.judge(0.9, 9 * DAY_MS, 9 * DAY_MS, &mut m), Verdict::Send(0), "cooldown over");
+    }
+
+    #[test]
+    fn a_silent_user_gets_each_tier_once_per_silence() {
+        let p = policy();
+        let mut m = Memory::NONE;
+        let last_active = 0;
+        assert_eq!(p.judge(0.6, DAY_MS, last_active, &mut m), Verdict::Send(1));
+        assert_eq!(p.judge(0.6, 20 * DAY_MS, last_active, &mut m), Verdict::AlreadySent);
+        assert_eq!(p.judge(0.95, 21 * DAY_MS, last_active, &mut m), Verdict::Send(0), "escalation still goes through");
+        assert_eq!(p.judge(0.95, 40 * DAY_MS, last_active, &mut m), Verdict::AlreadySent);
+        assert_eq!(p.judge(0.95, 41 * DAY_MS, 41 * DAY_MS, &mut m), Verdict::Send(0), "back and still at risk");
+        let mut resend = policy();
+        resend.cfg.resend_while_silent = true;
+        let mut m = Memory::NONE;
+        assert_eq!(resend.judge(0.6, DAY_MS, 0, &mut m), Verdict::Send(1));
+        assert_eq!(resend.judge(0.6, 20 * DAY_MS, 0, &mut m), Verdict::Send(1));
+    }
+
+    #[test]
+    fn action_overrides_merge_with_the_builtin_table() {
+        let mut cfg = PolicyConfig::default();
+        cfg.actions.insert("high".into(), [(Stage::Dormant, "sms".to_string())].into_iter().collect());
+        let p = Policy::new(cfg, &[]);
+        assert_eq!(p.action("high", Stage::Dormant), "sms");
+        assert_eq!(p.action("high", Stage::Active), "care_call", "untouched pairs keep the built-in action");
+        assert_eq!(p.action("medium", Stage::New), "onboarding_email");
+        assert_eq!(p.action("vip", Stage::New), "review");
     }
 
     #[test]

@@ -38,12 +38,13 @@ fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
             evs.iter().filter(|e| in_window(w, e.ts)).map(|e| e.amount).sum()
         }
         ["active_days", w] => {
+            // Complete UTC days before t's day: [today - wd, today - 1].
             let wd = window_of(w).ms() / DAY_MS;
             let today = t.div_euclid(DAY_MS);
             let mut ds: Vec<i64> = evs
                 .iter()
                 .map(|e| e.ts.div_euclid(DAY_MS))
-                .filter(|d| *d > today - wd && *d <= today)
+                .filter(|d| *d >= today - wd && *d < today)
                 .collect();
             ds.sort_unstable();
             ds.dedup();
@@ -120,8 +121,8 @@ fn engine_vector(spec: &FeatureSpec, evs: &[Ev], t: i64) -> Vec<f64> {
 }
 
 fn close(a: f64, b: f64) -> bool {
-    // Window amounts are kept as f32 per slot; everything else is exact.
-    (a - b).abs() <= 1e-3 * (1.0 + b.abs())
+    // Amounts are summed exactly in cents; only the final division by 100 rounds.
+    (a - b).abs() <= 1e-9 * (1.0 + b.abs())
 }
 
 proptest! {

@@ -35,7 +35,7 @@ pub struct Layout {
     rings: Vec<Ring>,
     days: DayBitmap,
     n_types: usize,
-    /// Cells per ring slot: one count per type, then the amount (f32 bits).
+    /// Cells per ring slot: one count per type, then the amount in cents (i32 bits).
     slot_cells: usize,
     lifetime_off: usize,
     narrow_len: usize,
@@ -78,7 +78,9 @@ impl Layout {
             .collect();
         let lifetime_off = off;
         off += n_types;
-        let days = DayBitmap::new(spec.max_active_days(), off);
+        // One more bit than the longest day window: the current (incomplete) day.
+        let max_days = spec.max_active_days();
+        let days = DayBitmap::new(if max_days > 0 { max_days + 1 } else { 0 }, off);
         off += days.len();
         let window_days = spec
             .windows
@@ -128,7 +130,7 @@ impl Layout {
         u.wide.fill(NEVER);
         u.wide[W_FIRST_TS] = ts as u64;
         u.wide[W_LAST_TS] = ts as u64;
-        u.wide[W_LIFETIME_AMOUNT] = 0f64.to_bits();
+        u.wide[W_LIFETIME_AMOUNT] = 0;
     }
 
     /// Apply one event. `type_idx` comes from [`FeatureSpec::type_index`].
@@ -155,21 +157,23 @@ impl Layout {
             Applied::OutOfOrder
         };
         let head = wide[W_LAST_TS] as i64;
-        let amount32 = amount as f32;
+        // Amounts are summed as whole cents in integers: exact, so any arrival order gives the
+        // same state.
+        let cents = amount_to_cents(amount);
         for r in &self.rings {
             if let Some(b) = r.locate(head, ts) {
                 narrow[b + type_idx] = narrow[b + type_idx].saturating_add(1);
-                if amount != 0.0 {
+                if cents != 0 {
                     let a = &mut narrow[b + self.n_types];
-                    *a = (f32::from_bits(*a) + amount32).to_bits();
+                    *a = (*a as i32).saturating_add(cents.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32) as u32;
                 }
             }
         }
         let lt = &mut narrow[self.lifetime_off + type_idx];
         *lt = lt.saturating_add(1);
         self.days.mark(narrow, head, ts);
-        if amount != 0.0 {
-            wide[W_LIFETIME_AMOUNT] = (f64::from_bits(wide[W_LIFETIME_AMOUNT]) + amount).to_bits();
+        if cents != 0 {
+            wide[W_LIFETIME_AMOUNT] = (wide[W_LIFETIME_AMOUNT] as i64).saturating_add(cents) as u64;
         }
         if let Some(slot) = wide.get_mut(W_LAST_BY_TYPE + type_idx) {
             if *slot == NEVER || (*slot as i64) < ts {
@@ -195,16 +199,16 @@ impl Layout {
         let nw = self.rings.len();
         let nt = self.n_types;
         let mut counts = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
-        let mut amounts = [0f64; super::MAX_WINDOWS];
+        let mut amounts = [0i64; super::MAX_WINDOWS];
         let mut all_events = [0f64; super::MAX_WINDOWS];
         for (w, r) in self.rings.iter().enumerate() {
             let acc = &mut counts[w][..nt];
-            let mut amount = 0f64;
+            let mut amount = 0i64;
             r.for_each_in_window(u.narrow, head, at, |cells| {
                 for (a, c) in acc.iter_mut().zip(&cells[..nt]) {
                     *a += *c;
                 }
-                amount += f64::from(f32::from_bits(cells[nt]));
+                amount += i64::from(cells[nt] as i32);
             });
             amounts[w] = amount;
             all_events[w] = acc.iter().map(|c| f64::from(*c)).sum();
@@ -218,7 +222,7 @@ impl Layout {
         }
         if a.amount_sum {
             for v in &amounts[..nw] {
-                put(*v);
+                put(*v as f64 / 100.0);
             }
         }
         if a.active_days {
@@ -245,7 +249,7 @@ impl Layout {
             for c in &u.narrow[self.lifetime_off..self.lifetime_off + self.n_types] {
                 put(f64::from(*c));
             }
-            put(f64::from_bits(u.wide[W_LIFETIME_AMOUNT]));
+            put(u.wide[W_LIFETIME_AMOUNT] as i64 as f64 / 100.0);
         }
         if a.trends {
             for w in 1..nw {
@@ -260,6 +264,11 @@ impl Layout {
     pub fn slot_cells(&self) -> usize {
         self.slot_cells
     }
+}
+
+/// An amount in whole cents (saturating; NaN reads as 0).
+pub fn amount_to_cents(amount: f64) -> i64 {
+    (amount * 100.0).round() as i64
 }
 
 /// The short window's rate over the long window's, both add-one smoothed so that silence reads

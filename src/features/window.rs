@@ -157,14 +157,26 @@ impl DayBitmap {
         }
     }
 
-    /// Distinct active days among the `window_days` UTC days ending with the day of `at`.
+    /// Distinct active days among the `window_days` complete UTC days before the day of `at`
+    /// (`at`'s own day is excluded, so the value does not depend on the time of day).
     pub fn count(&self, data: &[u32], head: Millis, at: Millis, window_days: i64) -> u32 {
-        let n = (window_days - (day_of(at) - day_of(head))).clamp(0, self.days);
+        let o = day_of(at) - day_of(head);
+        let lo = (1 - o).max(0);
+        let hi = (window_days - o + 1).min(self.days);
+        if hi <= lo {
+            return 0;
+        }
         let words = &data[self.offset..self.offset + self.len()];
-        let (full, rest) = ((n / 32) as usize, (n % 32) as u32);
-        let mut c: u32 = words[..full].iter().map(|w| w.count_ones()).sum();
-        if rest > 0 {
-            c += (words[full] & ((1u32 << rest) - 1)).count_ones();
+        let mut c = 0;
+        for (w, word) in words.iter().enumerate() {
+            let (start, end) = (w as i64 * 32, w as i64 * 32 + 32);
+            let (a, b) = (lo.max(start), hi.min(end));
+            if a >= b {
+                continue;
+            }
+            let width = (b - a) as u32;
+            let mask = if width == 32 { u32::MAX } else { ((1u32 << width) - 1) << (a - start) };
+            c += (word & mask).count_ones();
         }
         c
     }
@@ -190,20 +202,23 @@ mod tests {
 
     #[test]
     fn bitmap_shifts_across_word_boundaries() {
-        let b = DayBitmap::new(90, 0);
+        // 91 bits: a 90-day window plus the current day.
+        let b = DayBitmap::new(91, 0);
         let mut data = vec![0u32; b.len()];
         let head = 100 * DAY_MS;
-        for d in [100, 99, 70, 40, 11] {
+        for d in [100, 99, 70, 40, 10] {
             b.mark(&mut data, head, d * DAY_MS);
         }
-        // A 90-day window ending on day 100 covers days 11..=100.
-        assert_eq!(b.count(&data, head, head, 90), 5);
-        assert_eq!(b.count(&data, head, head, 89), 4);
+        // Complete days before day 100: the 90-day window is days 10..=99, so day 100 is out.
+        assert_eq!(b.count(&data, head, head, 90), 4);
+        assert_eq!(b.count(&data, head, head, 89), 3, "day 10 is 90 days back");
+        assert_eq!(b.count(&data, head, head, 1), 1, "yesterday, day 99");
         b.advance(&mut data, head, 133 * DAY_MS);
         let h2 = 133 * DAY_MS;
-        // Days 40 and 11 fell off the 90-day bitmap; 34 days ending day 133 start at day 100.
+        // Days 10 and 40 fell off (more than 90 days before day 133).
         assert_eq!(b.count(&data, h2, h2, 90), 3);
-        assert_eq!(b.count(&data, h2, h2, 34), 1);
+        assert_eq!(b.count(&data, h2, h2, 33), 1, "days 100..=132 hold day 100 only");
         assert_eq!(b.count(&data, h2, h2 + 30 * DAY_MS, 34), 0);
+        assert_eq!(b.count(&data, h2, h2 + DAY_MS, 1), 0, "the head day, 133, counts from day 134 on");
     }
 }

@@ -113,8 +113,8 @@ impl Scorer {
         sigmoid(self.logit(raw))
     }
 
-    /// The `top` features pushing this score up the most (largest positive contributions first),
-    /// falling back to the largest magnitudes when fewer push up.
+    /// The `top` features by contribution to the logit, largest first: the ones pushing the
+    /// score up the most (when fewer push up, the least negative follow).
     pub fn explain(&self, raw: &[f64], top: usize) -> Vec<Reason> {
         let mut all: Vec<(f64, usize)> = raw
             .iter()

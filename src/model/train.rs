@@ -162,9 +162,12 @@ pub fn train(spec: &FeatureSpec, data: &Dataset, ctx: TrainContext, opt: &TrainO
         },
     };
     artifact.model_version = model_version(&artifact, &created);
-    // Validation scores through the serving scorer, from the raw vectors: the report shows what
-    // serving will see. (The final model's, so the report matches the shipped coefficients.)
-    let scorer = Scorer::new(&artifact);
+    // Validation scores through the serving scorer from the raw vectors, by the model fitted
+    // without those rows: the report is an honest hold-out view of what serving will see.
+    let mut holdout = artifact.clone();
+    holdout.coefficients = w_tr;
+    holdout.intercept = b_tr;
+    let scorer = Scorer::new(&holdout);
     let validation_scores = valid_rows.iter().map(|&i| scorer.score(data.row(i))).collect();
     Ok(TrainOutcome {
         artifact,

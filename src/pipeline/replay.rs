@@ -1,4 +1,8 @@
-//! Backfill mode: a file through the full scoring path in event-time order, interventions to JSONL.
+//! Backfill mode: a file through the full scoring path, interventions to JSONL.
+//!
+//! Lines are read in file order, exactly as a Kafka partition is: the engine's watermark (newest
+//! event minus the allowed lateness) orders time, events older than it are counted as late, and
+//! silent users are rescored as the file's clock moves.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,0 +1,548 @@
+//! The streaming service end to end against a real Kafka-protocol broker: the `churnguard run`
+//! binary consumes events and publishes interventions, control records and dead letters.
+//! Run with `bash scripts/test.sh` (see tests/common/mod.rs for the broker rule).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use churnguard::features::spec::FeatureSpec;
+use churnguard::intervention::{Intervention, Trigger};
+use churnguard::model::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
+use churnguard::model::metrics::Metrics;
+use churnguard::time::{format_rfc3339_ms, DAY_MS, HOUR_MS};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+/// A model whose risk depends only on silence: P = sigmoid(2 ln(1 + days silent) - 4), so
+/// medium (>= 0.5) after ~6.4 silent days and high (>= 0.9) after ~21.2.
+fn silence_model(path: &Path) {
+    let spec = FeatureSpec {
+        event_types: vec!["login".into(), "purchase".into()],
+        ..FeatureSpec::default()
+    };
+    let defs = spec.features();
+    let coefficients = defs.iter().map(|d| if d.name == "recency" { 2.0 } else { 0.0 }).collect();
+    let p = defs.len();
+    let art = ModelArtifact {
+        format_version: FORMAT_VERSION,
+        model_version: "test-silence-1".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        spec_fingerprint: spec.fingerprint(),
+        feature_names: defs.iter().map(|d| d.name.clone()).collect(),
+        scaler: Scaler {
+            transforms: defs.iter().map(|d| d.transform).collect(),
+            mean: vec![0.0; p],
+            std: vec![1.0; p],
+        },
+        coefficients,
+        intercept: -4.0,
+        thresholds: Thresholds {
+            decision: 0.5,
+            tiers: vec![
+                TierThreshold { name: "high".into(), min_score: 0.9 },
+                TierThreshold { name: "medium".into(), min_score: 0.5 },
+            ],
+        },
+        training: TrainingInfo {
+            events_file: "hand-made".into(),
+            data_from: String::new(),
+            data_to: String::new(),
+            cutoffs: vec![],
+            horizon: "30d".into(),
+            active_within: None,
+            label_source: "none".into(),
+            rows: 0,
+            users: 0,
+            churn_rate: 0.0,
+            l2: 0.0,
+            l2_grid: vec![],
+            validation: Metrics { roc_auc: 0.0, pr_auc: 0.0, log_loss: 0.0, brier: 0.0, n_users: 0, churn_rate: 0.0 },
+            validation_rows: 0,
+            seed: 0,
+            train_seconds: 0.0,
+            engine_version: "test".into(),
+        },
+        spec,
+    };
+    art.validate().expect("hand-made model is valid");
+    art.save(path).expect("writing the model");
+}
+
+fn event(user: &str, ty: &str, ts: i64) -> (String, Vec<u8>) {
+    (user.to_string(), format!(r#"{{"user_id":"{user}","event_type":"{ty}","ts":"{}"}}"#, format_rfc3339_ms(ts)).into_bytes())
+}
+
+struct Topics {
+    events: String,
+    interventions: String,
+    control: String,
+    dlq: String,
+    group: String,
+}
+
+impl Topics {
+    async fn create(brokers: &str, prefix: &str, partitions: i32) -> Topics {
+        let t = Topics {
+            events: common::unique_topic(&format!("{prefix}-events")),
+            interventions: common::unique_topic(&format!("{prefix}-iv")),
+            control: common::unique_topic(&format!("{prefix}-ctl")),
+            dlq: common::unique_topic(&format!("{prefix}-dlq")),
+            group: common::unique_group(prefix),
+        };
+        common::create_topic(brokers, &t.events, partitions).await;
+        for o in [&t.interventions, &t.control, &t.dlq] {
+            common::create_topic(brokers, o, 1).await;
+        }
+        t
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    model: PathBuf,
+    port: u16,
+}
+
+impl Harness {
+    /// Config for the service under test; `extra` is appended TOML.
+    fn new(brokers: &str, t: &Topics, extra: &str) -> Harness {
+        Self::with(brokers, t, "", extra)
+    }
+
+    /// As `new`, with `source_extra` lines added to `[source]`.
+    fn with(brokers: &str, t: &Topics, source_extra: &str, extra: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("model.json");
+        silence_model(&model);
+        let port = free_port();
+        let config = dir.path().join("churnguard.toml");
+        let text = format!(
+            r#"[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"statistics.interval.ms" = "1000"
+
+[source]
+topics = ["{ev}"]
+group_id = "{group}"
+idle_timeout = "1s"
+{source_extra}
+
+[sink]
+interventions_topic = "{iv}"
+control_topic = "{ctl}"
+dead_letter_topic = "{dlq}"
+commit_interval = "200ms"
+
+[model]
+path = "{model}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[engine]
+allowed_lateness = "1s"
+{extra}
+"#,
+            ev = t.events,
+            group = t.group,
+            iv = t.interventions,
+            ctl = t.control,
+            dlq = t.dlq,
+            model = model.display(),
+        );
+        std::fs::write(&config, text).expect("writing config");
+        Harness { dir, config, model, port }
+    }
+
+    fn start(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_churnguard"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "churnguard=info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("service.log")).expect("log file"),
+            ))
+            .spawn()
+            .expect("starting churnguard run")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("metrics connect");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("metrics request");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).expect("metrics read");
+        out
+    }
+
+    /// Sum of a metric's samples whose label set contains `filter` (e.g. `reason="not_json"`).
+    fn metric_sum(&self, name: &str, filter: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+            .filter(|l| l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn replay(&self, events: &[(String, Vec<u8>)]) -> Vec<Intervention> {
+        let file = self.dir.path().join("events.jsonl");
+        let mut f = std::fs::File::create(&file).expect("events file");
+        for (_, e) in events {
+            f.write_all(e).and_then(|_| f.write_all(b"\n")).expect("write event");
+        }
+        let out = self.dir.path().join("replay.jsonl");
+        let ctl = self.dir.path().join("replay-control.jsonl");
+        let st = Command::new(env!("CARGO_BIN_EXE_churnguard"))
+            .args(["replay", "--model"])
+            .arg(&self.model)
+            .arg("--events")
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--control-out")
+            .arg(&ctl)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("running replay");
+        assert!(st.status.success(), "replay failed: {}", String::from_utf8_lossy(&st.stderr));
+        let mut all = read_jsonl(&out);
+        all.extend(read_jsonl(&ctl));
+        all
+    }
+}
+
+fn read_jsonl(p: &Path) -> Vec<Intervention> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("intervention line"))
+        .collect()
+}
+
+/// Everything on `topic` from the beginning, read until nothing new arrives for `quiet`.
+async fn read_all(brokers: &str, topic: &str, quiet: Duration, max: Duration) -> Vec<OwnedMessage> {
+    let c = common::consumer(brokers, &common::unique_group("reader"), &[]);
+    c.subscribe(&[topic]).expect("subscribe");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while start.elapsed() < max {
+        match tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
+            Ok(Ok(m)) => {
+                out.push(m.detach());
+                last = Instant::now();
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) if last.elapsed() >= quiet && (!out.is_empty() || start.elapsed() >= max / 2) => break,
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn interventions(msgs: &[OwnedMessage]) -> Vec<Intervention> {
+    msgs.iter()
+        .map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("intervention JSON"))
+        .collect()
+}
+
+/// Poll `f` until it returns Some or `max` passes.
+async fn wait_for<T>(max: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+fn stop(mut child: Child, signal: &str) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "service did not exit after {signal}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Busy users keep event time moving (every 6 hours for `days`); `quiet` stops after day 2.
+fn silent_user_stream(days: i64) -> Vec<(String, Vec<u8>)> {
+    let mut evs = Vec::new();
+    for h in (0..days * 24).step_by(6) {
+        let ts = T0 + h * HOUR_MS;
+        if ts <= T0 + 2 * DAY_MS {
+            evs.push(event("quiet", "login", ts + 1));
+        }
+        for b in 0..6 {
+            evs.push(event(&format!("busy-{b}"), if h % 24 == 0 { "purchase" } else { "login" }, ts + b));
+        }
+    }
+    evs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_user_is_flagged_with_no_event_of_their_own() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "silent", 3).await;
+    let h = Harness::new(&brokers, &t, "");
+    let evs = silent_user_stream(40);
+    common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
+    let child = h.start();
+    let last_quiet_event = T0 + 2 * DAY_MS + 1;
+    let mut all = interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let st = stop(child, "-TERM");
+    assert!(st.success(), "graceful exit; log:\n{}", h.log());
+    let q = all
+        .iter()
+        .filter(|i| i.user_id == "quiet")
+        .min_by(|a, b| a.event_time.cmp(&b.event_time))
+        .unwrap_or_else(|| panic!("quiet was never flagged; log:\n{}", h.log()));
+    assert_eq!(q.trigger, Trigger::Silence, "flagged by the clock, not by an event: {q:?}");
+    let at = churnguard::time::parse_timestamp(&q.event_time).expect("event_time");
+    assert!(at > last_quiet_event + 6 * DAY_MS, "flagged after ~6.4 silent days, got {}", q.event_time);
+    assert!(all.iter().filter(|i| i.user_id.starts_with("busy")).count() == 0, "busy users are never at risk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "dlq", 2).await;
+    let h = Harness::with(&brokers, &t, "max_event_bytes = 2048", "");
+    let mut evs: Vec<(String, Vec<u8>)> = (0..50).map(|i| event(&format!("u{i}"), "login", T0 + i * HOUR_MS)).collect();
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("b1", b"{not json".to_vec(), "not_json"),
+        ("b2", br#"{"event_type":"login","ts":"2026-01-02T00:00:00Z"}"#.to_vec(), "missing_field"),
+        ("b3", br#"{"user_id":"b3","event_type":"login","ts":"last tuesday"}"#.to_vec(), "bad_timestamp"),
+        ("b4", format!(r#"{{"user_id":"b4","event_type":"login","ts":1767225600000,"pad":"{}"}}"#, "x".repeat(4096)).into_bytes(), "too_large"),
+        ("b5", br#"{"user_id":42,"event_type":"login","ts":1767225600000}"#.to_vec(), "bad_type"),
+        ("b6", b"[1,2,3]".to_vec(), "not_object"),
+    ];
+    for (k, v, _) in &bad {
+        evs.push((k.to_string(), v.clone()));
+    }
+    common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
+    let child = h.start();
+    let dlq = common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), bad.len(), Duration::from_secs(60)).await;
+    let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for m in &dlq {
+        let headers = m.headers().expect("dead letters carry headers");
+        let get = |name: &str| -> String {
+            headers
+                .iter()
+                .find(|hd| hd.key == name)
+                .and_then(|hd| hd.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        assert_eq!(get("churnguard.source.topic"), t.events);
+        assert!(get("churnguard.source.offset").parse::<i64>().is_ok());
+        assert!(get("churnguard.source.partition").parse::<i32>().is_ok());
+        assert!(!get("churnguard.message").is_empty());
+        seen.insert(get("churnguard.reason"), m.payload().unwrap_or_default().to_vec());
+    }
+    for (_, payload, reason) in &bad {
+        assert_eq!(seen.get(*reason), Some(payload), "{reason}: the payload is dead-lettered byte for byte");
+    }
+    // consumed = valid + dead-lettered, as the service's own metrics report it.
+    let balanced = wait_for(Duration::from_secs(20), || {
+        let consumed = h.metric_sum("churnguard_events_consumed_total", "");
+        let invalid = h.metric_sum("churnguard_events_invalid_total", "");
+        let dead = h.metric_sum("churnguard_dead_lettered_total", "");
+        (consumed == evs.len() as f64 && invalid == bad.len() as f64 && dead == bad.len() as f64).then_some(())
+    })
+    .await;
+    let metrics = h.metrics();
+    let st = stop(child, "-TERM");
+    assert!(balanced.is_some(), "counts do not balance:\n{metrics}");
+    assert!(metrics.contains("churnguard_events_invalid_total{reason=\"too_large\"} 1"), "{metrics}");
+    assert!(st.success());
+}
+
+/// Sim-like traffic for many users, some of whom go quiet, for crash and equivalence tests.
+fn mixed_stream(users: usize, days: i64) -> Vec<(String, Vec<u8>)> {
+    let mut evs = Vec::new();
+    for h in (0..days * 24).step_by(4) {
+        let ts = T0 + h * HOUR_MS;
+        for u in 0..users {
+            // User u goes quiet after day (u % days); a third of users never do.
+            let quiet_from = if u % 3 == 0 { days } else { (u as i64 * 7) % days };
+            if h / 24 < quiet_from && (h / 4 + u as i64) % 3 == 0 {
+                evs.push(event(&format!("m{u:04}"), if u % 5 == 0 { "purchase" } else { "login" }, ts + u as i64));
+            }
+        }
+    }
+    evs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_and_run_matches_replay() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "crash", 3).await;
+    let h = Harness::new(&brokers, &t, "");
+    let evs = mixed_stream(120, 60);
+    let max_ts = T0 + 60 * DAY_MS;
+    let expected = h.replay(&evs);
+    assert!(expected.len() > 50, "the stream must produce interventions ({})", expected.len());
+    let producer = common::producer(&brokers);
+    // First half, start, kill mid-stream, second half, restart.
+    let half = evs.len() / 2;
+    common::produce_all(&producer, &t.events, &evs[..half]).await;
+    let child = h.start();
+    let progressed = wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_events_consumed_total", "") > 0.0).then_some(())).await;
+    assert!(progressed.is_some(), "service consumed nothing; log:\n{}", h.log());
+    common::produce_all(&producer, &t.events, &evs[half..]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = stop(child, "-KILL");
+    assert!(!killed.success());
+    let child = h.start();
+    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(6), Duration::from_secs(120)).await;
+    let ctl_msgs = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let st = stop(child, "-TERM");
+    assert!(st.success(), "graceful exit after restart; log:\n{}", h.log());
+    let mut got = interventions(&msgs);
+    got.extend(interventions(&ctl_msgs));
+    // Duplicates (re-sent after the crash) carry the same id and the same decision.
+    let mut by_id: HashMap<&str, &Intervention> = HashMap::new();
+    for iv in &got {
+        if let Some(prev) = by_id.insert(&iv.intervention_id, iv) {
+            assert_eq!((&prev.user_id, &prev.tier, &prev.event_time, prev.control), (&iv.user_id, &iv.tier, &iv.event_time, iv.control), "a duplicate id must be the same decision");
+        }
+    }
+    let until = format_rfc3339_ms(max_ts - DAY_MS);
+    let ids = |v: &[Intervention]| -> BTreeSet<String> { v.iter().filter(|i| i.event_time <= until).map(|i| i.intervention_id.clone()).collect() };
+    let (want, have) = (ids(&expected), ids(&got));
+    let missing: Vec<_> = want.difference(&have).collect();
+    assert!(missing.is_empty(), "{} of {} replay interventions never published (e.g. {:?}); log:\n{}", missing.len(), want.len(), missing.first(), h.log());
+    let extra: Vec<_> = have.difference(&want).collect();
+    assert!(extra.is_empty(), "run decided {} interventions replay did not (e.g. {:?})", extra.len(), extra.first());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldown_holds_and_escalation_goes_through() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "cool", 1).await;
+    let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.0\ncooldown = \"7d\"\n");
+    common::produce_all(&common::producer(&brokers), &t.events, &silent_user_stream(60)).await;
+    let child = h.start();
+    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let st = stop(child, "-TERM");
+    assert!(st.success());
+    let mut quiet: Vec<Intervention> = interventions(&msgs).into_iter().filter(|i| i.user_id == "quiet").collect();
+    quiet.sort_by(|a, b| a.event_time.cmp(&b.event_time));
+    quiet.dedup_by(|a, b| a.intervention_id == b.intervention_id);
+    let tiers: Vec<&str> = quiet.iter().map(|i| i.tier.as_str()).collect();
+    assert!(tiers.starts_with(&["medium", "medium", "high"]), "medium, medium after the cooldown, then high: {tiers:?}");
+    let at = |i: &Intervention| churnguard::time::parse_timestamp(&i.event_time).expect("ts");
+    // Same tier: at least a cooldown apart. Escalation: allowed sooner.
+    assert!(at(&quiet[1]) - at(&quiet[0]) >= 7 * DAY_MS);
+    assert!(at(&quiet[2]) - at(&quiet[1]) < 7 * DAY_MS, "escalation within the cooldown");
+    for w in quiet.windows(2) {
+        if w[0].tier == w[1].tier {
+            assert!(at(&w[1]) - at(&w[0]) >= 7 * DAY_MS, "{} then {} at {} and {}", w[0].tier, w[1].tier, w[0].event_time, w[1].event_time);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_share_matches_fraction_and_is_stable_across_restart() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "control", 2).await;
+    let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.2\n");
+    // 1,500 users each log in once; a heartbeat user keeps the clock moving until they are all
+    // silent long enough to be flagged (medium) exactly once.
+    let users = 1500;
+    let mut evs: Vec<(String, Vec<u8>)> = (0..users).map(|u| event(&format!("c{u:05}"), "login", T0 + u as i64 * 1000)).collect();
+    for hr in 0..(10 * 24) {
+        evs.push(event("heartbeat", "login", T0 + hr * HOUR_MS));
+    }
+    common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
+    let child = h.start();
+    let first = wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_events_consumed_total", "") >= evs.len() as f64).then_some(())).await;
+    assert!(first.is_some(), "not all consumed; log:\n{}", h.log());
+    let st = stop(child, "-TERM");
+    assert!(st.success());
+    let ctl1 = interventions(&read_all(&brokers, &t.control, Duration::from_secs(3), Duration::from_secs(30)).await);
+    let iv1 = interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(3), Duration::from_secs(30)).await);
+    let control_users: BTreeSet<String> = ctl1.iter().map(|i| i.user_id.clone()).collect();
+    let treated_users: BTreeSet<String> = iv1.iter().map(|i| i.user_id.clone()).collect();
+    assert!(control_users.is_disjoint(&treated_users), "a user is in one group only");
+    let total = (control_users.len() + treated_users.len()) as f64;
+    assert!(total >= users as f64 * 0.9, "most users flagged ({total})");
+    let share = control_users.len() as f64 / total;
+    assert!((share - 0.2).abs() < 0.04, "control share {share:.3} vs 0.2");
+    // A fresh instance with a new group re-decides the same users: same assignment.
+    let h2 = Harness::new(&brokers, &Topics { group: common::unique_group("control2"), ..t }, "[policy]\ncontrol_fraction = 0.2\n");
+    let child = h2.start();
+    let again = wait_for(Duration::from_secs(60), || (h2.metric_sum("churnguard_events_consumed_total", "") >= evs.len() as f64).then_some(())).await;
+    let st = stop(child, "-TERM");
+    assert!(again.is_some() && st.success());
+    let ctl2 = interventions(&read_all(&brokers, &h2_topic(&h2), Duration::from_secs(3), Duration::from_secs(30)).await);
+    let control_again: BTreeSet<String> = ctl2.iter().map(|i| i.user_id.clone()).collect();
+    assert_eq!(control_users, control_again, "control assignment is stable across instances");
+}
+
+fn h2_topic(h: &Harness) -> String {
+    let cfg = std::fs::read_to_string(&h.config).expect("config");
+    cfg.lines()
+        .find_map(|l| l.strip_prefix("control_topic = \"").and_then(|r| r.strip_suffix('"')))
+        .expect("control topic")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_and_exits_zero() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "term", 2).await;
+    let h = Harness::new(&brokers, &t, "");
+    let evs = mixed_stream(40, 20);
+    let placed = common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
+    let child = h.start();
+    let done = wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_events_consumed_total", "") >= evs.len() as f64).then_some(())).await;
+    assert!(done.is_some(), "log:\n{}", h.log());
+    let started = Instant::now();
+    let st = stop(child, "-TERM");
+    assert!(st.success(), "exit status {st:?}; log:\n{}", h.log());
+    assert!(started.elapsed() < Duration::from_secs(30), "exits within the shutdown bound");
+    // The group's committed offsets cover every message.
+    let mut end: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in placed {
+        let e = end.entry(p).or_default();
+        *e = (*e).max(o + 1);
+    }
+    let c = common::consumer(&brokers, &t.group, &[]);
+    let mut tpl = TopicPartitionList::new();
+    for p in end.keys() {
+        tpl.add_partition(&t.events, *p);
+    }
+    let committed = tokio::task::spawn_blocking(move || c.committed_offsets(tpl, Duration::from_secs(10))).await.expect("join").expect("committed offsets");
+    for e in committed.elements() {
+        assert_eq!(e.offset(), Offset::Offset(end[&e.partition()]), "partition {} committed to the end", e.partition());
+    }
+}
