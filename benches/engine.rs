@@ -1,1 +1,261 @@
-fn main() {}
+//! Micro-benchmarks of the hot path: parsing an event, updating a user's window state, building
+//! a feature vector and scoring it, and the whole engine over a batch of simulator events.
+//!
+//! `cargo bench --bench engine` (about half a minute); `cargo bench --bench engine -- --test`
+//! runs each benchmark once as a smoke test.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use churnguard::engine::{Engine, EngineConfig};
+use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
+use churnguard::features::spec::FeatureSpec;
+use churnguard::features::{FeatureStore, Layout};
+use churnguard::model::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
+use churnguard::model::metrics::Metrics;
+use churnguard::model::Scorer;
+use churnguard::policy::PolicyConfig;
+use churnguard::sim::{self, EventKind, SimConfig, SimEvent};
+use churnguard::time::{Millis, DAY_MS, MINUTE_MS};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+const T0: Millis = sim::DEFAULT_START_MS;
+const BATCH: usize = 100_000;
+
+/// The simulator's event types, as a spec derived from its data would list them.
+fn spec() -> FeatureSpec {
+    FeatureSpec {
+        event_types: EventKind::ALL.iter().map(|k| k.as_str().to_string()).collect(),
+        ..FeatureSpec::default()
+    }
+}
+
+/// A model with a non-zero coefficient on every feature (so scoring does all the work a trained
+/// model's does): silence, friction and cancels raise risk, activity and tenure lower it.
+fn model() -> ModelArtifact {
+    let spec = spec();
+    let defs = spec.features();
+    let p = defs.len();
+    let coefficients: Vec<f64> = defs
+        .iter()
+        .map(|d| {
+            let n = d.name.as_str();
+            if n == "recency" {
+                0.9
+            } else if n.contains("cancel") || n.contains("payment_failed") || n.contains("support_ticket") {
+                0.3
+            } else if n.starts_with("count.") || n.starts_with("active_days.") || n.starts_with("trend.") {
+                -0.15
+            } else if n == "tenure" || n.starts_with("lifetime.") {
+                -0.05
+            } else {
+                0.05
+            }
+        })
+        .collect();
+    let art = ModelArtifact {
+        format_version: FORMAT_VERSION,
+        model_version: "bench-1".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        spec_fingerprint: spec.fingerprint(),
+        feature_names: spec.feature_names(),
+        scaler: Scaler {
+            transforms: defs.iter().map(|d| d.transform).collect(),
+            mean: vec![0.0; p],
+            std: vec![1.0; p],
+        },
+        coefficients,
+        intercept: -3.0,
+        thresholds: Thresholds {
+            decision: 0.5,
+            tiers: vec![
+                TierThreshold { name: "high".into(), min_score: 0.8 },
+                TierThreshold { name: "medium".into(), min_score: 0.5 },
+            ],
+        },
+        training: TrainingInfo {
+            events_file: "bench".into(),
+            data_from: String::new(),
+            data_to: String::new(),
+            cutoffs: vec![],
+            horizon: "30d".into(),
+            active_within: None,
+            label_source: "bench".into(),
+            rows: 0,
+            users: 0,
+            churn_rate: 0.0,
+            l2: 0.0,
+            l2_grid: vec![],
+            validation: Metrics {
+                roc_auc: f64::NAN,
+                pr_auc: f64::NAN,
+                log_loss: f64::NAN,
+                brier: f64::NAN,
+                n_users: 0,
+                churn_rate: f64::NAN,
+            },
+            validation_rows: 0,
+            seed: 0,
+            train_seconds: 0.0,
+            engine_version: "bench".into(),
+        },
+        spec,
+    };
+    art.validate().expect("bench model validates");
+    art
+}
+
+fn owned(ev: &SimEvent) -> ActivityEvent<'static> {
+    ActivityEvent {
+        user_id: Cow::Owned(sim::user_id_string(ev.user_id)),
+        event_type: Cow::Borrowed(ev.event_type.as_str()),
+        ts: ev.ts,
+        amount: ev.amount,
+    }
+}
+
+/// The first 100k events of a simulated log (2,500 users over 120 days), in stream order.
+fn batch() -> &'static [ActivityEvent<'static>] {
+    static BATCH_EVENTS: OnceLock<Vec<ActivityEvent<'static>>> = OnceLock::new();
+    BATCH_EVENTS.get_or_init(|| {
+        let cfg = SimConfig {
+            users: 2_500,
+            days: 120,
+            seed: 7,
+            start_ms: T0,
+        };
+        let mut out = Vec::with_capacity(BATCH);
+        sim::generate(&cfg, |e| {
+            if out.len() < BATCH {
+                out.push(owned(e));
+            }
+        })
+        .expect("simulate");
+        assert_eq!(out.len(), BATCH, "the simulated log must hold {BATCH} events");
+        out
+    })
+}
+
+/// A store holding one user with 60 days of history: 400 events of mixed types.
+fn store_with_history() -> (FeatureStore, u32, Millis) {
+    let spec = spec();
+    let mut store = FeatureStore::new(Layout::new(&spec, 30 * DAY_MS));
+    let (idx, _) = store.get_or_insert("u0000042", T0);
+    let mut ts = T0;
+    for i in 0..400u32 {
+        ts += (i64::from(i % 13) + 1) * 17 * MINUTE_MS;
+        let ty = (i % spec.n_types() as u32) as usize;
+        let amount = if i % 9 == 0 { 12.5 } else { 0.0 };
+        store.apply(idx, ts, ty, amount);
+    }
+    (store, idx, ts)
+}
+
+fn bench_parse_event(c: &mut Criterion) {
+    let mut line = Vec::new();
+    sim::write_event_json(
+        &mut line,
+        &SimEvent {
+            user_id: 123_456,
+            event_type: EventKind::Purchase,
+            ts: T0 + 37 * DAY_MS + 12_345_678,
+            amount: Some(23.99),
+        },
+    );
+    let line = line.strip_suffix(b"\n").unwrap_or(&line).to_vec();
+    let mut g = c.benchmark_group("parse_event");
+    g.throughput(Throughput::Bytes(line.len() as u64));
+    g.bench_function("simulator_purchase_line", |b| {
+        b.iter(|| parse_event(black_box(&line), DEFAULT_MAX_EVENT_BYTES).expect("valid"))
+    });
+    g.finish();
+}
+
+fn bench_feature_update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("feature_update");
+    g.throughput(Throughput::Elements(1));
+    let n_types = spec().n_types();
+    g.bench_function("apply_newest", |b| {
+        let (mut store, idx, mut ts) = store_with_history();
+        let mut i = 0usize;
+        b.iter(|| {
+            // Sessions minutes apart: most events stay in the head slot, some advance the rings.
+            i += 1;
+            ts += (i as i64 % 7) * 3 * MINUTE_MS;
+            store.apply(idx, black_box(ts), i % n_types, if i % 11 == 0 { 9.99 } else { 0.0 })
+        })
+    });
+    g.bench_function("apply_out_of_order", |b| {
+        let (mut store, idx, ts) = store_with_history();
+        let mut i = 0usize;
+        b.iter(|| {
+            i += 1;
+            store.apply(idx, black_box(ts - 40 * MINUTE_MS), i % n_types, 0.0)
+        })
+    });
+    g.finish();
+}
+
+fn bench_vector_and_score(c: &mut Criterion) {
+    let model = model();
+    let scorer = Scorer::new(&model);
+    let (store, idx, last) = store_with_history();
+    let at = last + 5 * 3_600_000;
+    let mut v = vec![0.0; store.layout().n_features()];
+    let mut g = c.benchmark_group("vector_and_score");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("vector_at", |b| {
+        b.iter(|| {
+            store.vector_at(idx, black_box(at), &mut v);
+            v[0]
+        })
+    });
+    store.vector_at(idx, at, &mut v);
+    g.bench_function("score", |b| b.iter(|| scorer.score(black_box(&v))));
+    g.bench_function("vector_at_and_score", |b| {
+        b.iter(|| {
+            store.vector_at(idx, black_box(at), &mut v);
+            scorer.score(&v)
+        })
+    });
+    g.finish();
+}
+
+fn bench_engine_ingest(c: &mut Criterion) {
+    let model = model();
+    let mut g = c.benchmark_group("engine_ingest");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("simulator_100k", |b| {
+        let events = batch();
+        b.iter_batched(
+            || Engine::new(&model, PolicyConfig::default(), EngineConfig::default()),
+            |mut engine| {
+                let mut sent = 0u64;
+                for e in events {
+                    engine.ingest(e, &mut |iv| {
+                        sent += 1;
+                        black_box(iv);
+                    });
+                }
+                black_box(sent);
+                if std::env::var_os("BENCH_DEBUG").is_some() { eprintln!("sent {sent} counters {:?}", engine.counters); }
+                // Returned, so dropping the state is not timed.
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = bench_parse_event, bench_feature_update, bench_vector_and_score, bench_engine_ingest
+}
+criterion_main!(benches);

@@ -98,8 +98,8 @@ mod tests {
     #[test]
     fn drains_only_complete_buckets_in_order() {
         let mut w = TimerWheel::new(10);
-        w.push(25, 1);
         w.push(5, 2);
+        w.push(25, 1);
         w.push(12, 3);
         let mut seen = Vec::new();
         w.drain_until(18, |b, ids| seen.push((b, ids.to_vec())));
