@@ -179,6 +179,37 @@ struct RawFields<'a> {
     amount: Option<Scalar<'a>>,
 }
 
+/// A field name, matched without allocating (serde's `Cow<str>` would always own it).
+enum Key {
+    UserId,
+    EventType,
+    Ts,
+    Amount,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "user_id" => Key::UserId,
+                    "event_type" => Key::EventType,
+                    "ts" => Key::Ts,
+                    "amount" => Key::Amount,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 enum Top<'a> {
     Object(RawFields<'a>),
     NotObject(&'static str),
@@ -194,13 +225,13 @@ impl<'de> Deserialize<'de> for Top<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawFields::default();
-                while let Some(key) = a.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "user_id" => &mut raw.user_id,
-                        "event_type" => &mut raw.event_type,
-                        "ts" => &mut raw.ts,
-                        "amount" => &mut raw.amount,
-                        _ => {
+                while let Some(key) = a.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::UserId => &mut raw.user_id,
+                        Key::EventType => &mut raw.event_type,
+                        Key::Ts => &mut raw.ts,
+                        Key::Amount => &mut raw.amount,
+                        Key::Other => {
                             a.next_value::<IgnoredAny>()?;
                             continue;
                         }

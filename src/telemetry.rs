@@ -180,13 +180,13 @@ mod tests {
         m.consumer_lag.with_label_values(&["t", "0"]).set(1);
         m.model_info.with_label_values(&["v", "t", "3"]).set(1);
         for f in m.registry.gather() {
-            let n = f.get_name();
+            let n = f.name();
             assert!(n.starts_with("churnguard_"), "{n}");
             let is_counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
             assert_eq!(is_counter, n.ends_with("_total"), "{n}: counters and only counters end in _total");
             for m in f.get_metric() {
                 for l in m.get_label() {
-                    assert!(!l.get_name().contains("user"), "{n} has a user label");
+                    assert!(!l.name().contains("user"), "{n} has a user label");
                 }
             }
         }

@@ -138,11 +138,15 @@ impl Layout {
     pub fn apply(&self, u: UserMut<'_>, ts: Millis, type_idx: usize, amount: f64) -> Applied {
         let (narrow, wide) = (u.narrow, u.wide);
         let last = wide[W_LAST_TS] as i64;
+        let cents = amount_to_cents(amount);
+        let cents32 = cents.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        // Amounts are summed as whole cents in integers: exact, so any arrival order gives the
+        // same state.
+        for r in &self.rings {
+            r.record(narrow, last, ts, type_idx, self.n_types, cents32);
+        }
         let applied = if ts >= last {
             if ts > last {
-                for r in &self.rings {
-                    r.advance(narrow, last, ts);
-                }
                 self.days.advance(narrow, last, ts);
                 if ts - last >= self.return_gap_ms {
                     wide[W_RETURNED_AT] = ts as u64;
@@ -157,18 +161,6 @@ impl Layout {
             Applied::OutOfOrder
         };
         let head = wide[W_LAST_TS] as i64;
-        // Amounts are summed as whole cents in integers: exact, so any arrival order gives the
-        // same state.
-        let cents = amount_to_cents(amount);
-        for r in &self.rings {
-            if let Some(b) = r.locate(head, ts) {
-                narrow[b + type_idx] = narrow[b + type_idx].saturating_add(1);
-                if cents != 0 {
-                    let a = &mut narrow[b + self.n_types];
-                    *a = (*a as i32).saturating_add(cents.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32) as u32;
-                }
-            }
-        }
         let lt = &mut narrow[self.lifetime_off + type_idx];
         *lt = lt.saturating_add(1);
         self.days.mark(narrow, head, ts);

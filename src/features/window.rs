@@ -9,6 +9,8 @@
 //! A [`DayBitmap`] keeps one bit per UTC day for the last `D` days, for distinct-active-day
 //! counts, with the same head/query rule at one-day granularity.
 
+use strength_reduce::StrengthReducedU64;
+
 use crate::time::{day_of, Millis};
 
 /// One sliding window stored as `k` slots of `cells` u32 each, at `offset` in a user's cells.
@@ -18,16 +20,23 @@ pub struct Ring {
     k: i64,
     cells: usize,
     offset: usize,
+    // Slot arithmetic runs several times per event; a hardware divide by a runtime value costs
+    // tens of cycles, a strength-reduced one a multiply.
+    div_slot: StrengthReducedU64,
+    div_k: StrengthReducedU64,
 }
 
 impl Ring {
     pub fn new(window_ms: Millis, k: u32, cells: usize, offset: usize) -> Ring {
         debug_assert!(window_ms > 0 && window_ms % i64::from(k) == 0);
+        let slot_ms = window_ms / i64::from(k);
         Ring {
-            slot_ms: window_ms / i64::from(k),
+            slot_ms,
             k: i64::from(k),
             cells,
             offset,
+            div_slot: StrengthReducedU64::new(slot_ms.max(1) as u64),
+            div_k: StrengthReducedU64::new(u64::from(k.max(1))),
         }
     }
 
@@ -42,45 +51,75 @@ impl Ring {
 
     #[inline]
     pub fn slot_of(&self, ts: Millis) -> i64 {
-        ts.div_euclid(self.slot_ms)
+        if ts >= 0 {
+            (ts as u64 / self.div_slot) as i64
+        } else {
+            ts.div_euclid(self.slot_ms)
+        }
     }
 
     #[inline]
     fn base(&self, slot: i64) -> usize {
-        self.offset + slot.rem_euclid(self.k) as usize * self.cells
+        let r = if slot >= 0 { (slot as u64 % self.div_k) as usize } else { slot.rem_euclid(self.k) as usize };
+        self.offset + r * self.cells
     }
 
-    /// Move the head from the slot of `old_head` to the slot of `new_head` (`new_head >= old_head`),
-    /// zeroing the slots that the ring reuses.
+    /// Record an event at `ts` for a user whose newest event was `old_head` before it: move the
+    /// head if the event is newer, then add `1` to `cell` and `cents` to the amount cell of the
+    /// event's slot, unless that slot has left the ring.
     #[inline]
-    pub fn advance(&self, data: &mut [u32], old_head: Millis, new_head: Millis) {
-        let (old, new) = (self.slot_of(old_head), self.slot_of(new_head));
-        if new - old >= self.k {
-            data[self.offset..self.offset + self.len()].fill(0);
-            return;
-        }
-        for s in old + 1..=new {
+    pub fn record(&self, data: &mut [u32], old_head: Millis, ts: Millis, cell: usize, amount_cell: usize, cents: i32) {
+        let (old, s) = (self.slot_of(old_head), self.slot_of(ts));
+        let head = if s > old {
+            if s - old >= self.k {
+                data[self.offset..self.offset + self.len()].fill(0);
+            } else {
+                let mut b = self.base(old);
+                let end = self.offset + self.len();
+                for _ in old..s {
+                    b += self.cells;
+                    if b == end {
+                        b = self.offset;
+                    }
+                    data[b..b + self.cells].fill(0);
+                }
+            }
+            s
+        } else {
+            old
+        };
+        if s > head - self.k {
             let b = self.base(s);
-            data[b..b + self.cells].fill(0);
+            data[b + cell] = data[b + cell].saturating_add(1);
+            if cents != 0 {
+                let a = &mut data[b + amount_cell];
+                *a = (*a as i32).saturating_add(cents) as u32;
+            }
         }
-    }
-
-    /// The slot index for an event at `ts`, or `None` if it has left the ring whose head is `head`.
-    #[inline]
-    pub fn locate(&self, head: Millis, ts: Millis) -> Option<usize> {
-        let (h, s) = (self.slot_of(head), self.slot_of(ts));
-        (s > h - self.k && s <= h).then(|| self.base(s))
     }
 
     /// Call `f` with the cells of every slot inside the window at time `at`, for a ring whose head
     /// is `head` (`at >= head`).
     #[inline]
     pub fn for_each_in_window(&self, data: &[u32], head: Millis, at: Millis, mut f: impl FnMut(&[u32])) {
-        let (h, q) = (self.slot_of(head), self.slot_of(at));
+        let (h, q) = if head == at {
+            let h = self.slot_of(head);
+            (h, h)
+        } else {
+            (self.slot_of(head), self.slot_of(at))
+        };
         let oldest = (q - self.k + 1).max(h - self.k + 1);
-        for s in oldest..=h {
-            let b = self.base(s);
+        if oldest > h {
+            return;
+        }
+        let end = self.offset + self.len();
+        let mut b = self.base(oldest);
+        for _ in oldest..=h {
             f(&data[b..b + self.cells]);
+            b += self.cells;
+            if b == end {
+                b = self.offset;
+            }
         }
     }
 }
@@ -189,15 +228,25 @@ mod tests {
 
     #[test]
     fn ring_skips_events_older_than_its_span_and_reuses_slots() {
-        let r = Ring::new(7 * DAY_MS, 7, 1, 0);
+        // A 7-day window of 7 one-day slots, one count cell and one amount cell per slot.
+        let r = Ring::new(7 * DAY_MS, 7, 2, 0);
         let mut data = vec![0u32; r.len()];
+        let sum = |data: &[u32], head: i64, at: i64| {
+            let mut n = 0;
+            r.for_each_in_window(data, head, at, |c| n += c[0]);
+            n
+        };
         let head = 10 * DAY_MS;
-        let b = r.locate(head, head).unwrap();
-        data[b] += 1;
-        assert!(r.locate(head, 3 * DAY_MS + 5).is_none(), "slot 3 left the ring at head 10");
-        assert!(r.locate(head, 4 * DAY_MS).is_some());
-        r.advance(&mut data, head, 17 * DAY_MS);
-        assert_eq!(data.iter().sum::<u32>(), 0, "slot 10 is reused by slot 17");
+        r.record(&mut data, head, head, 0, 1, 250);
+        r.record(&mut data, head, 3 * DAY_MS + 5, 0, 1, 0);
+        assert_eq!(sum(&data, head, head), 1, "slot 3 left the ring at head 10: not recorded");
+        r.record(&mut data, head, 4 * DAY_MS, 0, 1, 0);
+        assert_eq!(sum(&data, head, head), 2, "slot 4 is the oldest slot in the ring");
+        assert_eq!(sum(&data, head, head + 6 * DAY_MS), 1, "queried 6 days later only slot 10 is inside");
+        r.record(&mut data, head, 17 * DAY_MS, 0, 1, 0);
+        assert_eq!(sum(&data, 17 * DAY_MS, 17 * DAY_MS), 1, "slot 10 was reused by slot 17");
+        assert_eq!(data.iter().step_by(2).sum::<u32>(), 1);
+        assert_eq!(data[1..].iter().step_by(2).sum::<u32>(), 0, "the amount left with slot 10");
     }
 
     #[test]
