@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: builds churnguard and runs `churnguard demo`, which
+# starts an in-process Kafka-protocol broker, the simulator producing events on an accelerated
+# clock, and the full streaming service, and prints interventions live. Needs nothing running.
+#
+#   bash scripts/demo.sh                    # until Ctrl-C
+#   bash scripts/demo.sh --duration 30s     # stop by itself and print a summary
+#
+# Arguments go to `churnguard demo` (see `churnguard demo --help`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo build --release --quiet
+exec ./target/release/churnguard demo "$@"
