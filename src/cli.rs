@@ -50,6 +50,30 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmarks behind docs/PERFORMANCE.md.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Replay throughput, peak memory, state bytes per user, and training time on ~1M rows.
+    #[command(after_help = "Example:\n  churnguard bench replay --users 100000 --days 180")]
+    Replay {
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        #[arg(long, default_value_t = 180)]
+        days: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value = "models/default.json")]
+        model: PathBuf,
+        /// Where the simulated event file is written.
+        #[arg(long, default_value = "target/bench")]
+        workdir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        train_rows: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +215,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Replay(a) => replay_cmd(a),
         Command::Run(a) => run_cmd(a),
         Command::Demo(a) => demo_cmd(a),
+        Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
+            let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions { users, days, seed, model, workdir, train_rows })?;
+            print!("{report}");
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             let cfg = crate::config::Config::load(&file)?;
             print!("{}", cfg.redacted_toml());

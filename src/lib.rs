@@ -3,6 +3,7 @@
 //! Data flows one way: source -> features -> model -> policy -> sink. The same
 //! [`features`] code computes the vectors a model is trained on and the vectors it serves.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

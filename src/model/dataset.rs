@@ -115,6 +115,11 @@ impl EventLog {
         self.recs.last().map_or(0, |r| r.ts)
     }
 
+    /// Distinct users in the log.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
     pub fn user_id(&self, u: u32) -> &str {
         &self.users[u as usize]
     }
