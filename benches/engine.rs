@@ -117,15 +117,12 @@ fn owned(ev: &SimEvent) -> ActivityEvent<'static> {
 }
 
 /// The first 100k events of a simulated log (2,500 users over 120 days), in stream order.
+/// Through [`model`] with the default policy they cause about 0.6 silence rescores and 0.18
+/// interventions (control records included) per event.
 fn batch() -> &'static [ActivityEvent<'static>] {
     static BATCH_EVENTS: OnceLock<Vec<ActivityEvent<'static>>> = OnceLock::new();
     BATCH_EVENTS.get_or_init(|| {
-        let cfg = SimConfig {
-            users: 2_500,
-            days: 120,
-            seed: 7,
-            start_ms: T0,
-        };
+        let cfg = SimConfig { users: 2_500, days: 120, seed: 7, start_ms: T0 };
         let mut out = Vec::with_capacity(BATCH);
         sim::generate(&cfg, |e| {
             if out.len() < BATCH {
@@ -227,6 +224,8 @@ fn bench_engine_ingest(c: &mut Criterion) {
     let model = model();
     let mut g = c.benchmark_group("engine_ingest");
     g.throughput(Throughput::Elements(BATCH as u64));
+    // One iteration is ~0.2 s: 20 samples need a little more than the default 3 s.
+    g.measurement_time(Duration::from_secs(5));
     g.bench_function("simulator_100k", |b| {
         let events = batch();
         b.iter_batched(
@@ -240,7 +239,6 @@ fn bench_engine_ingest(c: &mut Criterion) {
                     });
                 }
                 black_box(sent);
-                if std::env::var_os("BENCH_DEBUG").is_some() { eprintln!("sent {sent} counters {:?}", engine.counters); }
                 // Returned, so dropping the state is not timed.
                 engine
             },

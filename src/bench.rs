@@ -25,7 +25,9 @@ use crate::time::{Span, DAY_MS};
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -48,7 +50,12 @@ fn run_replay(path: &Path, art: &ModelArtifact, engine_cfg: EngineConfig) -> Res
     reset_peak_rss();
     let mut engine = Engine::new(art, PolicyConfig::default(), engine_cfg);
     let mut sink = std::io::sink();
-    let s = replay::replay(path, DEFAULT_MAX_EVENT_BYTES, &mut engine, ReplaySink { interventions: &mut sink, control: None })?;
+    let s = replay::replay(
+        path,
+        DEFAULT_MAX_EVENT_BYTES,
+        &mut engine,
+        ReplaySink { interventions: &mut sink, control: None },
+    )?;
     let peak = peak_rss_bytes();
     let users = engine.store().len().max(1);
     Ok((s, peak, engine.store().heap_bytes() / users))
@@ -59,7 +66,10 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
     let events = o.workdir.join(format!("bench-{}u-{}d-{}.jsonl", o.users, o.days, o.seed));
     let cfg = SimConfig { users: o.users, days: o.days, seed: o.seed, ..SimConfig::default() };
     let t = Instant::now();
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&events).with_context(|| events.display().to_string())?);
+    let mut f = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&events).with_context(|| events.display().to_string())?,
+    );
     let sim_summary = sim::simulate::<_, std::io::Sink>(&cfg, &mut f, None)?;
     std::io::Write::flush(&mut f)?;
     drop(f);
@@ -70,14 +80,28 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
         out.push_str(&s);
         out.push('\n');
     };
-    line(&mut out, format!("data: simulator seed {}, {} users, {} days, {} events ({:.0} MB JSONL), simulated in {sim_secs:.1}s", o.seed, o.users, o.days, sim_summary.events, std::fs::metadata(&events)?.len() as f64 / 1e6));
+    line(
+        &mut out,
+        format!(
+            "data: simulator seed {}, {} users, {} days, {} events ({:.0} MB JSONL), simulated in {sim_secs:.1}s",
+            o.seed,
+            o.users,
+            o.days,
+            sim_summary.events,
+            std::fs::metadata(&events)?.len() as f64 / 1e6
+        ),
+    );
     line(&mut out, format!("model: {} ({} features)", art.model_version, art.feature_names.len()));
     line(&mut out, String::new());
     line(&mut out, "| replay mode | events/s | wall s | scorings on event | rescorings while silent | interventions + control | peak RSS MB |".into());
     line(&mut out, "|---|---|---|---|---|---|---|".into());
-    let no_silence = EngineConfig { rescore_interval: Span::days(3650), state_ttl: Span::days(3651), ..EngineConfig::default() };
+    let no_silence =
+        EngineConfig { rescore_interval: Span::days(3650), state_ttl: Span::days(3651), ..EngineConfig::default() };
     let mut state_per_user = 0;
-    for (name, ecfg) in [("per-event update + score (no timer rescoring)", no_silence), ("full engine (daily rescoring of silent users, TTL 120d)", EngineConfig::default())] {
+    for (name, ecfg) in [
+        ("per-event update + score (no timer rescoring)", no_silence),
+        ("full engine (daily rescoring of silent users, TTL 120d)", EngineConfig::default()),
+    ] {
         let (s, peak, per_user) = run_replay(&events, &art, ecfg)?;
         state_per_user = state_per_user.max(per_user);
         line(
@@ -104,8 +128,12 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
     let horizon = Span::days(30);
     let first_cut = last - horizon.ms() - DAY_MS;
     let users = log.users();
-    let n_cutoffs = (o.train_rows / users.max(1)).clamp(1, 20);
-    let cutoffs: Vec<i64> = (0..n_cutoffs as i64).map(|i| first_cut - i * 7 * DAY_MS).filter(|c| *c > log.first_ts() + 14 * DAY_MS).collect();
+    // Not every user is in the population at every cutoff (about three in four here).
+    let n_cutoffs = ((o.train_rows as f64 / users.max(1) as f64) * 1.35).ceil().clamp(1.0, 20.0) as usize;
+    let cutoffs: Vec<i64> = (0..n_cutoffs as i64)
+        .map(|i| first_cut - i * 7 * DAY_MS)
+        .filter(|c| *c > log.first_ts() + 14 * DAY_MS)
+        .collect();
     let lab = Labelling { cutoffs: cutoffs.clone(), horizon, active_within: None, source: LabelSource::Silence };
     let t = Instant::now();
     let data = dataset::build(&log, &art.spec, &lab)?;
@@ -137,4 +165,267 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
         ),
     );
     Ok(out)
+}
+
+pub struct KafkaBenchOptions {
+    pub brokers: String,
+    pub users: u64,
+    pub days: u32,
+    pub partitions: i32,
+    pub model: PathBuf,
+    /// Events per second for the latency run, as a share of the measured service rate.
+    pub latency_load: f64,
+    pub latency_seconds: u64,
+}
+
+/// The q-quantile of a Prometheus histogram, interpolated within its bucket.
+fn histogram_quantile(h: &prometheus::proto::Histogram, q: f64) -> f64 {
+    let total = h.get_sample_count() as f64;
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev_bound = 0.0;
+    let mut prev_count = 0.0;
+    for b in h.get_bucket() {
+        let (bound, count) = (b.upper_bound(), b.cumulative_count() as f64);
+        if count >= rank {
+            let width = count - prev_count;
+            return if width <= 0.0 { bound } else { prev_bound + (bound - prev_bound) * (rank - prev_count) / width };
+        }
+        prev_bound = bound;
+        prev_count = count;
+    }
+    prev_bound
+}
+
+fn sim_lines(users: u64, days: u32) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    sim::generate(&SimConfig { users, days, seed: 11, ..SimConfig::default() }, |e| {
+        let mut line = Vec::with_capacity(112);
+        sim::write_event_json(&mut line, e);
+        line.pop();
+        out.push((sim::user_id_string(e.user_id), line));
+    })?;
+    Ok(out)
+}
+
+async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    items: &[(String, Vec<u8>)],
+    rate: Option<f64>,
+) -> Result<()> {
+    use rdkafka::producer::FutureRecord;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for (i, (k, v)) in items.iter().enumerate() {
+        if let Some(r) = rate {
+            let due = std::time::Duration::from_secs_f64(i as f64 / r);
+            if let Some(w) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(w).await;
+            }
+        }
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(k).payload(v)) {
+                Ok(d) => {
+                    pending.push(d);
+                    break;
+                }
+                Err((e, _)) => {
+                    tracing::debug!(error = %e, "producer queue full");
+                    for d in pending.drain(..) {
+                        let _ = d.await;
+                    }
+                }
+            }
+        }
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                let _ = d.await;
+            }
+        }
+    }
+    for d in pending {
+        d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    for r in admin.create_topics(&new, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    Ok(())
+}
+
+/// Consume `n` messages with a bare librdkafka consumer doing nothing else; events/s from the
+/// first message to the last (the group join is excluded).
+async fn bare_rate(brokers: &str, topic: &str, n: usize) -> Result<f64> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let c: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-bare-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let mut first = None;
+    let mut got = 0usize;
+    while got < n {
+        let _m = tokio::time::timeout(std::time::Duration::from_secs(60), c.recv())
+            .await
+            .context("bare consumer stalled")??;
+        first.get_or_insert_with(Instant::now);
+        got += 1;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    Ok(n as f64 / secs.max(1e-9))
+}
+
+fn consumed(m: &crate::telemetry::Metrics) -> f64 {
+    use prometheus::core::Collector;
+    m.events_consumed.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum()
+}
+
+pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
+    use std::sync::Arc;
+    let tag = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let events = format!("bench-events-{tag}");
+    let live = format!("bench-live-{tag}");
+    let (iv, ctl, dlq) = (format!("bench-iv-{tag}"), format!("bench-ctl-{tag}"), format!("bench-dlq-{tag}"));
+    create_topics(&o.brokers, &[(&events, o.partitions), (&live, o.partitions), (&iv, 1), (&ctl, 1), (&dlq, 1)])
+        .await?;
+    let items = sim_lines(o.users, o.days)?;
+    let n = items.len();
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", &o.brokers).set("linger.ms", "20").create()?;
+    let t = Instant::now();
+    produce(&producer, &events, &items, None).await?;
+    let produce_rate = n as f64 / t.elapsed().as_secs_f64();
+    let bare = bare_rate(&o.brokers, &events, n).await?;
+
+    let mut cfg = crate::config::Config::default();
+    cfg.kafka.insert("bootstrap.servers".into(), o.brokers.clone());
+    cfg.kafka.insert("session.timeout.ms".into(), "6000".into());
+    cfg.source.topics = vec![events.clone()];
+    cfg.source.group_id = format!("bench-svc-{tag}");
+    cfg.sink.interventions_topic = iv.clone();
+    cfg.sink.control_topic = ctl.clone();
+    cfg.sink.dead_letter_topic = dlq.clone();
+    cfg.model.path = o.model.clone();
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.validate()?;
+    let run_service = |cfg: crate::config::Config| {
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            crate::service::run(
+                cfg,
+                m,
+                async {
+                    let _ = rx.await;
+                },
+                |_| {},
+            )
+            .await
+        });
+        (metrics, tx, task)
+    };
+    let (metrics, stop, task) = run_service(cfg.clone());
+    let mut first = None;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let c = consumed(&metrics);
+        if c > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if c >= n as f64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let svc_secs = first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64());
+    let svc_rate = n as f64 / svc_secs;
+    let outputs = metrics.interventions.collect_total() + metrics.control.collect_total();
+    let _ = stop.send(());
+    task.await??;
+
+    // Latency below saturation: a live stream at a fixed share of the measured rate.
+    let rate = (svc_rate.min(bare) * o.latency_load).max(100.0);
+    let live_n = ((rate * o.latency_seconds as f64) as usize).min(n);
+    cfg.source.topics = vec![live.clone()];
+    cfg.source.group_id = format!("bench-live-{tag}");
+    let (metrics, stop, task) = run_service(cfg);
+    // Let the consumer join the group before the clock starts.
+    let join_deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while metrics.ready.get() == 0 && Instant::now() < join_deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    produce(&producer, &live, &items[..live_n], Some(rate)).await?;
+    let drain_deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while consumed(&metrics) < live_n as f64 && Instant::now() < drain_deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut merged = prometheus::proto::Histogram::default();
+    let fams = prometheus::core::Collector::collect(&metrics.event_to_intervention_seconds);
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    let mut count = 0u64;
+    for f in &fams {
+        for m in f.get_metric() {
+            let h = m.get_histogram();
+            count += h.get_sample_count();
+            for (i, b) in h.get_bucket().iter().enumerate() {
+                if buckets.len() <= i {
+                    buckets.push((b.upper_bound(), 0));
+                }
+                buckets[i].1 += b.cumulative_count();
+            }
+        }
+    }
+    merged.set_sample_count(count);
+    merged.set_bucket(
+        buckets
+            .into_iter()
+            .map(|(ub, c)| {
+                let mut b = prometheus::proto::Bucket::default();
+                b.set_upper_bound(ub);
+                b.set_cumulative_count(c);
+                b
+            })
+            .collect(),
+    );
+    let _ = stop.send(());
+    task.await??;
+    let (p50, p99) = (histogram_quantile(&merged, 0.5), histogram_quantile(&merged, 0.99));
+    let mut out = String::new();
+    out.push_str(&format!("broker: {} (tansu, memory storage, loopback); topic: {} partitions; {n} simulator events ({} users, {} days)\n\n", o.brokers, o.partitions, o.users, o.days));
+    out.push_str("| measurement | value |\n|---|---|\n");
+    out.push_str(&format!("| produce rate (setup) | {produce_rate:.0} events/s |\n"));
+    out.push_str(&format!("| bare librdkafka consumer, no processing | {bare:.0} events/s |\n"));
+    out.push_str(&format!("| churnguard run (parse, features, score, policy, outputs acknowledged, offsets committed) | {svc_rate:.0} events/s |\n"));
+    out.push_str(&format!("| ratio service / bare | {:.0}% |\n", 100.0 * svc_rate / bare));
+    out.push_str(&format!("| outputs published during the throughput run | {outputs:.0} |\n"));
+    out.push_str(&format!("| latency run: fixed rate | {rate:.0} events/s for {live_n} events |\n"));
+    out.push_str(&format!("| event-to-intervention latency p50 / p99 (Kafka timestamp to broker ack, {count} interventions) | {:.1} ms / {:.1} ms |\n", p50 * 1e3, p99 * 1e3));
+    Ok(out)
+}
+
+trait CollectTotal {
+    fn collect_total(&self) -> f64;
+}
+
+impl CollectTotal for prometheus::IntCounterVec {
+    fn collect_total(&self) -> f64 {
+        use prometheus::core::Collector;
+        self.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum()
+    }
 }

@@ -30,19 +30,29 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Write a synthetic activity log with user lifecycles (and its ground truth).
-    #[command(after_help = "Example:\n  churnguard simulate --users 10000 --days 180 --seed 7 --out events.jsonl --truth truth.csv")]
+    #[command(
+        after_help = "Example:\n  churnguard simulate --users 10000 --days 180 --seed 7 --out events.jsonl --truth truth.csv"
+    )]
     Simulate(SimulateArgs),
     /// Train a churn model on an event log, with features computed exactly as served.
-    #[command(after_help = "Example:\n  churnguard train --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out models/model.json --report report/")]
+    #[command(
+        after_help = "Example:\n  churnguard train --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out models/model.json --report report/"
+    )]
     Train(TrainArgs),
     /// Evaluate a model on an event log at a cutoff.
-    #[command(after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json")]
+    #[command(
+        after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json"
+    )]
     Evaluate(EvaluateArgs),
     /// Replay an event log through the full scoring path; write interventions as JSON lines.
-    #[command(after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl")]
+    #[command(
+        after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl"
+    )]
     Replay(ReplayArgs),
     /// Run the streaming service: Kafka in, interventions out (stops on SIGTERM/SIGINT).
-    #[command(after_help = "Example:\n  churnguard run --config churnguard.toml\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml")]
+    #[command(
+        after_help = "Example:\n  churnguard run --config churnguard.toml\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml"
+    )]
     Run(RunArgs),
     /// Everything in one process: in-process broker, simulator, service, live interventions.
     #[command(after_help = "Example:\n  churnguard demo --duration 30s")]
@@ -73,6 +83,27 @@ pub enum BenchCommand {
         workdir: PathBuf,
         #[arg(long, default_value_t = 1_000_000)]
         train_rows: usize,
+    },
+    /// Service throughput through a real broker vs a bare consumer, and latency at a fixed rate.
+    #[command(
+        after_help = "Example:\n  bash scripts/broker.sh start && eval \"$(bash scripts/broker.sh env)\"\n  churnguard bench kafka --brokers $CHURNGUARD_KAFKA_BROKERS"
+    )]
+    Kafka {
+        #[arg(long, env = "CHURNGUARD_KAFKA_BROKERS")]
+        brokers: String,
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 120)]
+        days: u32,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value = "models/default.json")]
+        model: PathBuf,
+        /// Load of the latency run as a share of the measured maximum rate.
+        #[arg(long, default_value_t = 0.5)]
+        latency_load: f64,
+        #[arg(long, default_value_t = 20)]
+        latency_seconds: u64,
     },
 }
 
@@ -216,7 +247,36 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_cmd(a),
         Command::Demo(a) => demo_cmd(a),
         Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
-            let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions { users, days, seed, model, workdir, train_rows })?;
+            let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions {
+                users,
+                days,
+                seed,
+                model,
+                workdir,
+                train_rows,
+            })?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Kafka {
+            brokers,
+            users,
+            days,
+            partitions,
+            model,
+            latency_load,
+            latency_seconds,
+        }) => {
+            let o = crate::bench::KafkaBenchOptions {
+                brokers,
+                users,
+                days,
+                partitions,
+                model,
+                latency_load,
+                latency_seconds,
+            };
+            let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
             print!("{report}");
             Ok(())
         }
@@ -236,9 +296,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run_cmd(a: RunArgs) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
-    let summary = runtime()?.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    }))?;
+    let summary =
+        runtime()?.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        }))?;
     eprintln!(
         "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
         summary.consumed, summary.valid, summary.dead_lettered, summary.interventions, summary.control
@@ -304,12 +365,7 @@ fn labelling(l: &LabelArgs, cutoffs: Vec<Millis>) -> Result<Labelling> {
         (None, Some(p)) => LabelSource::Explicit(ExplicitLabels::load(p)?),
         (None, None) => LabelSource::Silence,
     };
-    Ok(Labelling {
-        cutoffs,
-        horizon: l.horizon,
-        active_within: l.active_within,
-        source,
-    })
+    Ok(Labelling { cutoffs, horizon: l.horizon, active_within: l.active_within, source })
 }
 
 fn load_log(path: &Path) -> Result<EventLog> {
@@ -352,10 +408,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         active_within: a.label.active_within.map(|s| s.to_string()),
         label_source: lab.source.describe(),
     };
-    let opt = TrainOptions {
-        seed: a.seed,
-        ..TrainOptions::default()
-    };
+    let opt = TrainOptions { seed: a.seed, ..TrainOptions::default() };
     let outcome = train::train(&spec, &data, ctx, &opt)?;
     let art = &outcome.artifact;
     art.save(&a.out)?;
@@ -380,7 +433,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 }
 
 fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool], what: &str) -> Result<PathBuf> {
-    let mut coefs: Vec<(String, f64)> = art.feature_names.iter().cloned().zip(art.coefficients.iter().copied()).collect();
+    let mut coefs: Vec<(String, f64)> =
+        art.feature_names.iter().cloned().zip(art.coefficients.iter().copied()).collect();
     coefs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     let t = &art.training;
     let extra = vec![
@@ -452,6 +506,12 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            // Replay reads a service config's [engine] and [policy]; a misspelt section must not
+            // silently fall back to defaults.
+            const SECTIONS: [&str; 8] = ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown"];
+            if let Some(bad) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+                bail!("{}: unknown section [{bad}] (known: {})", p.display(), SECTIONS.join(", "));
+            }
             let pick = |k: &str| table.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
             ReplayConfig {
                 engine: pick("engine").try_into().context("[engine]")?,
@@ -469,10 +529,7 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         &a.events,
         DEFAULT_MAX_EVENT_BYTES,
         &mut engine,
-        ReplaySink {
-            interventions: &mut out,
-            control: control.as_mut().map(|c| c as &mut dyn Write),
-        },
+        ReplaySink { interventions: &mut out, control: control.as_mut().map(|c| c as &mut dyn Write) },
     )?;
     out.flush()?;
     if let Some(c) = control.as_mut() {
@@ -482,7 +539,9 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     if !report.is_empty() {
         eprintln!("{}: {report}", a.events.display());
     }
-    let fmt = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let fmt = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    };
     eprintln!(
         "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {} -> {}",
         s.lines,

@@ -19,7 +19,7 @@ use crate::time::Span;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read { path: String, source: std::io::Error },
     #[error("config {path}: {msg}")]
     Parse { path: String, msg: String },
@@ -136,23 +136,24 @@ pub struct Config {
 }
 
 /// librdkafka settings churnguard owns; setting them in [kafka] would break at-least-once.
-const RESERVED_KAFKA_KEYS: [&str; 4] = ["enable.auto.commit", "enable.auto.offset.store", "group.id", "enable.partition.eof"];
+const RESERVED_KAFKA_KEYS: [&str; 4] =
+    ["enable.auto.commit", "enable.auto.offset.store", "group.id", "enable.partition.eof"];
 
 impl Config {
     /// Read a TOML file, apply environment overrides, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
     }
 
-    pub fn from_toml_with_env(text: &str, origin: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            msg: e.to_string(),
-        })?;
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), msg: e.to_string() })?;
         apply_env(&mut table, env)?;
         let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
@@ -226,7 +227,11 @@ impl Config {
 /// librdkafka keys that carry credentials.
 pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.ends_with(".key.pem") || k.contains("token") || k.contains("sasl.oauthbearer.config")
+    k.contains("password")
+        || k.contains("secret")
+        || k.ends_with(".key.pem")
+        || k.contains("token")
+        || k.contains("sasl.oauthbearer.config")
 }
 
 fn apply_env(table: &mut toml::Table, env: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
@@ -237,9 +242,7 @@ fn apply_env(table: &mut toml::Table, env: impl Iterator<Item = (String, String)
         let [section, key] = parts.as_slice() else {
             return Err(invalid(&name, "environment overrides look like CHURNGUARD__SECTION__KEY"));
         };
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(sec) = entry else {
             return Err(invalid(section, "is not a table"));
         };

@@ -61,14 +61,20 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         events.push((e.ts, sim::user_id_string(e.user_id), line));
     })?;
     let per_partition = events.len() as f64 / f64::from(opts.partitions.max(1));
-    anyhow::ensure!(per_partition < 60_000.0, "{} events over {} partitions exceeds what the mock broker keeps; lower --users/--days or raise --partitions", events.len(), opts.partitions);
+    anyhow::ensure!(
+        per_partition < 60_000.0,
+        "{} events over {} partitions exceeds what the mock broker keeps; lower --users/--days or raise --partitions",
+        events.len(),
+        opts.partitions
+    );
 
     let metrics = Arc::new(Metrics::new());
     println!(
         "churnguard demo: in-process broker at {brokers}; simulating {} users over {} days ({} events) at {:.2}s per day",
         opts.users, opts.days, sim_summary.events, opts.day_seconds
     );
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
     let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let feeder = {
         let producer = producer.clone();
@@ -87,7 +93,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                     tokio::time::sleep(wait).await;
                 }
                 // A malformed event now and then shows the dead-letter path.
-                let payload = if i % 5000 == 4999 { b"{\"user_id\": \"broken\", \"ts\": \"not a time\"".to_vec() } else { line };
+                let payload =
+                    if i % 5000 == 4999 { b"{\"user_id\": \"broken\", \"ts\": \"not a time\"".to_vec() } else { line };
                 match producer.send_result(FutureRecord::to(EVENTS_TOPIC).key(&user).payload(&payload)) {
                     Ok(d) => pending.push(d),
                     Err((e, _)) => tracing::warn!(error = %e, "demo producer"),
@@ -166,7 +173,12 @@ fn by_label(v: &prometheus::IntCounterVec, label: &str) -> String {
 
 fn live_summary(m: &Metrics, produced: u64) -> String {
     use prometheus::core::Collector;
-    let consumed: f64 = m.events_consumed.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum();
+    let consumed: f64 = m
+        .events_consumed
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value()))
+        .sum();
     format!(
         "produced {produced}, consumed {consumed:.0}, users {}, interventions [{}], control [{}], dead-lettered [{}]",
         m.users_tracked.get(),

@@ -33,11 +33,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            allowed_lateness: Span::hours(1),
-            rescore_interval: Span::days(1),
-            state_ttl: Span::days(120),
-        }
+        EngineConfig { allowed_lateness: Span::hours(1), rescore_interval: Span::days(1), state_ttl: Span::days(120) }
     }
 }
 
@@ -80,6 +76,7 @@ pub struct EngineCounters {
     pub scored_on_event: u64,
     pub scored_on_timer: u64,
     pub suppressed_cooldown: u64,
+    pub suppressed_already_sent: u64,
     pub interventions: u64,
     pub control: u64,
 }
@@ -221,8 +218,9 @@ impl Engine {
                 }
             }
         });
-        // Fire in due order so output order is deterministic too.
-        due_now.sort_unstable();
+        // Users are independent, so any fixed order gives the same decisions; user-index order
+        // walks the state arenas sequentially instead of at random (far fewer cache misses).
+        due_now.sort_unstable_by_key(|&(due, id)| (id, due));
         due_now.dedup();
         for &(due, id) in &due_now {
             // A user may have been handled by catch-up since the entry was read.
@@ -307,8 +305,12 @@ impl Engine {
         self.schedule(idx, next.min(expires).max(at + 1));
         let rank = match verdict {
             Verdict::NoTier => return,
-            Verdict::Cooldown | Verdict::AlreadySent => {
+            Verdict::Cooldown => {
                 self.counters.suppressed_cooldown += 1;
+                return;
+            }
+            Verdict::AlreadySent => {
+                self.counters.suppressed_already_sent += 1;
                 return;
             }
             Verdict::Send(rank) => rank as usize,

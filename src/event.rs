@@ -86,10 +86,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        Rejection { reason, detail: detail.into() }
     }
 }
 
@@ -278,10 +275,7 @@ pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<ActivityEvent<'_>, 
     let raw = match serde_json::from_slice::<Top>(bytes) {
         Ok(Top::Object(raw)) => raw,
         Ok(Top::NotObject(kind)) => {
-            return Err(Rejection::new(
-                RejectReason::NotObject,
-                format!("expected a JSON object, got {kind}"),
-            ))
+            return Err(Rejection::new(RejectReason::NotObject, format!("expected a JSON object, got {kind}")))
         }
         Err(e) => return Err(Rejection::new(RejectReason::NotJson, e.to_string())),
     };
@@ -290,15 +284,11 @@ pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<ActivityEvent<'_>, 
 
 fn required_str<'a>(field: &str, v: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
     match v {
-        None | Some(Scalar::Null) => Err(Rejection::new(
-            RejectReason::MissingField,
-            format!("`{field}` is required"),
-        )),
+        None | Some(Scalar::Null) => Err(Rejection::new(RejectReason::MissingField, format!("`{field}` is required"))),
         Some(Scalar::Str(s)) => Ok(s),
-        Some(other) => Err(Rejection::new(
-            RejectReason::BadType,
-            format!("`{field}` must be a string, got {}", other.type_name()),
-        )),
+        Some(other) => {
+            Err(Rejection::new(RejectReason::BadType, format!("`{field}` must be a string, got {}", other.type_name())))
+        }
     }
 }
 
@@ -307,36 +297,21 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
     if user_id.is_empty() || user_id.len() > MAX_USER_ID_BYTES {
         return Err(Rejection::new(
             RejectReason::BadUserId,
-            format!(
-                "`user_id` must be 1..={MAX_USER_ID_BYTES} bytes, got {}",
-                user_id.len()
-            ),
+            format!("`user_id` must be 1..={MAX_USER_ID_BYTES} bytes, got {}", user_id.len()),
         ));
     }
     let event_type = required_str("event_type", raw.event_type)?;
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
         return Err(Rejection::new(
             RejectReason::BadEventType,
-            format!(
-                "`event_type` must be 1..={MAX_EVENT_TYPE_BYTES} bytes, got {}",
-                event_type.len()
-            ),
+            format!("`event_type` must be 1..={MAX_EVENT_TYPE_BYTES} bytes, got {}", event_type.len()),
         ));
     }
     let ts = match raw.ts {
-        None | Some(Scalar::Null) => {
-            return Err(Rejection::new(
-                RejectReason::MissingField,
-                "`ts` is required",
-            ))
-        }
+        None | Some(Scalar::Null) => return Err(Rejection::new(RejectReason::MissingField, "`ts` is required")),
         Some(Scalar::Int(ms)) => ms,
-        Some(Scalar::Str(s)) => time::parse_rfc3339(&s).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::BadTimestamp,
-                format!("`ts` {s:?} is not RFC3339"),
-            )
-        })?,
+        Some(Scalar::Str(s)) => time::parse_rfc3339(&s)
+            .ok_or_else(|| Rejection::new(RejectReason::BadTimestamp, format!("`ts` {s:?} is not RFC3339")))?,
         Some(Scalar::Float(f)) => {
             return Err(Rejection::new(
                 RejectReason::BadTimestamp,
@@ -346,10 +321,7 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
         Some(other) => {
             return Err(Rejection::new(
                 RejectReason::BadType,
-                format!(
-                    "`ts` must be an RFC3339 string or epoch milliseconds, got {}",
-                    other.type_name()
-                ),
+                format!("`ts` must be an RFC3339 string or epoch milliseconds, got {}", other.type_name()),
             ))
         }
     };
@@ -364,10 +336,7 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
         Some(Scalar::Int(i)) => Some(i as f64),
         Some(Scalar::Float(f)) if f.is_finite() => Some(f),
         Some(Scalar::Float(f)) => {
-            return Err(Rejection::new(
-                RejectReason::BadAmount,
-                format!("`amount` must be finite, got {f}"),
-            ))
+            return Err(Rejection::new(RejectReason::BadAmount, format!("`amount` must be finite, got {f}")))
         }
         Some(other) => {
             return Err(Rejection::new(
@@ -376,12 +345,7 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
             ))
         }
     };
-    Ok(ActivityEvent {
-        user_id,
-        event_type,
-        ts,
-        amount,
-    })
+    Ok(ActivityEvent { user_id, event_type, ts, amount })
 }
 
 #[cfg(test)]
@@ -389,9 +353,7 @@ mod tests {
     use super::*;
 
     fn reason(s: &str) -> Option<RejectReason> {
-        parse_event(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES)
-            .err()
-            .map(|r| r.reason)
+        parse_event(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).err().map(|r| r.reason)
     }
 
     #[test]
@@ -418,22 +380,31 @@ mod tests {
         assert_eq!(reason("[1,2]"), Some(RejectReason::NotObject));
         assert_eq!(reason(r#"{"event_type":"login","ts":1767225601500}"#), Some(RejectReason::MissingField));
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login"}"#), Some(RejectReason::MissingField));
-        assert_eq!(reason(r#"{"user_id":null,"event_type":"login","ts":1767225601500}"#), Some(RejectReason::MissingField));
+        assert_eq!(
+            reason(r#"{"user_id":null,"event_type":"login","ts":1767225601500}"#),
+            Some(RejectReason::MissingField)
+        );
         assert_eq!(reason(r#"{"user_id":7,"event_type":"login","ts":1767225601500}"#), Some(RejectReason::BadType));
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":true}"#), Some(RejectReason::BadType));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":"yesterday"}"#), Some(RejectReason::BadTimestamp));
+        assert_eq!(
+            reason(r#"{"user_id":"u","event_type":"login","ts":"yesterday"}"#),
+            Some(RejectReason::BadTimestamp)
+        );
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1767225601}"#), Some(RejectReason::BadTimestamp));
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#), Some(RejectReason::BadTimestamp));
         assert_eq!(reason(r#"{"user_id":"","event_type":"login","ts":1767225601500}"#), Some(RejectReason::BadUserId));
         let long = "x".repeat(MAX_USER_ID_BYTES + 1);
-        assert_eq!(reason(&format!(r#"{{"user_id":"{long}","event_type":"login","ts":1767225601500}}"#)), Some(RejectReason::BadUserId));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"","ts":1767225601500}"#), Some(RejectReason::BadEventType));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"purchase","ts":1767225601500,"amount":"12"}"#), Some(RejectReason::BadType));
-        let big = format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"pad":"{}"}}"#, "p".repeat(200));
         assert_eq!(
-            parse_event(big.as_bytes(), 100).err().map(|r| r.reason),
-            Some(RejectReason::TooLarge)
+            reason(&format!(r#"{{"user_id":"{long}","event_type":"login","ts":1767225601500}}"#)),
+            Some(RejectReason::BadUserId)
         );
+        assert_eq!(reason(r#"{"user_id":"u","event_type":"","ts":1767225601500}"#), Some(RejectReason::BadEventType));
+        assert_eq!(
+            reason(r#"{"user_id":"u","event_type":"purchase","ts":1767225601500,"amount":"12"}"#),
+            Some(RejectReason::BadType)
+        );
+        let big = format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"pad":"{}"}}"#, "p".repeat(200));
+        assert_eq!(parse_event(big.as_bytes(), 100).err().map(|r| r.reason), Some(RejectReason::TooLarge));
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1767225601500}"#), None);
     }
 

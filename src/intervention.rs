@@ -27,11 +27,7 @@ pub struct ReasonRecord {
 
 impl From<Reason> for ReasonRecord {
     fn from(r: Reason) -> Self {
-        ReasonRecord {
-            feature: r.feature,
-            value: r.value,
-            contribution: r.contribution,
-        }
+        ReasonRecord { feature: r.feature, value: r.value, contribution: r.contribution }
     }
 }
 

@@ -102,29 +102,29 @@ pub struct PolicyConfig {
 
 /// The built-in tier x stage action table.
 pub fn default_actions() -> BTreeMap<String, BTreeMap<Stage, String>> {
-        let table = |pairs: [(Stage, &str); 5]| pairs.into_iter().map(|(s, a)| (s, a.to_string())).collect();
-        let mut actions = BTreeMap::new();
-        actions.insert(
-            "high".to_string(),
-            table([
-                (Stage::New, "onboarding_call"),
-                (Stage::Active, "care_call"),
-                (Stage::Dormant, "coupon"),
-                (Stage::Churned, "winback_offer"),
-                (Stage::Reactivated, "vip_outreach"),
-            ]),
-        );
-        actions.insert(
-            "medium".to_string(),
-            table([
-                (Stage::New, "onboarding_email"),
-                (Stage::Active, "engagement_email"),
-                (Stage::Dormant, "reminder_email"),
-                (Stage::Churned, "winback_email"),
-                (Stage::Reactivated, "welcome_back_email"),
-            ]),
-        );
-        actions
+    let table = |pairs: [(Stage, &str); 5]| pairs.into_iter().map(|(s, a)| (s, a.to_string())).collect();
+    let mut actions = BTreeMap::new();
+    actions.insert(
+        "high".to_string(),
+        table([
+            (Stage::New, "onboarding_call"),
+            (Stage::Active, "care_call"),
+            (Stage::Dormant, "coupon"),
+            (Stage::Churned, "winback_offer"),
+            (Stage::Reactivated, "vip_outreach"),
+        ]),
+    );
+    actions.insert(
+        "medium".to_string(),
+        table([
+            (Stage::New, "onboarding_email"),
+            (Stage::Active, "engagement_email"),
+            (Stage::Dormant, "reminder_email"),
+            (Stage::Churned, "winback_email"),
+            (Stage::Reactivated, "welcome_back_email"),
+        ]),
+    );
+    actions
 }
 
 impl Default for PolicyConfig {
@@ -196,10 +196,7 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub const NONE: Memory = Memory {
-        last_sent: Millis::MIN,
-        last_rank: u8::MAX,
-    };
+    pub const NONE: Memory = Memory { last_sent: Millis::MIN, last_rank: u8::MAX };
 }
 
 /// Tiers resolved against a model, ready to decide.
@@ -213,11 +210,7 @@ pub struct Policy {
 impl Policy {
     pub fn new(cfg: PolicyConfig, model_tiers: &[TierThreshold]) -> Policy {
         let tiers = if cfg.tiers.is_empty() { model_tiers.to_vec() } else { cfg.tiers.clone() };
-        Policy {
-            cfg,
-            tiers,
-            builtin_actions: default_actions(),
-        }
+        Policy { cfg, tiers, builtin_actions: default_actions() }
     }
 
     /// The lowest score that can trigger anything.
@@ -260,7 +253,8 @@ impl Policy {
     /// Whether a user's interventions go to the control record. Depends only on the salt and the
     /// user id, so it is stable across restarts and instances.
     pub fn in_control(&self, user_id: &str) -> bool {
-        self.cfg.control_fraction > 0.0 && crate::hash::stable_unit(&self.cfg.control_salt, user_id) < self.cfg.control_fraction
+        self.cfg.control_fraction > 0.0
+            && crate::hash::stable_unit(&self.cfg.control_salt, user_id) < self.cfg.control_fraction
     }
 }
 
@@ -334,8 +328,7 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_key() {
-        let mut c = PolicyConfig::default();
-        c.control_fraction = 1.5;
+        let c = PolicyConfig { control_fraction: 1.5, ..PolicyConfig::default() };
         assert_eq!(c.validate().unwrap_err().key, "control_fraction");
         let mut c = PolicyConfig::default();
         c.lifecycle.dormant_after = Span::days(40);

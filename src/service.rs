@@ -15,8 +15,14 @@ use crate::telemetry::Metrics;
 
 /// Load the model and start `/metrics` (failing fast on either), then consume until `shutdown`.
 /// `on_listening` receives the bound HTTP address.
-pub async fn run(cfg: Config, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>, on_listening: impl FnOnce(SocketAddr)) -> Result<RunSummary> {
-    let model = ModelArtifact::load(&cfg.model.path).with_context(|| format!("model.path = {}", cfg.model.path.display()))?;
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<RunSummary> {
+    let model =
+        ModelArtifact::load(&cfg.model.path).with_context(|| format!("model.path = {}", cfg.model.path.display()))?;
     metrics
         .model_info
         .with_label_values(&[&model.model_version, &model.created_at, &model.feature_names.len().to_string()])
@@ -29,7 +35,8 @@ pub async fn run(cfg: Config, metrics: Arc<Metrics>, shutdown: impl Future<Outpu
         assigned: assigned.clone(),
         model_loaded: Arc::new(AtomicBool::new(true)),
     };
-    let (bound, server) = http::bind(addr, state).await.with_context(|| format!("http.listen = {addr}: cannot bind"))?;
+    let (bound, server) =
+        http::bind(addr, state).await.with_context(|| format!("http.listen = {addr}: cannot bind"))?;
     on_listening(bound);
     tracing::info!(config = %cfg.redacted_toml().replace('\n', "; "), "starting");
     let service = Service::new(cfg, model, metrics, assigned);

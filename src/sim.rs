@@ -127,12 +127,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self {
-            users: 10_000,
-            days: 180,
-            seed: 42,
-            start_ms: DEFAULT_START_MS,
-        }
+        Self { users: 10_000, days: 180, seed: 42, start_ms: DEFAULT_START_MS }
     }
 }
 
@@ -146,20 +141,14 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |msg: String| Err(SimError::InvalidConfig(msg));
         if self.users == 0 || self.users > MAX_USERS {
-            return bad(format!(
-                "users must be in 1..={MAX_USERS}, got {}",
-                self.users
-            ));
+            return bad(format!("users must be in 1..={MAX_USERS}, got {}", self.users));
         }
         if self.days == 0 || self.days > MAX_DAYS {
             return bad(format!("days must be in 1..={MAX_DAYS}, got {}", self.days));
         }
         let earliest = MAX_PRIOR_TENURE_DAYS * DAY_MS;
         if self.start_ms < earliest || self.end_ms() > MAX_RFC3339_MS {
-            return bad(format!(
-                "start_ms {} puts signups or events outside the years 0000..=9999",
-                self.start_ms
-            ));
+            return bad(format!("start_ms {} puts signups or events outside the years 0000..=9999", self.start_ms));
         }
         Ok(())
     }
@@ -328,10 +317,7 @@ pub fn simulate<W: Write, T: Write>(
 
 /// Same generation as [`simulate`], but hands each event to a callback in ts order instead of
 /// writing JSON (used by the streaming demo to produce to Kafka).
-pub fn generate(
-    cfg: &SimConfig,
-    mut on_event: impl FnMut(&SimEvent),
-) -> Result<(SimSummary, Vec<TruthRow>), SimError> {
+pub fn generate(cfg: &SimConfig, mut on_event: impl FnMut(&SimEvent)) -> Result<(SimSummary, Vec<TruthRow>), SimError> {
     let run = run(cfg)?;
     for rec in run.buckets.iter().flatten() {
         on_event(&rec.event());
@@ -400,11 +386,7 @@ struct Run {
 
 fn run(cfg: &SimConfig) -> Result<Run, SimError> {
     cfg.validate()?;
-    let window = Window {
-        start: cfg.start_ms,
-        end: cfg.end_ms(),
-        days: cfg.days,
-    };
+    let window = Window { start: cfg.start_ms, end: cfg.end_ms(), days: cfg.days };
     let tables = Tables::new();
     let base_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut buckets: Vec<Vec<Rec>> = vec![Vec::new(); cfg.days as usize];
@@ -420,15 +402,8 @@ fn run(cfg: &SimConfig) -> Result<Run, SimError> {
         b.sort_unstable_by_key(|r| (r.ts, r.user_kind, r.cents));
         events += b.len() as u64;
     }
-    let first_ts = buckets
-        .iter()
-        .find_map(|b| b.first())
-        .map_or(cfg.start_ms, |r| r.ts);
-    let last_ts = buckets
-        .iter()
-        .rev()
-        .find_map(|b| b.last())
-        .map_or(cfg.start_ms, |r| r.ts);
+    let first_ts = buckets.iter().find_map(|b| b.first()).map_or(cfg.start_ms, |r| r.ts);
+    let last_ts = buckets.iter().rev().find_map(|b| b.last()).map_or(cfg.start_ms, |r| r.ts);
     let summary = SimSummary {
         events,
         users: cfg.users,
@@ -437,11 +412,7 @@ fn run(cfg: &SimConfig) -> Result<Run, SimError> {
         first_ts,
         last_ts,
     };
-    Ok(Run {
-        buckets,
-        truth,
-        summary,
-    })
+    Ok(Run { buckets, truth, summary })
 }
 
 struct Window {
@@ -554,24 +525,16 @@ const PROFILES: [(Segment, Profile); 4] = [
 const EXISTING_SHARE: f64 = 0.35;
 const PLAN_PRICES_CENTS: [u32; 3] = [999, 1_499, 2_999];
 /// (hours east of UTC, weight): a rough EU/US/Asia mix.
-const TIMEZONES: [(i64, f64); 8] = [
-    (0, 0.25),
-    (1, 0.25),
-    (2, 0.05),
-    (-5, 0.20),
-    (-6, 0.07),
-    (-8, 0.08),
-    (5, 0.05),
-    (8, 0.05),
-];
+const TIMEZONES: [(i64, f64); 8] =
+    [(0, 0.25), (1, 0.25), (2, 0.05), (-5, 0.20), (-6, 0.07), (-8, 0.08), (5, 0.05), (8, 0.05)];
 /// Relative session starts per local hour.
 const WEEKDAY_HOURS: [f64; 24] = [
-    1.0, 0.6, 0.4, 0.3, 0.3, 0.5, 1.2, 2.5, 3.5, 3.8, 3.8, 4.0, 4.6, 4.4, 3.9, 3.8, 4.0, 4.4, 5.0,
-    5.8, 6.2, 5.6, 4.0, 2.2,
+    1.0, 0.6, 0.4, 0.3, 0.3, 0.5, 1.2, 2.5, 3.5, 3.8, 3.8, 4.0, 4.6, 4.4, 3.9, 3.8, 4.0, 4.4, 5.0, 5.8, 6.2, 5.6, 4.0,
+    2.2,
 ];
 const WEEKEND_HOURS: [f64; 24] = [
-    1.6, 1.0, 0.7, 0.4, 0.3, 0.3, 0.5, 1.0, 2.0, 3.2, 4.2, 4.8, 5.0, 4.9, 4.7, 4.6, 4.6, 4.8, 5.0,
-    5.4, 5.6, 5.0, 3.8, 2.6,
+    1.6, 1.0, 0.7, 0.4, 0.3, 0.3, 0.5, 1.0, 2.0, 3.2, 4.2, 4.8, 5.0, 4.9, 4.7, 4.6, 4.6, 4.8, 5.0, 5.4, 5.6, 5.0, 3.8,
+    2.6,
 ];
 
 /// Cumulative hour-of-day distributions, built once per run.
@@ -582,10 +545,7 @@ struct Tables {
 
 impl Tables {
     fn new() -> Self {
-        Self {
-            weekday: cumulative(&WEEKDAY_HOURS),
-            weekend: cumulative(&WEEKEND_HOURS),
-        }
+        Self { weekday: cumulative(&WEEKDAY_HOURS), weekend: cumulative(&WEEKEND_HOURS) }
     }
 }
 
@@ -650,13 +610,7 @@ struct UserSim<'a> {
 }
 
 impl<'a> UserSim<'a> {
-    fn new(
-        idx: u32,
-        mut rng: ChaCha8Rng,
-        win: &'a Window,
-        tables: &'a Tables,
-        buckets: &'a mut [Vec<Rec>],
-    ) -> Self {
+    fn new(idx: u32, mut rng: ChaCha8Rng, win: &'a Window, tables: &'a Tables, buckets: &'a mut [Vec<Rec>]) -> Self {
         let (segment, prof) = pick_profile(rng.random());
         let existing = rng.random_bool(EXISTING_SHARE);
         let tz_ms = pick_timezone(rng.random()) * HOUR_MS;
@@ -684,10 +638,7 @@ impl<'a> UserSim<'a> {
         // churn more: both make a user's history a weak, noisy prior on their hazard.
         let unhappiness: f64 = StandardNormal.sample(&mut rng);
         let friction = (0.7 * unhappiness).exp();
-        let hazard = prof.hazard
-            * lognormal(&mut rng, 0.5)
-            * rel_rate.powf(-0.7)
-            * (0.6 * unhappiness).exp();
+        let hazard = prof.hazard * lognormal(&mut rng, 0.5) * rel_rate.powf(-0.7) * (0.6 * unhappiness).exp();
         let spend = prof.spend * lognormal(&mut rng, 0.5);
         let plan_cents = PLAN_PRICES_CENTS[rng.random_range(0..PLAN_PRICES_CENTS.len())];
         let next_bill_day = rng.random_range(0..30);
@@ -721,11 +672,8 @@ impl<'a> UserSim<'a> {
     }
 
     fn simulate(mut self) -> TruthRow {
-        let signup_day = if self.signup_ms < self.win.start {
-            0
-        } else {
-            ((self.signup_ms - self.win.start) / DAY_MS) as u32
-        };
+        let signup_day =
+            if self.signup_ms < self.win.start { 0 } else { ((self.signup_ms - self.win.start) / DAY_MS) as u32 };
         let mut day = signup_day;
         while day < self.win.days {
             day = match self.simulate_day(day, signup_day) {
@@ -835,11 +783,7 @@ impl<'a> UserSim<'a> {
                     let ts = day_start + self.local_time(is_weekend(day_start));
                     self.emit(ts, EventKind::SupportTicket, 0);
                 }
-                self.phase = Phase::Fading {
-                    start: day,
-                    len,
-                    recover,
-                };
+                self.phase = Phase::Fading { start: day, len, recover };
                 return false;
             }
         }
@@ -853,41 +797,20 @@ impl<'a> UserSim<'a> {
     /// Activity level for the day, or `None` when a non-recovering fade ends today.
     fn mood(&mut self, day: u32) -> Option<Mood> {
         match self.phase {
-            Phase::Fading {
-                start,
-                len,
-                recover,
-            } => {
+            Phase::Fading { start, len, recover } => {
                 let t = day - start;
                 if t >= len {
                     if recover {
                         self.phase = Phase::Active;
-                        return Some(Mood {
-                            level: 1.0,
-                            stress: 0.0,
-                        });
+                        return Some(Mood { level: 1.0, stress: 0.0 });
                     }
                     return None;
                 }
-                let depth = if recover {
-                    2.0 * f64::from(t.min(len - t))
-                } else {
-                    f64::from(t)
-                };
+                let depth = if recover { 2.0 * f64::from(t.min(len - t)) } else { f64::from(t) };
                 let level = (-3.0 * depth / f64::from(len)).exp();
-                Some(Mood {
-                    level,
-                    stress: 1.0 - level,
-                })
+                Some(Mood { level, stress: 1.0 - level })
             }
-            _ => Some(Mood {
-                level: if day < self.quiet_until {
-                    self.quiet_level
-                } else {
-                    1.0
-                },
-                stress: 0.0,
-            }),
+            _ => Some(Mood { level: if day < self.quiet_until { self.quiet_level } else { 1.0 }, stress: 0.0 }),
         }
     }
 
@@ -917,10 +840,7 @@ impl<'a> UserSim<'a> {
             return;
         }
         self.next_bill_day = day + 30;
-        if self
-            .rng
-            .random_bool((0.025 * self.friction + 0.45 * mood.stress).min(1.0))
-        {
+        if self.rng.random_bool((0.025 * self.friction + 0.45 * mood.stress).min(1.0)) {
             let ts = day_start + self.rng.random_range(2 * HOUR_MS..5 * HOUR_MS);
             self.emit(ts, EventKind::PaymentFailed, 0);
         }
@@ -937,16 +857,10 @@ impl<'a> UserSim<'a> {
             ts += self.gap();
             self.emit(ts, EventKind::PageView, 0);
         }
-        if self
-            .rng
-            .random_bool(self.prof.purchase * mood.level.powf(1.5))
-        {
+        if self.rng.random_bool(self.prof.purchase * mood.level.powf(1.5)) {
             ts += self.gap();
             let cents = self.purchase_cents();
-            if self
-                .rng
-                .random_bool((0.015 * self.friction + 0.25 * mood.stress).min(1.0))
-            {
+            if self.rng.random_bool((0.015 * self.friction + 0.25 * mood.stress).min(1.0)) {
                 self.emit(ts, EventKind::PaymentFailed, 0);
                 if self.rng.random_bool(0.5) {
                     ts += self.gap();
@@ -960,20 +874,14 @@ impl<'a> UserSim<'a> {
             ts += self.gap();
             self.emit(ts, EventKind::ShareContent, 0);
         }
-        if self
-            .rng
-            .random_bool((self.prof.ticket * self.friction + 0.08 * mood.stress).min(1.0))
-        {
+        if self.rng.random_bool((self.prof.ticket * self.friction + 0.08 * mood.stress).min(1.0)) {
             ts += self.gap();
             self.emit(ts, EventKind::SupportTicket, 0);
         }
         if !self.subscribed {
             // Subscriber-segment users mostly subscribe in their first session (signup or return).
-            let p = if forced_login && self.segment == Segment::Subscriber {
-                0.7
-            } else {
-                self.prof.convert * mood.level
-            };
+            let p =
+                if forced_login && self.segment == Segment::Subscriber { 0.7 } else { self.prof.convert * mood.level };
             if self.rng.random_bool(p) {
                 ts += self.gap();
                 if self.emit(ts, EventKind::Subscribe, self.plan_cents) {
@@ -1021,11 +929,7 @@ impl<'a> UserSim<'a> {
 
     /// Offset from the UTC day start of a session start drawn from the user's local profile.
     fn local_time(&mut self, weekend: bool) -> i64 {
-        let table = if weekend {
-            &self.tables.weekend
-        } else {
-            &self.tables.weekday
-        };
+        let table = if weekend { &self.tables.weekend } else { &self.tables.weekday };
         time_of_day(&mut self.rng, table) - self.tz_ms
     }
 
@@ -1039,11 +943,7 @@ impl<'a> UserSim<'a> {
             return false;
         }
         let bucket = ((ts - self.win.start) / DAY_MS) as usize;
-        self.buckets[bucket].push(Rec {
-            ts,
-            user_kind: self.idx << 3 | kind.code(),
-            cents,
-        });
+        self.buckets[bucket].push(Rec { ts, user_kind: self.idx << 3 | kind.code(), cents });
         self.today += 1;
         self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
         if self.returning {
@@ -1140,12 +1040,7 @@ mod tests {
     use crate::time::parse_rfc3339;
 
     fn cfg(users: u64, days: u32, seed: u64) -> SimConfig {
-        SimConfig {
-            users,
-            days,
-            seed,
-            ..SimConfig::default()
-        }
+        SimConfig { users, days, seed, ..SimConfig::default() }
     }
 
     fn run_bytes(cfg: &SimConfig) -> (Vec<u8>, Vec<u8>, SimSummary) {
@@ -1168,12 +1063,7 @@ mod tests {
             let cfg = cfg(2_000, 120, 7);
             let mut events = Vec::new();
             let (summary, truth) = generate(&cfg, |e| events.push(*e)).expect("generate");
-            Generated {
-                cfg,
-                summary,
-                events,
-                truth,
-            }
+            Generated { cfg, summary, events, truth }
         })
     }
 
@@ -1255,24 +1145,11 @@ mod tests {
     #[test]
     fn event_json_format() {
         let mut out = Vec::new();
-        let ev = SimEvent {
-            user_id: 42,
-            event_type: EventKind::Purchase,
-            ts: 1_767_435_072_345,
-            amount: Some(12.5),
-        };
+        let ev = SimEvent { user_id: 42, event_type: EventKind::Purchase, ts: 1_767_435_072_345, amount: Some(12.5) };
         write_event_json(&mut out, &ev);
-        let login = SimEvent {
-            event_type: EventKind::Login,
-            amount: None,
-            user_id: 123_456_789,
-            ..ev
-        };
+        let login = SimEvent { event_type: EventKind::Login, amount: None, user_id: 123_456_789, ..ev };
         write_event_json(&mut out, &login);
-        let nan = SimEvent {
-            amount: Some(f64::NAN),
-            ..ev
-        };
+        let nan = SimEvent { amount: Some(f64::NAN), ..ev };
         write_event_json(&mut out, &nan);
         assert_eq!(
             std::str::from_utf8(&out).expect("utf8"),
@@ -1299,14 +1176,8 @@ mod tests {
             assert!(matches!(err, Err(SimError::InvalidConfig(_))), "{bad:?}");
             assert!(sink.is_empty());
         }
-        let far = SimConfig {
-            start_ms: MAX_RFC3339_MS,
-            ..cfg(10, 10, 1)
-        };
-        assert!(matches!(
-            generate(&far, |_| {}),
-            Err(SimError::InvalidConfig(_))
-        ));
+        let far = SimConfig { start_ms: MAX_RFC3339_MS, ..cfg(10, 10, 1) };
+        assert!(matches!(generate(&far, |_| {}), Err(SimError::InvalidConfig(_))));
     }
 
     #[test]
@@ -1315,10 +1186,7 @@ mod tests {
         let (_, csv, summary) = run_bytes(&c);
         let text = std::str::from_utf8(&csv).expect("utf8");
         let mut lines = text.lines();
-        assert_eq!(
-            lines.next(),
-            Some("user_id,signup_ts,churn_ts,reactivated_ts,segment")
-        );
+        assert_eq!(lines.next(), Some("user_id,signup_ts,churn_ts,reactivated_ts,segment"));
         let mut rows = 0;
         let mut churned = 0;
         for line in lines {
@@ -1329,10 +1197,7 @@ mod tests {
                 assert!(ts.is_empty() || parse_rfc3339(ts).is_some(), "{line}");
             }
             churned += usize::from(!f[2].is_empty());
-            assert!(
-                ["casual", "regular", "power", "subscriber"].contains(&f[4]),
-                "{line}"
-            );
+            assert!(["casual", "regular", "power", "subscriber"].contains(&f[4]), "{line}");
             rows += 1;
         }
         assert_eq!(rows, 300);
@@ -1346,19 +1211,14 @@ mod tests {
         let end = g.cfg.end_ms();
         let mut with_events_after_return = 0;
         for t in &g.truth {
-            let evs = by_user
-                .get(&numeric_id(&t.user_id))
-                .map_or(&[][..], |v| &v[..]);
+            let evs = by_user.get(&numeric_id(&t.user_id)).map_or(&[][..], |v| &v[..]);
             assert!(evs.iter().all(|e| e.ts >= t.signup_ts), "{t:?}");
             let Some(churn) = t.churn_ts else {
                 assert!(t.reactivated_ts.is_none(), "{t:?}");
                 continue;
             };
             let back = t.reactivated_ts.unwrap_or(end);
-            assert!(
-                t.reactivated_ts.is_none() || back >= churn + 13 * DAY_MS,
-                "{t:?}"
-            );
+            assert!(t.reactivated_ts.is_none() || back >= churn + 13 * DAY_MS, "{t:?}");
             let leak = evs.iter().find(|e| e.ts > churn && e.ts < back);
             assert!(leak.is_none(), "{t:?} has {leak:?}");
             if let Some(r) = t.reactivated_ts {
@@ -1377,11 +1237,7 @@ mod tests {
         assert!((0.10..=0.60).contains(&rate), "churn rate {rate}");
         let react = g.summary.reactivated_users as f64 / g.summary.churned_users as f64;
         assert!((0.05..=0.5).contains(&react), "reactivation share {react}");
-        let cancels = g
-            .events
-            .iter()
-            .filter(|e| e.event_type == EventKind::Cancel)
-            .count();
+        let cancels = g.events.iter().filter(|e| e.event_type == EventKind::Cancel).count();
         assert!(cancels > 0);
     }
 
@@ -1391,12 +1247,7 @@ mod tests {
         let by_user = per_user(&g.events);
         let (mut recent, mut earlier, mut n) = (0usize, 0usize, 0usize);
         let (mut recent_stress, mut earlier_stress) = (0usize, 0usize);
-        let stress = |e: &SimEvent| {
-            matches!(
-                e.event_type,
-                EventKind::SupportTicket | EventKind::PaymentFailed
-            )
-        };
+        let stress = |e: &SimEvent| matches!(e.event_type, EventKind::SupportTicket | EventKind::PaymentFailed);
         // churn_ts is the user's last event, so the window ending at it always holds the final
         // visit, whatever the trend. Compare the two fortnights before that final half-day.
         let end_of = |c: i64| c - 12 * HOUR_MS;
@@ -1405,9 +1256,7 @@ mod tests {
             if end_of(c) - 28 * DAY_MS < g.cfg.start_ms.max(t.signup_ts) {
                 continue;
             }
-            let evs = by_user
-                .get(&numeric_id(&t.user_id))
-                .map_or(&[][..], |v| &v[..]);
+            let evs = by_user.get(&numeric_id(&t.user_id)).map_or(&[][..], |v| &v[..]);
             let within = |from_days: i64, to_days: i64| -> Vec<&&SimEvent> {
                 let (lo, hi) = (end_of(c) - to_days * DAY_MS, end_of(c) - from_days * DAY_MS);
                 evs.iter().filter(|e| e.ts >= lo && e.ts < hi).collect()
@@ -1484,8 +1333,7 @@ mod tests {
                     continue;
                 }
                 let e = evs_of(t);
-                let within =
-                    |lo: i64, hi: i64| e.iter().filter(|e| e.ts >= lo && e.ts < hi).count();
+                let within = |lo: i64, hi: i64| e.iter().filter(|e| e.ts >= lo && e.ts < hi).count();
                 recent += within(ch - 14 * DAY_MS, ch);
                 earlier += within(ch - 28 * DAY_MS, ch - 14 * DAY_MS);
             }
@@ -1525,9 +1373,7 @@ mod tests {
                         .count();
                     (n as f64).ln_1p()
                 };
-                let recency = past
-                    .last()
-                    .map_or(60.0, |e| ((t_ms - e.ts) as f64 / DAY_MS as f64).min(60.0));
+                let recency = past.last().map_or(60.0, |e| ((t_ms - e.ts) as f64 / DAY_MS as f64).min(60.0));
                 xs.push(vec![
                     count(0, 7, None),
                     count(7, 14, None),
@@ -1558,19 +1404,14 @@ mod tests {
     fn logistic_holdout_auc(xs: &[Vec<f64>], ys: &[bool]) -> f64 {
         let d = xs[0].len();
         let n = xs.len() as f64;
-        let mean: Vec<f64> = (0..d)
-            .map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n)
-            .collect();
+        let mean: Vec<f64> = (0..d).map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n).collect();
         let sd: Vec<f64> = (0..d)
             .map(|j| {
                 let v = xs.iter().map(|x| (x[j] - mean[j]).powi(2)).sum::<f64>() / n;
                 v.sqrt().max(1e-9)
             })
             .collect();
-        let z: Vec<Vec<f64>> = xs
-            .iter()
-            .map(|x| (0..d).map(|j| (x[j] - mean[j]) / sd[j]).collect())
-            .collect();
+        let z: Vec<Vec<f64>> = xs.iter().map(|x| (0..d).map(|j| (x[j] - mean[j]) / sd[j]).collect()).collect();
         let score = |w: &[f64], x: &[f64]| w[d] + x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>();
         let mut w = vec![0.0; d + 1];
         let train: Vec<usize> = (0..z.len()).step_by(2).collect();
@@ -1588,10 +1429,7 @@ mod tests {
                 w[j] -= 0.5 * grad[j] / train.len() as f64;
             }
         }
-        let mut test: Vec<(f64, bool)> = (1..z.len())
-            .step_by(2)
-            .map(|i| (score(&w, &z[i]), ys[i]))
-            .collect();
+        let mut test: Vec<(f64, bool)> = (1..z.len()).step_by(2).map(|i| (score(&w, &z[i]), ys[i])).collect();
         test.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (mut rank_sum, mut pos) = (0.0, 0.0);
         for (r, (_, y)) in test.iter().enumerate() {

@@ -10,7 +10,7 @@ use crate::event::{parse_event, ActivityEvent, RejectReason, Rejection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read events from {path}: {source}")]
+    #[error("cannot read events from {path}")]
     Io { path: String, source: std::io::Error },
 }
 
@@ -53,10 +53,7 @@ impl RejectTally {
 
 /// Open a `.jsonl` or `.jsonl.gz` (by magic bytes, not name) for buffered reading.
 pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
-    let err = |source| SourceError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let err = |source| SourceError::Io { path: path.display().to_string(), source };
     let mut f = File::open(path).map_err(err)?;
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(err)?;
@@ -86,10 +83,7 @@ pub fn for_each_event(
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|source| SourceError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| SourceError::Io { path: path.display().to_string(), source })?;
         if n == 0 {
             break;
         }

@@ -2,8 +2,8 @@
 //! the pipeline flushes deltas here once per batch, so no event touches an atomic or a lock.
 
 use prometheus::{
-    exponential_buckets, linear_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, linear_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::EngineCounters;
@@ -17,7 +17,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub interventions: IntCounterVec,
     pub control: IntCounterVec,
-    pub suppressed_cooldown: IntCounter,
+    pub suppressed: IntCounterVec,
     pub scored: IntCounterVec,
     pub users_created: IntCounter,
     pub users_evicted: IntCounter,
@@ -72,7 +72,11 @@ fn fgauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    reg(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|_| unreachable_metric(name)))
+    reg(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
 }
 
 /// Metric constructors fail only for invalid names or label sets, which are constants here.
@@ -92,7 +96,7 @@ impl Metrics {
             dead_lettered: counter_vec(&r, "churnguard_dead_lettered_total", "Records written to the dead-letter topic and acknowledged, by reason code.", &["reason"]),
             interventions: counter_vec(&r, "churnguard_interventions_total", "Interventions published, by tier and action.", &["tier", "action"]),
             control: counter_vec(&r, "churnguard_control_total", "Would-be interventions held back as the control group, by tier.", &["tier"]),
-            suppressed_cooldown: counter(&r, "churnguard_suppressed_cooldown_total", "Decisions not sent because the user's cooldown was running."),
+            suppressed: counter_vec(&r, "churnguard_suppressed_total", "Decisions not sent, by reason: cooldown (same or lower tier inside the cooldown) or already_sent (same or lower tier already sent and the user silent since).", &["reason"]),
             scored: counter_vec(&r, "churnguard_scored_total", "Risk scores computed, by trigger (event or silence).", &["trigger"]),
             users_created: counter(&r, "churnguard_users_created_total", "Users who started being tracked."),
             users_evicted: counter(&r, "churnguard_users_evicted_total", "Users forgotten after state_ttl of silence (counted as churned)."),
@@ -136,7 +140,12 @@ impl Metrics {
         let d = |a: u64, b: u64| b.saturating_sub(a);
         self.events_late.inc_by(d(before.events_late, after.events_late));
         self.events_out_of_order.inc_by(d(before.events_out_of_order, after.events_out_of_order));
-        self.suppressed_cooldown.inc_by(d(before.suppressed_cooldown, after.suppressed_cooldown));
+        self.suppressed
+            .with_label_values(&["cooldown"])
+            .inc_by(d(before.suppressed_cooldown, after.suppressed_cooldown));
+        self.suppressed
+            .with_label_values(&["already_sent"])
+            .inc_by(d(before.suppressed_already_sent, after.suppressed_already_sent));
         self.scored.with_label_values(&["event"]).inc_by(d(before.scored_on_event, after.scored_on_event));
         self.scored.with_label_values(&["silence"]).inc_by(d(before.scored_on_timer, after.scored_on_timer));
         self.users_created.inc_by(d(before.users_created, after.users_created));

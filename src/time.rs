@@ -114,11 +114,8 @@ pub fn parse_timestamp(s: &str) -> Result<Millis, TimeError> {
 /// RFC3339 to epoch ms. The common canonical form (`YYYY-MM-DDTHH:MM:SS[.fff]Z`) is parsed by hand
 /// because it is on the per-event hot path; anything else (offsets, odd precision) goes to chrono.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    parse_rfc3339_fast(s.as_bytes()).or_else(|| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|dt| dt.timestamp_millis())
-    })
+    parse_rfc3339_fast(s.as_bytes())
+        .or_else(|| chrono::DateTime::parse_from_rfc3339(s).ok().map(|dt| dt.timestamp_millis()))
 }
 
 fn parse_rfc3339_fast(b: &[u8]) -> Option<Millis> {

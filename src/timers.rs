@@ -64,7 +64,7 @@ impl TimerWheel {
     /// Whether `drain_until(watermark)` would take anything; cheap, for the per-event path.
     #[inline]
     pub fn has_complete(&self, watermark: Millis) -> bool {
-        self.base != i64::MIN && self.base <= (watermark + 1).div_euclid(self.granularity) - 1
+        self.base != i64::MIN && self.base < (watermark + 1).div_euclid(self.granularity)
     }
 
     pub fn drain_until(&mut self, watermark: Millis, mut f: impl FnMut(i64, &[u32])) {

@@ -41,11 +41,8 @@ fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
             // Complete UTC days before t's day: [today - wd, today - 1].
             let wd = window_of(w).ms() / DAY_MS;
             let today = t.div_euclid(DAY_MS);
-            let mut ds: Vec<i64> = evs
-                .iter()
-                .map(|e| e.ts.div_euclid(DAY_MS))
-                .filter(|d| *d >= today - wd && *d < today)
-                .collect();
+            let mut ds: Vec<i64> =
+                evs.iter().map(|e| e.ts.div_euclid(DAY_MS)).filter(|d| *d >= today - wd && *d < today).collect();
             ds.sort_unstable();
             ds.dedup();
             ds.len() as f64
@@ -53,11 +50,7 @@ fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
         ["recency"] => days(t - evs.iter().map(|e| e.ts).max().unwrap()).min(cap),
         ["recency", ty] => {
             let ty = type_of(ty);
-            evs.iter()
-                .filter(|e| e.ty == ty)
-                .map(|e| e.ts)
-                .max()
-                .map_or(cap, |last| days(t - last).min(cap))
+            evs.iter().filter(|e| e.ty == ty).map(|e| e.ts).max().map_or(cap, |last| days(t - last).min(cap))
         }
         ["tenure"] => days(t - evs.iter().map(|e| e.ts).min().unwrap()),
         ["lifetime", "count", ty] => {
@@ -93,11 +86,7 @@ fn spec_strategy() -> impl Strategy<Value = FeatureSpec> {
 }
 
 fn events_strategy(n_types: usize) -> impl Strategy<Value = Vec<Ev>> {
-    prop::collection::vec(
-        (0i64..200 * DAY_MS, 0..=n_types, prop::option::of(-50.0f64..500.0)),
-        1..120,
-    )
-    .prop_map(|v| {
+    prop::collection::vec((0i64..200 * DAY_MS, 0..=n_types, prop::option::of(-50.0f64..500.0)), 1..120).prop_map(|v| {
         v.into_iter()
             .map(|(off, ty, amount)| Ev {
                 ts: BASE + off,

@@ -24,10 +24,7 @@ const T0: i64 = 1_767_225_600_000; // 2026-01-01
 /// A model whose risk depends only on silence: P = sigmoid(2 ln(1 + days silent) - 4), so
 /// medium (>= 0.5) after ~6.4 silent days and high (>= 0.9) after ~21.2.
 fn silence_model(path: &Path) {
-    let spec = FeatureSpec {
-        event_types: vec!["login".into(), "purchase".into()],
-        ..FeatureSpec::default()
-    };
+    let spec = FeatureSpec { event_types: vec!["login".into(), "purchase".into()], ..FeatureSpec::default() };
     let defs = spec.features();
     let coefficients = defs.iter().map(|d| if d.name == "recency" { 2.0 } else { 0.0 }).collect();
     let p = defs.len();
@@ -77,7 +74,10 @@ fn silence_model(path: &Path) {
 }
 
 fn event(user: &str, ty: &str, ts: i64) -> (String, Vec<u8>) {
-    (user.to_string(), format!(r#"{{"user_id":"{user}","event_type":"{ty}","ts":"{}"}}"#, format_rfc3339_ms(ts)).into_bytes())
+    (
+        user.to_string(),
+        format!(r#"{{"user_id":"{user}","event_type":"{ty}","ts":"{}"}}"#, format_rfc3339_ms(ts)).into_bytes(),
+    )
 }
 
 struct Topics {
@@ -170,16 +170,22 @@ allowed_lateness = "1s"
     }
 
     fn start(&self) -> Running {
-        Running(Some(Command::new(env!("CARGO_BIN_EXE_churnguard"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "churnguard=info,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("service.log")).expect("log file"),
-            ))
-            .spawn()
-            .expect("starting churnguard run")))
+        Running(Some(
+            Command::new(env!("CARGO_BIN_EXE_churnguard"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "churnguard=info,rdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.path().join("service.log"))
+                        .expect("log file"),
+                ))
+                .spawn()
+                .expect("starting churnguard run"),
+        ))
     }
 
     fn log(&self) -> String {
@@ -264,9 +270,7 @@ async fn read_all(brokers: &str, topic: &str, quiet: Duration, max: Duration) ->
 }
 
 fn interventions(msgs: &[OwnedMessage]) -> Vec<Intervention> {
-    msgs.iter()
-        .map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("intervention JSON"))
-        .collect()
+    msgs.iter().map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("intervention JSON")).collect()
 }
 
 /// Poll `f` until it returns Some or `max` passes.
@@ -333,7 +337,8 @@ async fn silent_user_is_flagged_with_no_event_of_their_own() {
     common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
     let child = h.start();
     let last_quiet_event = T0 + 2 * DAY_MS + 1;
-    let mut all = interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    let mut all =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
     all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
     let st = stop(child, "-TERM");
     assert!(st.success(), "graceful exit; log:\n{}", h.log());
@@ -358,7 +363,12 @@ async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {
         ("b1", b"{not json".to_vec(), "not_json"),
         ("b2", br#"{"event_type":"login","ts":"2026-01-02T00:00:00Z"}"#.to_vec(), "missing_field"),
         ("b3", br#"{"user_id":"b3","event_type":"login","ts":"last tuesday"}"#.to_vec(), "bad_timestamp"),
-        ("b4", format!(r#"{{"user_id":"b4","event_type":"login","ts":1767225600000,"pad":"{}"}}"#, "x".repeat(4096)).into_bytes(), "too_large"),
+        (
+            "b4",
+            format!(r#"{{"user_id":"b4","event_type":"login","ts":1767225600000,"pad":"{}"}}"#, "x".repeat(4096))
+                .into_bytes(),
+            "too_large",
+        ),
         ("b5", br#"{"user_id":42,"event_type":"login","ts":1767225600000}"#.to_vec(), "bad_type"),
         ("b6", b"[1,2,3]".to_vec(), "not_object"),
     ];
@@ -367,7 +377,9 @@ async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {
     }
     common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
     let child = h.start();
-    let dlq = common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), bad.len(), Duration::from_secs(60)).await;
+    let dlq =
+        common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), bad.len(), Duration::from_secs(60))
+            .await;
     let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for m in &dlq {
         let headers = m.headers().expect("dead letters carry headers");
@@ -433,7 +445,10 @@ async fn sigkill_mid_stream_loses_nothing_and_run_matches_replay() {
     let half = evs.len() / 2;
     common::produce_all(&producer, &t.events, &evs[..half]).await;
     let child = h.start();
-    let progressed = wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_events_consumed_total", "") > 0.0).then_some(())).await;
+    let progressed = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") > 0.0).then_some(())
+    })
+    .await;
     assert!(progressed.is_some(), "service consumed nothing; log:\n{}", h.log());
     common::produce_all(&producer, &t.events, &evs[half..]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -450,14 +465,27 @@ async fn sigkill_mid_stream_loses_nothing_and_run_matches_replay() {
     let mut by_id: HashMap<&str, &Intervention> = HashMap::new();
     for iv in &got {
         if let Some(prev) = by_id.insert(&iv.intervention_id, iv) {
-            assert_eq!((&prev.user_id, &prev.tier, &prev.event_time, prev.control), (&iv.user_id, &iv.tier, &iv.event_time, iv.control), "a duplicate id must be the same decision");
+            assert_eq!(
+                (&prev.user_id, &prev.tier, &prev.event_time, prev.control),
+                (&iv.user_id, &iv.tier, &iv.event_time, iv.control),
+                "a duplicate id must be the same decision"
+            );
         }
     }
     let until = format_rfc3339_ms(max_ts - DAY_MS);
-    let ids = |v: &[Intervention]| -> BTreeSet<String> { v.iter().filter(|i| i.event_time <= until).map(|i| i.intervention_id.clone()).collect() };
+    let ids = |v: &[Intervention]| -> BTreeSet<String> {
+        v.iter().filter(|i| i.event_time <= until).map(|i| i.intervention_id.clone()).collect()
+    };
     let (want, have) = (ids(&expected), ids(&got));
     let missing: Vec<_> = want.difference(&have).collect();
-    assert!(missing.is_empty(), "{} of {} replay interventions never published (e.g. {:?}); log:\n{}", missing.len(), want.len(), missing.first(), h.log());
+    assert!(
+        missing.is_empty(),
+        "{} of {} replay interventions never published (e.g. {:?}); log:\n{}",
+        missing.len(),
+        want.len(),
+        missing.first(),
+        h.log()
+    );
     let extra: Vec<_> = have.difference(&want).collect();
     assert!(extra.is_empty(), "run decided {} interventions replay did not (e.g. {:?})", extra.len(), extra.first());
 }
@@ -495,7 +523,12 @@ async fn cooldown_holds_and_escalation_goes_through() {
     assert!(pulse.len() >= 2, "pulse is flagged again after the cooldown: {pulse:?}");
     for w in pulse.windows(2) {
         assert_eq!((w[0].tier.as_str(), w[1].tier.as_str()), ("medium", "medium"));
-        assert!(at(&w[1]) - at(&w[0]) >= 20 * DAY_MS, "same tier at {} and {}: inside the cooldown", w[0].event_time, w[1].event_time);
+        assert!(
+            at(&w[1]) - at(&w[0]) >= 20 * DAY_MS,
+            "same tier at {} and {}: inside the cooldown",
+            w[0].event_time,
+            w[1].event_time
+        );
     }
 }
 
@@ -507,7 +540,8 @@ async fn control_share_matches_fraction_and_is_stable_across_restart() {
     // 1,500 users each log in once; a heartbeat user keeps the clock moving until they are all
     // silent long enough to be flagged (medium) exactly once.
     let users = 1500;
-    let mut evs: Vec<(String, Vec<u8>)> = (0..users).map(|u| event(&format!("c{u:05}"), "login", T0 + u as i64 * 1000)).collect();
+    let mut evs: Vec<(String, Vec<u8>)> =
+        (0..users).map(|u| event(&format!("c{u:05}"), "login", T0 + u as i64 * 1000)).collect();
     for hr in 0..(10 * 24) {
         evs.push(event("heartbeat", "login", T0 + hr * HOUR_MS));
     }
@@ -515,13 +549,15 @@ async fn control_share_matches_fraction_and_is_stable_across_restart() {
     let child = h.start();
     // Users on the partition without the heartbeat are decided once that partition is idle and
     // follows the others' clock (idle_timeout = 1s).
-    let decided = |h: &Harness| h.metric_sum("churnguard_interventions_total", "") + h.metric_sum("churnguard_control_total", "");
+    let decided =
+        |h: &Harness| h.metric_sum("churnguard_interventions_total", "") + h.metric_sum("churnguard_control_total", "");
     let first = wait_for(Duration::from_secs(60), || (decided(&h) >= users as f64).then_some(())).await;
     assert!(first.is_some(), "only {} of {users} users decided; log:\n{}", decided(&h), h.log());
     let st = stop(child, "-TERM");
     assert!(st.success());
     let ctl1 = interventions(&read_all(&brokers, &t.control, Duration::from_secs(3), Duration::from_secs(30)).await);
-    let iv1 = interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(3), Duration::from_secs(30)).await);
+    let iv1 =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(3), Duration::from_secs(30)).await);
     let control_users: BTreeSet<String> = ctl1.iter().map(|i| i.user_id.clone()).collect();
     let treated_users: BTreeSet<String> = iv1.iter().map(|i| i.user_id.clone()).collect();
     assert!(control_users.is_disjoint(&treated_users), "a user is in one group only");
@@ -530,12 +566,17 @@ async fn control_share_matches_fraction_and_is_stable_across_restart() {
     let share = control_users.len() as f64 / total;
     assert!((share - 0.2).abs() < 0.04, "control share {share:.3} vs 0.2");
     // A fresh instance with a new group re-decides the same users: same assignment.
-    let h2 = Harness::new(&brokers, &Topics { group: common::unique_group("control2"), ..t }, "[policy]\ncontrol_fraction = 0.2\n");
+    let h2 = Harness::new(
+        &brokers,
+        &Topics { group: common::unique_group("control2"), ..t },
+        "[policy]\ncontrol_fraction = 0.2\n",
+    );
     let child = h2.start();
     let again = wait_for(Duration::from_secs(60), || (decided(&h2) >= users as f64).then_some(())).await;
     let st = stop(child, "-TERM");
     assert!(again.is_some() && st.success());
-    let ctl2 = interventions(&read_all(&brokers, &h2_topic(&h2), Duration::from_secs(3), Duration::from_secs(30)).await);
+    let ctl2 =
+        interventions(&read_all(&brokers, &h2_topic(&h2), Duration::from_secs(3), Duration::from_secs(30)).await);
     let control_again: BTreeSet<String> = ctl2.iter().map(|i| i.user_id.clone()).collect();
     assert_eq!(control_users, control_again, "control assignment is stable across instances");
 }
@@ -556,7 +597,10 @@ async fn graceful_shutdown_commits_and_exits_zero() {
     let evs = mixed_stream(40, 20);
     let placed = common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
     let child = h.start();
-    let done = wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_events_consumed_total", "") >= evs.len() as f64).then_some(())).await;
+    let done = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") >= evs.len() as f64).then_some(())
+    })
+    .await;
     assert!(done.is_some(), "log:\n{}", h.log());
     let started = Instant::now();
     let st = stop(child, "-TERM");
@@ -573,7 +617,10 @@ async fn graceful_shutdown_commits_and_exits_zero() {
     for p in end.keys() {
         tpl.add_partition(&t.events, *p);
     }
-    let committed = tokio::task::spawn_blocking(move || c.committed_offsets(tpl, Duration::from_secs(10))).await.expect("join").expect("committed offsets");
+    let committed = tokio::task::spawn_blocking(move || c.committed_offsets(tpl, Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("committed offsets");
     for e in committed.elements() {
         assert_eq!(e.offset(), Offset::Offset(end[&e.partition()]), "partition {} committed to the end", e.partition());
     }

@@ -19,11 +19,8 @@ const MAX_EVENT_TYPES: usize = super::MAX_TYPES - 1;
 pub enum SpecError {
     #[error("feature spec: {0}")]
     Invalid(String),
-    #[error("feature spec: cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("feature spec: cannot read {path}")]
+    Read { path: String, source: std::io::Error },
     #[error("feature spec: {0}")]
     Parse(String),
 }
@@ -141,10 +138,8 @@ impl FeatureSpec {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::Read { path: path.display().to_string(), source: e })?;
         Self::from_toml_str(&text)
     }
 
@@ -157,7 +152,10 @@ impl FeatureSpec {
             ));
         }
         for (i, t) in self.event_types.iter().enumerate() {
-            if t.is_empty() || t == OTHER_TYPE || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if t.is_empty()
+                || t == OTHER_TYPE
+                || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 return bad(format!(
                     "event_types[{i}] = {t:?}: use letters, digits, '_' or '-', and not {OTHER_TYPE:?}"
                 ));
@@ -218,19 +216,12 @@ impl FeatureSpec {
     }
 
     pub fn recency_cap_days(&self) -> f64 {
-        self.recency_cap
-            .or_else(|| self.windows.last().copied())
-            .unwrap_or(Span::days(90))
-            .as_days_f64()
+        self.recency_cap.or_else(|| self.windows.last().copied()).unwrap_or(Span::days(90)).as_days_f64()
     }
 
     /// Windows eligible for `active_days`: whole days.
     pub fn day_windows(&self) -> impl Iterator<Item = (usize, Span)> + '_ {
-        self.windows
-            .iter()
-            .copied()
-            .enumerate()
-            .filter(|(_, w)| w.ms() % DAY_MS == 0)
+        self.windows.iter().copied().enumerate().filter(|(_, w)| w.ms() % DAY_MS == 0)
     }
 
     /// Longest whole-day window in days (0 if none), the length of the activity-day bitmap.
@@ -238,10 +229,7 @@ impl FeatureSpec {
         if !self.aggregates.active_days {
             return 0;
         }
-        self.day_windows()
-            .map(|(_, w)| (w.ms() / DAY_MS) as usize)
-            .max()
-            .unwrap_or(0)
+        self.day_windows().map(|(_, w)| (w.ms() / DAY_MS) as usize).max().unwrap_or(0)
     }
 
     /// All features in vector order. The order here is the order of [`crate::features::state`]'s
@@ -307,7 +295,11 @@ impl FeatureSpec {
         let total: u64 = counts.iter().map(|(_, c)| c).sum();
         let mut sorted: Vec<_> = counts
             .iter()
-            .filter(|(t, _)| !t.is_empty() && t != OTHER_TYPE && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            .filter(|(t, _)| {
+                !t.is_empty()
+                    && t != OTHER_TYPE
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
             .collect();
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let event_types = sorted
@@ -316,10 +308,7 @@ impl FeatureSpec {
             .take(max_types.min(MAX_EVENT_TYPES))
             .map(|(t, _)| t.clone())
             .collect();
-        FeatureSpec {
-            event_types,
-            ..FeatureSpec::default()
-        }
+        FeatureSpec { event_types, ..FeatureSpec::default() }
     }
 }
 
@@ -357,8 +346,7 @@ mod tests {
 
     #[test]
     fn invalid_specs_are_refused_with_the_key_named() {
-        let mut s = FeatureSpec::default();
-        s.windows = vec![Span::days(30), Span::days(7)];
+        let mut s = FeatureSpec { windows: vec![Span::days(30), Span::days(7)], ..FeatureSpec::default() };
         assert!(s.validate().unwrap_err().to_string().contains("increasing"));
         s.windows = vec![Span::days(400)];
         assert!(s.validate().unwrap_err().to_string().contains("windows[0]"));

@@ -82,11 +82,7 @@ impl Layout {
         let max_days = spec.max_active_days();
         let days = DayBitmap::new(if max_days > 0 { max_days + 1 } else { 0 }, off);
         off += days.len();
-        let window_days = spec
-            .windows
-            .iter()
-            .map(|w| (w.ms() % DAY_MS == 0).then_some(w.ms() / DAY_MS))
-            .collect();
+        let window_days = spec.windows.iter().map(|w| (w.ms() % DAY_MS == 0).then_some(w.ms() / DAY_MS)).collect();
         Layout {
             n_features: spec.features().len(),
             spec: spec.clone(),

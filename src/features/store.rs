@@ -57,9 +57,7 @@ impl FeatureStore {
 
     pub fn get(&self, user_id: &str) -> Option<UserIdx> {
         let h = self.hasher.hash_one(user_id);
-        self.table
-            .find(h, |&i| &*self.ids[i as usize] == user_id)
-            .copied()
+        self.table.find(h, |&i| &*self.ids[i as usize] == user_id).copied()
     }
 
     /// The user's index, creating fresh state (first event at `ts`) if they are new.
@@ -84,15 +82,11 @@ impl FeatureStore {
         };
         let ids = &self.ids;
         let hasher = &self.hasher;
-        self.table
-            .insert_unique(h, idx, |&i| hasher.hash_one(&*ids[i as usize]));
+        self.table.insert_unique(h, idx, |&i| hasher.hash_one(&*ids[i as usize]));
         let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
         let i = idx as usize;
         self.layout.init(
-            UserMut {
-                narrow: &mut self.narrow[i * n..(i + 1) * n],
-                wide: &mut self.wide[i * w..(i + 1) * w],
-            },
+            UserMut { narrow: &mut self.narrow[i * n..(i + 1) * n], wide: &mut self.wide[i * w..(i + 1) * w] },
             ts,
         );
         self.live += 1;
@@ -102,10 +96,7 @@ impl FeatureStore {
     pub fn user(&self, idx: UserIdx) -> UserRef<'_> {
         let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
         let i = idx as usize;
-        UserRef {
-            narrow: &self.narrow[i * n..(i + 1) * n],
-            wide: &self.wide[i * w..(i + 1) * w],
-        }
+        UserRef { narrow: &self.narrow[i * n..(i + 1) * n], wide: &self.wide[i * w..(i + 1) * w] }
     }
 
     pub fn user_id(&self, idx: UserIdx) -> &str {
@@ -116,10 +107,7 @@ impl FeatureStore {
     pub fn apply(&mut self, idx: UserIdx, ts: Millis, type_idx: usize, amount: f64) -> Applied {
         let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
         let i = idx as usize;
-        let u = UserMut {
-            narrow: &mut self.narrow[i * n..(i + 1) * n],
-            wide: &mut self.wide[i * w..(i + 1) * w],
-        };
+        let u = UserMut { narrow: &mut self.narrow[i * n..(i + 1) * n], wide: &mut self.wide[i * w..(i + 1) * w] };
         self.layout.apply(u, ts, type_idx, amount)
     }
 

@@ -133,10 +133,7 @@ pub struct DayBitmap {
 
 impl DayBitmap {
     pub fn new(days: usize, offset: usize) -> DayBitmap {
-        DayBitmap {
-            days: days as i64,
-            offset,
-        }
+        DayBitmap { days: days as i64, offset }
     }
 
     /// u32 words this bitmap occupies.

@@ -11,13 +11,13 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model {path}: {source}")]
+    #[error("cannot read model {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("model {path} is not a churnguard model artifact: {source}")]
+    #[error("model {path} is not a churnguard model artifact")]
     Parse { path: String, source: serde_json::Error },
     #[error("model is incompatible with this engine: {0}")]
     Incompatible(String),
-    #[error("cannot write model {path}: {source}")]
+    #[error("cannot write model {path}")]
     Write { path: String, source: std::io::Error },
 }
 
@@ -89,23 +89,16 @@ pub struct ModelArtifact {
 
 impl ModelArtifact {
     pub fn load(path: &Path) -> Result<ModelArtifact, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let art: ModelArtifact = serde_json::from_str(&text).map_err(|source| ModelError::Parse {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
+        let art: ModelArtifact = serde_json::from_str(&text)
+            .map_err(|source| ModelError::Parse { path: path.display().to_string(), source })?;
         art.validate()?;
         Ok(art)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let write_err = |source| ModelError::Write {
-            path: path.display().to_string(),
-            source,
-        };
+        let write_err = |source| ModelError::Write { path: path.display().to_string(), source };
         let json = serde_json::to_string_pretty(self).map_err(|e| write_err(std::io::Error::other(e)))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(write_err)?;
@@ -120,14 +113,9 @@ impl ModelArtifact {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Incompatible(m));
         if self.format_version != FORMAT_VERSION {
-            return bad(format!(
-                "format_version {} (this engine reads {FORMAT_VERSION})",
-                self.format_version
-            ));
+            return bad(format!("format_version {} (this engine reads {FORMAT_VERSION})", self.format_version));
         }
-        self.spec
-            .validate()
-            .map_err(|e| ModelError::Incompatible(e.to_string()))?;
+        self.spec.validate().map_err(|e| ModelError::Incompatible(e.to_string()))?;
         if self.spec.fingerprint() != self.spec_fingerprint {
             return bad(format!(
                 "spec fingerprint {} does not match the embedded spec ({}); the artifact was edited or built by another engine version",
@@ -158,8 +146,7 @@ impl ModelArtifact {
         if defs.iter().zip(&s.transforms).any(|(d, t)| d.transform != *t) {
             return bad("scaler.transforms differ from the spec's feature transforms".into());
         }
-        let finite = self.coefficients.iter().chain(&s.mean).all(|v| v.is_finite())
-            && self.intercept.is_finite();
+        let finite = self.coefficients.iter().chain(&s.mean).all(|v| v.is_finite()) && self.intercept.is_finite();
         if !finite || s.std.iter().any(|v| !v.is_finite() || *v <= 0.0) {
             return bad("non-finite coefficient, mean or std, or a std <= 0".into());
         }

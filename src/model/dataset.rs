@@ -18,11 +18,7 @@ pub enum DatasetError {
     #[error("no valid events in {0}")]
     Empty(String),
     #[error("cutoff {cutoff} + horizon {horizon} ends after the last event ({last}); labels would be censored. Use an earlier --cutoff or a shorter --horizon")]
-    Censored {
-        cutoff: String,
-        horizon: String,
-        last: String,
-    },
+    Censored { cutoff: String, horizon: String, last: String },
     #[error("cutoff {cutoff} is before the first event ({first})")]
     BeforeData { cutoff: String, first: String },
     #[error("labels file {path}: {msg}")]
@@ -78,25 +74,13 @@ impl EventLog {
                 }
             };
             type_counts[ty as usize] += 1;
-            recs.push(Rec {
-                ts: ev.ts,
-                user,
-                ty,
-                amount: ev.amount.unwrap_or(0.0),
-            });
+            recs.push(Rec { ts: ev.ts, user, ty, amount: ev.amount.unwrap_or(0.0) });
         })?;
         if recs.is_empty() {
             return Err(DatasetError::Empty(path.display().to_string()));
         }
         recs.sort_by_key(|r| r.ts);
-        Ok(EventLog {
-            recs,
-            users,
-            types,
-            type_counts,
-            rejected,
-            path: path.display().to_string(),
-        })
+        Ok(EventLog { recs, users, types, type_counts, rejected, path: path.display().to_string() })
     }
 
     pub fn len(&self) -> usize {
@@ -283,7 +267,12 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
     let mut store_to_log: Vec<u32> = Vec::new();
     let mut next = 0;
     let mut buf = vec![0.0; p];
-    let mut snapshot = |c: Millis, store: &FeatureStore, store_to_log: &[u32], x: &mut Vec<f64>, ru: &mut Vec<u32>, rc: &mut Vec<Millis>| {
+    let mut snapshot = |c: Millis,
+                        store: &FeatureStore,
+                        store_to_log: &[u32],
+                        x: &mut Vec<f64>,
+                        ru: &mut Vec<u32>,
+                        rc: &mut Vec<Millis>| {
         let first_row = ru.len();
         let mut idxs: Vec<u32> = store.indices().collect();
         idxs.sort_unstable();
@@ -299,11 +288,7 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
             ru.push(store_to_log[i as usize]);
             rc.push(c);
         }
-        Snap {
-            cutoff: c,
-            first_row,
-            seen: vec![false; log.users.len()],
-        }
+        Snap { cutoff: c, first_row, seen: vec![false; log.users.len()] }
     };
     for r in &log.recs {
         while next < cutoffs.len() && r.ts > cutoffs[next] {
@@ -334,8 +319,7 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
     let mut unlabelled = 0;
     for (si, s) in snaps.iter().enumerate() {
         let end = snaps.get(si + 1).map_or(row_user.len(), |n| n.first_row);
-        for row in s.first_row..end {
-            let user = row_user[row];
+        for (row, &user) in row_user.iter().enumerate().take(end).skip(s.first_row) {
             let label = match &lab.source {
                 LabelSource::Silence => Some(!s.seen[user as usize]),
                 LabelSource::ChurnEvent(_) => Some(s.seen[user as usize]),
@@ -362,12 +346,5 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
         }
         (nx, keep.iter().map(|&r| row_user[r]).collect(), keep.iter().map(|&r| row_cutoff[r]).collect())
     };
-    Ok(Dataset {
-        n_features: p,
-        x,
-        y,
-        user,
-        cutoff,
-        unlabelled,
-    })
+    Ok(Dataset { n_features: p, x, y, user, cutoff, unlabelled })
 }

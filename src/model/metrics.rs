@@ -67,11 +67,7 @@ impl Ranked {
     fn new(scores: &[f64], labels: &[bool]) -> Self {
         // `+ 0.0` turns -0.0 into 0.0: `total_cmp` would otherwise split two
         // numerically equal scores into separate thresholds.
-        let mut pairs: Vec<(f64, bool)> = scores
-            .iter()
-            .zip(labels)
-            .map(|(&s, &l)| (s + 0.0, l))
-            .collect();
+        let mut pairs: Vec<(f64, bool)> = scores.iter().zip(labels).map(|(&s, &l)| (s + 0.0, l)).collect();
         pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
 
         let mut groups: Vec<TieGroup> = Vec::new();
@@ -85,11 +81,7 @@ impl Ranked {
                     g.pos += p;
                     g.neg += n;
                 }
-                _ => groups.push(TieGroup {
-                    score,
-                    pos: p,
-                    neg: n,
-                }),
+                _ => groups.push(TieGroup { score, pos: p, neg: n }),
             }
         }
         Ranked { groups, pos, neg }
@@ -242,13 +234,7 @@ pub fn roc_curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
         return Vec::new();
     }
     let (p, n) = (ranked.pos as f64, ranked.neg as f64);
-    std::iter::once((0.0, 0.0))
-        .chain(
-            ranked
-                .sweep()
-                .map(|(_, tp, fp)| (fp as f64 / n, tp as f64 / p)),
-        )
-        .collect()
+    std::iter::once((0.0, 0.0)).chain(ranked.sweep().map(|(_, tp, fp)| (fp as f64 / n, tp as f64 / p))).collect()
 }
 
 /// Precision-recall curve as `(recall, precision)` points, one per distinct
@@ -262,11 +248,7 @@ pub fn pr_curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
     }
     let p = ranked.pos as f64;
     std::iter::once((0.0, 1.0))
-        .chain(
-            ranked
-                .sweep()
-                .map(|(_, tp, fp)| (tp as f64 / p, tp as f64 / (tp + fp) as f64)),
-        )
+        .chain(ranked.sweep().map(|(_, tp, fp)| (tp as f64 / p, tp as f64 / (tp + fp) as f64)))
         .collect()
 }
 
@@ -308,10 +290,7 @@ pub fn threshold_for_recall(scores: &[f64], labels: &[bool], recall: f64) -> f64
         return f64::NAN;
     }
     let p = ranked.pos as f64;
-    let reached = ranked
-        .sweep()
-        .find(|&(_, tp, _)| tp as f64 / p >= recall)
-        .map(|(g, _, _)| g.score);
+    let reached = ranked.sweep().find(|&(_, tp, _)| tp as f64 / p >= recall).map(|(g, _, _)| g.score);
     reached.unwrap_or(f64::NAN)
 }
 
@@ -472,10 +451,7 @@ mod tests {
         assert!(ll > 0.0 && ll < 1e-14, "{ll}");
         // Confidently wrong: -ln(1e-15) = 15 ln 10 ~= 34.539.
         let wrong = log_loss(&[0.0], &[true]);
-        assert!(
-            (wrong - 15.0 * std::f64::consts::LN_10).abs() < 1e-9,
-            "{wrong}"
-        );
+        assert!((wrong - 15.0 * std::f64::consts::LN_10).abs() < 1e-9, "{wrong}");
         // Mixed: labels (+,-) with scores (0.8, 0.4): (-ln 0.8 - ln 0.6) / 2.
         let mixed = log_loss(&[0.8, 0.4], &[true, false]);
         assert!(close(mixed, -(0.8f64.ln() + 0.6f64.ln()) / 2.0));
@@ -503,17 +479,11 @@ mod tests {
         // folded into the last bin); bins 1 and 2 empty and omitted.
         let table = calibration_table(&[0.1, 0.2, 0.9, 1.0], &[false, true, true, true], 4);
         assert_eq!(table.len(), 2);
-        assert_eq!(
-            (table[0].lower, table[0].upper, table[0].count),
-            (0.0, 0.25, 2)
-        );
+        assert_eq!((table[0].lower, table[0].upper, table[0].count), (0.0, 0.25, 2));
         // Mean of 0.1 and 0.2; one of two positive.
         assert!(close(table[0].mean_predicted, 0.15));
         assert_eq!(table[0].observed_rate, 0.5);
-        assert_eq!(
-            (table[1].lower, table[1].upper, table[1].count),
-            (0.75, 1.0, 2)
-        );
+        assert_eq!((table[1].lower, table[1].upper, table[1].count), (0.75, 1.0, 2));
         assert!(close(table[1].mean_predicted, 0.95));
         assert_eq!(table[1].observed_rate, 1.0);
         assert!(calibration_table(&[0.5], &[true], 0).is_empty());
@@ -555,10 +525,7 @@ mod tests {
         // t=0.9: 2/(1+0+3) = 0.5      t=0.8: 2/(1+1+3) = 0.4
         // t=0.7: 4/(2+1+3) = 2/3      t=0.3: 4/(2+2+3) = 4/7
         // t=0.2: 6/(3+2+3) = 3/4  <- best, precision 3/5, recall 1.
-        let (t, f1, p, r) = best_f1_threshold(
-            &[0.9, 0.8, 0.7, 0.3, 0.2],
-            &[true, false, true, false, true],
-        );
+        let (t, f1, p, r) = best_f1_threshold(&[0.9, 0.8, 0.7, 0.3, 0.2], &[true, false, true, false, true]);
         assert_eq!(t, 0.2);
         assert!(close(f1, 0.75) && close(p, 0.6) && close(r, 1.0));
     }
@@ -602,20 +569,8 @@ mod tests {
     #[test]
     fn calibration_table_formats_aligned() {
         let bins = [
-            CalibrationBin {
-                lower: 0.0,
-                upper: 0.1,
-                count: 7,
-                mean_predicted: 0.05,
-                observed_rate: 0.0,
-            },
-            CalibrationBin {
-                lower: 0.9,
-                upper: 1.0,
-                count: 12345,
-                mean_predicted: 0.95,
-                observed_rate: 1.0,
-            },
+            CalibrationBin { lower: 0.0, upper: 0.1, count: 7, mean_predicted: 0.05, observed_rate: 0.0 },
+            CalibrationBin { lower: 0.9, upper: 1.0, count: 12345, mean_predicted: 0.95, observed_rate: 1.0 },
         ];
         let text = format_calibration_table(&bins);
         let lines: Vec<&str> = text.lines().collect();
@@ -623,10 +578,7 @@ mod tests {
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
         assert!(lines[1].starts_with("[0.00, 0.10)"), "{text}");
         assert!(lines[2].starts_with("[0.90, 1.00]"), "{text}");
-        assert!(
-            lines[2].contains("12345") && lines[2].contains("+0.0500"),
-            "{text}"
-        );
+        assert!(lines[2].contains("12345") && lines[2].contains("+0.0500"), "{text}");
     }
 
     #[test]
@@ -634,12 +586,8 @@ mod tests {
         // A quadratic algorithm would take minutes here; this guards the
         // single-sort design rather than timing it precisely.
         let n: u64 = 1_000_000;
-        let scores: Vec<f64> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f64 / 1000.0)
-            .collect();
-        let labels: Vec<bool> = (0..n)
-            .map(|i| (i * 7919) % 1000 > 600 || i % 7 == 0)
-            .collect();
+        let scores: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
+        let labels: Vec<bool> = (0..n).map(|i| (i * 7919) % 1000 > 600 || i % 7 == 0).collect();
         let start = std::time::Instant::now();
         let m = evaluate(&scores, &labels);
         assert!(m.roc_auc > 0.5 && m.pr_auc > 0.0);

@@ -211,11 +211,7 @@ fn render_html(input: &ReportInput) -> Result<String, ReportError> {
                 "Standardised coefficients, the {} largest by absolute value \
                  (of {} finite). Red raises churn risk, blue lowers it.",
                 coefficients.len(),
-                input
-                    .coefficients
-                    .iter()
-                    .filter(|(_, c)| c.is_finite())
-                    .count()
+                input.coefficients.iter().filter(|(_, c)| c.is_finite()).count()
             ),
         ),
         None => html.push_str("<p class=\"note\">No finite coefficients were provided.</p>\n"),
@@ -229,12 +225,7 @@ fn render_html(input: &ReportInput) -> Result<String, ReportError> {
     if !input.extra.is_empty() {
         html.push_str("<section>\n<h2>Metadata</h2>\n<table class=\"kv\">\n<tbody>\n");
         for (key, value) in input.extra {
-            let _ = writeln!(
-                html,
-                "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
-                escape(key),
-                escape(value)
-            );
+            let _ = writeln!(html, "<tr><th scope=\"row\">{}</th><td>{}</td></tr>", escape(key), escape(value));
         }
         html.push_str("</tbody>\n</table>\n</section>\n");
     }
@@ -247,63 +238,23 @@ fn summary_table(m: &Metrics, at: &Confusion, input: &ReportInput) -> String {
     // The log loss of always predicting the base rate is the yardstick a
     // reader needs to judge the model's log loss; likewise p(1-p) for Brier.
     let p = m.churn_rate;
-    let baseline_log_loss = if p > 0.0 && p < 1.0 {
-        -(p * p.ln() + (1.0 - p) * (1.0 - p).ln())
-    } else {
-        f64::NAN
-    };
+    let baseline_log_loss = if p > 0.0 && p < 1.0 { -(p * p.ln() + (1.0 - p) * (1.0 - p).ln()) } else { f64::NAN };
     let baseline_brier = p * (1.0 - p);
     let (best_t, best_f1, _, _) = metrics::best_f1_threshold(input.scores, input.labels);
 
     let rows: [(&str, String, String); 12] = [
         ("Users", m.n_users.to_string(), String::new()),
         ("Churn rate", fmt_pct(m.churn_rate), String::new()),
-        (
-            "ROC AUC",
-            fmt_num(m.roc_auc, 4),
-            "0.5 = random ranking".to_owned(),
-        ),
-        (
-            "Average precision (PR AUC)",
-            fmt_num(m.pr_auc, 4),
-            format!("base rate {}", fmt_num(m.churn_rate, 4)),
-        ),
-        (
-            "Log loss",
-            fmt_num(m.log_loss, 4),
-            format!("base-rate predictor {}", fmt_num(baseline_log_loss, 4)),
-        ),
-        (
-            "Brier score",
-            fmt_num(m.brier, 4),
-            format!("base-rate predictor {}", fmt_num(baseline_brier, 4)),
-        ),
-        (
-            "Decision threshold",
-            fmt_num(input.threshold, 4),
-            "flag users with score \u{2265} threshold".to_owned(),
-        ),
-        (
-            "Flagged at threshold",
-            fmt_pct(at.flagged_share()),
-            format!("{} users", at.tp + at.fp),
-        ),
-        (
-            "Precision at threshold",
-            fmt_num(at.precision(), 4),
-            format!("{} true / {} false positives", at.tp, at.fp),
-        ),
-        (
-            "Recall at threshold",
-            fmt_num(at.recall(), 4),
-            format!("{} churners missed", at.fn_),
-        ),
+        ("ROC AUC", fmt_num(m.roc_auc, 4), "0.5 = random ranking".to_owned()),
+        ("Average precision (PR AUC)", fmt_num(m.pr_auc, 4), format!("base rate {}", fmt_num(m.churn_rate, 4))),
+        ("Log loss", fmt_num(m.log_loss, 4), format!("base-rate predictor {}", fmt_num(baseline_log_loss, 4))),
+        ("Brier score", fmt_num(m.brier, 4), format!("base-rate predictor {}", fmt_num(baseline_brier, 4))),
+        ("Decision threshold", fmt_num(input.threshold, 4), "flag users with score \u{2265} threshold".to_owned()),
+        ("Flagged at threshold", fmt_pct(at.flagged_share()), format!("{} users", at.tp + at.fp)),
+        ("Precision at threshold", fmt_num(at.precision(), 4), format!("{} true / {} false positives", at.tp, at.fp)),
+        ("Recall at threshold", fmt_num(at.recall(), 4), format!("{} churners missed", at.fn_)),
         ("F1 at threshold", fmt_num(at.f1(), 4), String::new()),
-        (
-            "Best F1 (in-sample)",
-            fmt_num(best_f1, 4),
-            format!("at threshold {}", fmt_num(best_t, 4)),
-        ),
+        ("Best F1 (in-sample)", fmt_num(best_f1, 4), format!("at threshold {}", fmt_num(best_t, 4))),
     ];
 
     let mut out = String::from(
@@ -349,11 +300,7 @@ fn calibration_html(bins: &[CalibrationBin]) -> String {
 }
 
 fn push_figure(html: &mut String, svg: &str, caption: &str) {
-    let _ = writeln!(
-        html,
-        "<figure>\n{svg}<figcaption>{}</figcaption>\n</figure>",
-        escape(caption)
-    );
+    let _ = writeln!(html, "<figure>\n{svg}<figcaption>{}</figcaption>\n</figure>", escape(caption));
 }
 
 /// Escapes text for element content and quoted attribute values alike.
@@ -427,8 +374,7 @@ fn downsample(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
 }
 
 type PlotResult = Result<(), Box<dyn StdError>>;
-type UnitChart<'a, 'b> =
-    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type UnitChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// Runs `draw` on a fresh white SVG canvas and returns the SVG markup.
 fn render_svg<F>(size: (u32, u32), draw: F) -> Result<String, ReportError>
@@ -475,10 +421,7 @@ fn unit_chart<'a, 'b>(
     Ok(chart)
 }
 
-fn draw_legend<'a, 'b: 'a>(
-    chart: &mut UnitChart<'a, 'b>,
-    position: SeriesLabelPosition,
-) -> PlotResult {
+fn draw_legend<'a, 'b: 'a>(chart: &mut UnitChart<'a, 'b>, position: SeriesLabelPosition) -> PlotResult {
     chart
         .configure_series_labels()
         .position(position)
@@ -513,12 +456,7 @@ fn dashed_reference<'a, 'b: 'a>(
     label: &str,
 ) -> PlotResult {
     chart
-        .draw_series(DashedLineSeries::new(
-            [from, to],
-            6,
-            5,
-            REFERENCE.stroke_width(2),
-        ))?
+        .draw_series(DashedLineSeries::new([from, to], 6, 5, REFERENCE.stroke_width(2)))?
         .label(label)
         .legend(|at| dashed_key(at, REFERENCE));
     Ok(())
@@ -534,21 +472,14 @@ fn operating_point(chart: &mut UnitChart, point: Option<(f64, f64)>) -> PlotResu
     Ok(())
 }
 
-fn roc_plot(
-    curve: &[(f64, f64)],
-    auc: f64,
-    at_threshold: Option<(f64, f64)>,
-) -> Result<String, ReportError> {
+fn roc_plot(curve: &[(f64, f64)], auc: f64, at_threshold: Option<(f64, f64)>) -> Result<String, ReportError> {
     render_svg(SQUARE_PLOT, |root| {
         let caption = format!("ROC curve (AUC = {})", fmt_num(auc, 4));
         let mut chart = unit_chart(root, &caption, "False positive rate", "True positive rate")?;
         dashed_reference(&mut chart, (0.0, 0.0), (1.0, 1.0), "chance")?;
         if !curve.is_empty() {
             chart
-                .draw_series(LineSeries::new(
-                    downsample(curve, MAX_CURVE_POINTS),
-                    MODEL.stroke_width(2),
-                ))?
+                .draw_series(LineSeries::new(downsample(curve, MAX_CURVE_POINTS), MODEL.stroke_width(2)))?
                 .label("model")
                 .legend(line_key(MODEL));
             operating_point(&mut chart, at_threshold)?;
@@ -572,10 +503,7 @@ fn pr_plot(
         }
         if !curve.is_empty() {
             chart
-                .draw_series(LineSeries::new(
-                    downsample(curve, MAX_CURVE_POINTS),
-                    MODEL.stroke_width(2),
-                ))?
+                .draw_series(LineSeries::new(downsample(curve, MAX_CURVE_POINTS), MODEL.stroke_width(2)))?
                 .label("model")
                 .legend(line_key(MODEL));
             operating_point(&mut chart, at_threshold)?;
@@ -584,28 +512,16 @@ fn pr_plot(
         // so the upper right is usually free; a very good model fills it, and
         // then the lower left (below its precision) is free instead.
         let upper_right_busy = curve.iter().any(|&(r, p)| r > 0.55 && p > 0.75);
-        let corner = if upper_right_busy {
-            SeriesLabelPosition::LowerLeft
-        } else {
-            SeriesLabelPosition::UpperRight
-        };
+        let corner = if upper_right_busy { SeriesLabelPosition::LowerLeft } else { SeriesLabelPosition::UpperRight };
         draw_legend(&mut chart, corner)
     })
 }
 
 fn calibration_plot(bins: &[CalibrationBin]) -> Result<String, ReportError> {
     render_svg(SQUARE_PLOT, |root| {
-        let mut chart = unit_chart(
-            root,
-            "Calibration",
-            "Mean predicted probability",
-            "Observed churn rate",
-        )?;
+        let mut chart = unit_chart(root, "Calibration", "Mean predicted probability", "Observed churn rate")?;
         dashed_reference(&mut chart, (0.0, 0.0), (1.0, 1.0), "perfect calibration")?;
-        let points: Vec<(f64, f64)> = bins
-            .iter()
-            .map(|b| (b.mean_predicted, b.observed_rate))
-            .collect();
+        let points: Vec<(f64, f64)> = bins.iter().map(|b| (b.mean_predicted, b.observed_rate)).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), MODEL.stroke_width(2)))?
             .label("model")
@@ -614,9 +530,8 @@ fn calibration_plot(bins: &[CalibrationBin]) -> Result<String, ReportError> {
         let pixels: Vec<(i32, i32)> = points.iter().map(|p| chart.backend_coord(p)).collect();
         let bounds = chart.plotting_area().get_pixel_range();
         let max_count = bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
-        let label_style = TextStyle::from((FONT, 12).into_font())
-            .color(&MODEL)
-            .pos(Pos::new(HPos::Center, VPos::Center));
+        let label_style =
+            TextStyle::from((FONT, 12).into_font()).color(&MODEL).pos(Pos::new(HPos::Center, VPos::Center));
         chart.draw_series(bins.iter().enumerate().map(|(i, b)| {
             // Area, not radius, proportional to count, so a bin with 4x the
             // users looks 4x as heavy rather than 16x.
@@ -632,11 +547,7 @@ fn calibration_plot(bins: &[CalibrationBin]) -> Result<String, ReportError> {
         // Under-predicted bins sit in the upper left, over-predicted ones in
         // the lower right; put the legend in whichever corner is free.
         let upper_left_busy = points.iter().any(|&(x, y)| x < 0.45 && y > 0.75);
-        let corner = if upper_left_busy {
-            SeriesLabelPosition::LowerRight
-        } else {
-            SeriesLabelPosition::UpperLeft
-        };
+        let corner = if upper_left_busy { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperLeft };
         draw_legend(&mut chart, corner)
     })
 }
@@ -676,24 +587,15 @@ fn count_label_offset(
     let len = dx.hypot(dy);
     let normal = (dy / len, -dx / len);
     let above_diagonal = {
-        let (x, y) = (
-            f64::from(here.0 - bounds.0.start),
-            f64::from(bounds.1.end - here.1),
-        );
-        let (w, h) = (
-            f64::from(bounds.0.end - bounds.0.start).max(1.0),
-            f64::from(bounds.1.end - bounds.1.start).max(1.0),
-        );
+        let (x, y) = (f64::from(here.0 - bounds.0.start), f64::from(bounds.1.end - here.1));
+        let (w, h) =
+            (f64::from(bounds.0.end - bounds.0.start).max(1.0), f64::from(bounds.1.end - bounds.1.start).max(1.0));
         y / h > x / w
     };
     // Moving by (nx, ny) screen pixels changes predicted - observed in
     // proportion to nx + ny (screen y is flipped), so a positive sum moves
     // away from the diagonal exactly when the bin lies below it.
-    let away = if (normal.0 + normal.1 > 0.0) != above_diagonal {
-        normal
-    } else {
-        (-normal.0, -normal.1)
-    };
+    let away = if (normal.0 + normal.1 > 0.0) != above_diagonal { normal } else { (-normal.0, -normal.1) };
     let half_w = 3.4 * chars as f64;
     let half_h = 7.0;
     let place = |n: (f64, f64)| {
@@ -742,19 +644,11 @@ fn histogram_plot(scores: &[f64], labels: &[bool], threshold: f64) -> Result<Str
     let (churned, retained) = class_histograms(scores, labels);
     let peak = churned.iter().chain(&retained).copied().fold(0.0, f64::max);
     // Headroom so the legend box fits above the tallest bar.
-    let y_max = if peak > 0.0 {
-        (peak * 1.35).min(1.0)
-    } else {
-        1.0
-    };
+    let y_max = if peak > 0.0 { (peak * 1.35).min(1.0) } else { 1.0 };
     // The legend goes over whichever half of the axis has the lower bars.
     let half = HISTOGRAM_BINS / 2;
     let tallest = |range: std::ops::Range<usize>| {
-        churned[range.clone()]
-            .iter()
-            .chain(&retained[range])
-            .copied()
-            .fold(0.0, f64::max)
+        churned[range.clone()].iter().chain(&retained[range]).copied().fold(0.0, f64::max)
     };
     let corner = if tallest(0..half) < tallest(half..HISTOGRAM_BINS) {
         SeriesLabelPosition::UpperLeft
@@ -797,17 +691,10 @@ fn histogram_plot(scores: &[f64], labels: &[bool], threshold: f64) -> Result<Str
                 })
                 .collect::<Vec<_>>()
         };
-        let key = |color: RGBColor| {
-            move |(x, y): (i32, i32)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
-        };
-        chart
-            .draw_series(bars(&churned, 0.08 * width, CHURNED))?
-            .label("churned")
-            .legend(key(CHURNED));
-        chart
-            .draw_series(bars(&retained, 0.5 * width, RETAINED))?
-            .label("retained")
-            .legend(key(RETAINED));
+        let key =
+            |color: RGBColor| move |(x, y): (i32, i32)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled());
+        chart.draw_series(bars(&churned, 0.08 * width, CHURNED))?.label("churned").legend(key(CHURNED));
+        chart.draw_series(bars(&retained, 0.5 * width, RETAINED))?.label("retained").legend(key(RETAINED));
         if threshold.is_finite() && (0.0..=1.0).contains(&threshold) {
             chart
                 .draw_series(DashedLineSeries::new(
@@ -834,11 +721,7 @@ fn histogram_plot(scores: &[f64], labels: &[bool], threshold: f64) -> Result<Str
 /// The `TOP_COEFFICIENTS` finite coefficients with the largest magnitude,
 /// largest first. Non-finite ones are left out because they cannot be drawn.
 fn top_coefficients(coefficients: &[(String, f64)]) -> Vec<(String, f64)> {
-    let mut top: Vec<(String, f64)> = coefficients
-        .iter()
-        .filter(|(_, c)| c.is_finite())
-        .cloned()
-        .collect();
+    let mut top: Vec<(String, f64)> = coefficients.iter().filter(|(_, c)| c.is_finite()).cloned().collect();
     top.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     top.truncate(TOP_COEFFICIENTS);
     top
@@ -866,11 +749,7 @@ fn coefficient_plot(top: &[(String, f64)]) -> Result<Option<String>, ReportError
     let label_area = (longest as f64 * 7.5 + 16.0).clamp(60.0, 330.0) as u32;
     let magnitude = top.iter().map(|(_, c)| c.abs()).fold(0.0, f64::max);
     // Headroom on both sides for the value printed past each bar's end.
-    let x_max = if magnitude > 0.0 {
-        magnitude * 1.3
-    } else {
-        1.0
-    };
+    let x_max = if magnitude > 0.0 { magnitude * 1.3 } else { 1.0 };
     let height = (120 + 28 * n as u32).max(180);
 
     // Rows sit at integer y, the largest coefficient in the top row. A plain
@@ -888,10 +767,7 @@ fn coefficient_plot(top: &[(String, f64)]) -> Result<Option<String>, ReportError
 
     let svg = render_svg((COEFFICIENT_PLOT_WIDTH, height), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("Top {n} coefficients by absolute value"),
-                (FONT, 20),
-            )
+            .caption(format!("Top {n} coefficients by absolute value"), (FONT, 20))
             .margin(18)
             .x_label_area_size(52)
             .y_label_area_size(label_area)
@@ -917,18 +793,11 @@ fn coefficient_plot(top: &[(String, f64)]) -> Result<Option<String>, ReportError
             Rectangle::new([(0.0, y - 0.32), (*c, y + 0.32)], color.filled())
         }))?;
         let value_style = |anchor: HPos| {
-            TextStyle::from((FONT, 12).into_font())
-                .color(&RGBColor(60, 60, 60))
-                .pos(Pos::new(anchor, VPos::Center))
+            TextStyle::from((FONT, 12).into_font()).color(&RGBColor(60, 60, 60)).pos(Pos::new(anchor, VPos::Center))
         };
         chart.draw_series(top.iter().enumerate().map(|(rank, (_, c))| {
-            let (dx, anchor) = if *c >= 0.0 {
-                (5, HPos::Left)
-            } else {
-                (-5, HPos::Right)
-            };
-            EmptyElement::at((*c, row_of(rank)))
-                + Text::new(format!("{c:+.3}"), (dx, 0), value_style(anchor))
+            let (dx, anchor) = if *c >= 0.0 { (5, HPos::Left) } else { (-5, HPos::Right) };
+            EmptyElement::at((*c, row_of(rank))) + Text::new(format!("{c:+.3}"), (dx, 0), value_style(anchor))
         }))?;
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(0.0, y_range.start), (0.0, y_range.end)],
@@ -937,15 +806,10 @@ fn coefficient_plot(top: &[(String, f64)]) -> Result<Option<String>, ReportError
 
         // The key goes in the title band, top right: inside the plot any
         // corner can be covered by a bar when there are only a few rows.
-        let key_style =
-            TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        let key_style = TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         let x0 = COEFFICIENT_PLOT_WIDTH as i32 - 330;
-        for (i, (color, text)) in [
-            (CHURNED, "raises churn risk"),
-            (RETAINED, "lowers churn risk"),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (color, text)) in
+            [(CHURNED, "raises churn risk"), (RETAINED, "lowers churn risk")].into_iter().enumerate()
         {
             let x = x0 + 160 * i as i32;
             root.draw(&Rectangle::new([(x, 22), (x + 14, 34)], color.filled()))?;
@@ -1013,10 +877,7 @@ mod tests {
         let mut coefs: Vec<(String, f64)> = (0..30)
             .map(|i| {
                 let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
-                (
-                    format!("feature_{i:02}_sessions_7d"),
-                    sign * (30 - i) as f64 / 25.0,
-                )
+                (format!("feature_{i:02}_sessions_7d"), sign * (30 - i) as f64 / 25.0)
             })
             .collect();
         coefs.push(("days<since>&\"login\"".to_owned(), 1.5));
@@ -1028,10 +889,8 @@ mod tests {
     fn report_is_self_contained_with_five_plots() -> Result<(), Box<dyn StdError>> {
         let (scores, labels) = synthetic(5_000);
         let coefs = coefficients();
-        let extra = vec![
-            ("model".to_owned(), "logistic <l2>".to_owned()),
-            ("horizon".to_owned(), "28 days".to_owned()),
-        ];
+        let extra =
+            vec![("model".to_owned(), "logistic <l2>".to_owned()), ("horizon".to_owned(), "28 days".to_owned())];
         let input = ReportInput {
             title: "churnguard model v1 <test>",
             subtitle: "events 2024-01-01 .. 2024-03-31, cutoff 2024-03-01 & horizon 28d",
@@ -1049,10 +908,7 @@ mod tests {
 
         assert_eq!(html.matches("<svg").count(), 5);
         let auc = metrics::roc_auc(&scores, &labels);
-        assert!(
-            auc > 0.6 && auc < 0.95,
-            "synthetic data should be informative: {auc}"
-        );
+        assert!(auc > 0.6 && auc < 0.95, "synthetic data should be informative: {auc}");
         assert!(html.contains(&format!("AUC = {auc:.4}")));
 
         assert!(html.contains("days&lt;since&gt;&amp;&quot;login&quot;"));
@@ -1070,11 +926,8 @@ mod tests {
     #[test]
     fn degenerate_inputs_still_render() -> Result<(), Box<dyn StdError>> {
         let dir = tempfile::tempdir()?;
-        let cases: [(&[f64], &[bool]); 3] = [
-            (&[], &[]),
-            (&[0.2, 0.9, 0.4], &[false, false, false]),
-            (&[0.5, 0.5], &[true, false]),
-        ];
+        let cases: [(&[f64], &[bool]); 3] =
+            [(&[], &[]), (&[0.2, 0.9, 0.4], &[false, false, false]), (&[0.5, 0.5], &[true, false])];
         for (i, (scores, labels)) in cases.into_iter().enumerate() {
             let input = ReportInput {
                 title: "empty",
@@ -1112,24 +965,14 @@ mod tests {
 
     #[test]
     fn escape_covers_markup_characters() {
-        assert_eq!(
-            escape(r#"<a href="x">&'"#),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 
     #[test]
     fn top_coefficients_sorted_by_magnitude() {
-        let coefs = vec![
-            ("a".to_owned(), 0.1),
-            ("b".to_owned(), -2.0),
-            ("c".to_owned(), f64::INFINITY),
-            ("d".to_owned(), 1.0),
-        ];
-        let names: Vec<String> = top_coefficients(&coefs)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let coefs =
+            vec![("a".to_owned(), 0.1), ("b".to_owned(), -2.0), ("c".to_owned(), f64::INFINITY), ("d".to_owned(), 1.0)];
+        let names: Vec<String> = top_coefficients(&coefs).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["b", "d", "a"]);
     }
 }

@@ -130,11 +130,7 @@ impl Scorer {
         all.sort_by(by_contribution);
         all.truncate(top);
         all.into_iter()
-            .map(|(contribution, i)| Reason {
-                feature: self.names[i].clone(),
-                value: raw[i],
-                contribution,
-            })
+            .map(|(contribution, i)| Reason { feature: self.names[i].clone(), value: raw[i], contribution })
             .collect()
     }
 }

@@ -65,7 +65,12 @@ pub struct TrainContext {
     pub label_source: String,
 }
 
-pub fn train(spec: &FeatureSpec, data: &Dataset, ctx: TrainContext, opt: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+pub fn train(
+    spec: &FeatureSpec,
+    data: &Dataset,
+    ctx: TrainContext,
+    opt: &TrainOptions,
+) -> Result<TrainOutcome, TrainError> {
     let started = Instant::now();
     let defs = spec.features();
     let p = defs.len();
@@ -78,11 +83,8 @@ pub fn train(spec: &FeatureSpec, data: &Dataset, ctx: TrainContext, opt: &TrainO
         }
     }
     let salt = format!("churnguard-split-{}", opt.seed);
-    let is_valid: Vec<bool> = data
-        .user
-        .iter()
-        .map(|&u| crate::hash::stable_unit(&salt, &u.to_string()) < opt.validation_share)
-        .collect();
+    let is_valid: Vec<bool> =
+        data.user.iter().map(|&u| crate::hash::stable_unit(&salt, &u.to_string()) < opt.validation_share).collect();
     let train_rows: Vec<usize> = (0..n).filter(|&i| !is_valid[i]).collect();
     let valid_rows: Vec<usize> = (0..n).filter(|&i| is_valid[i]).collect();
     let scaler = fit_scaler(&z, &train_rows, transforms);
@@ -169,11 +171,7 @@ pub fn train(spec: &FeatureSpec, data: &Dataset, ctx: TrainContext, opt: &TrainO
     holdout.intercept = b_tr;
     let scorer = Scorer::new(&holdout);
     let validation_scores = valid_rows.iter().map(|&i| scorer.score(data.row(i))).collect();
-    Ok(TrainOutcome {
-        artifact,
-        validation_scores,
-        validation_labels: y_valid,
-    })
+    Ok(TrainOutcome { artifact, validation_scores, validation_labels: y_valid })
 }
 
 fn model_version(a: &ModelArtifact, at: &chrono::DateTime<chrono::Utc>) -> String {

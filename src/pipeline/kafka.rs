@@ -163,7 +163,7 @@ struct Pending {
     source_ts_ms: Option<i64>,
 }
 
-type DeliveryFuture = Pin<Box<dyn Future<Output = (Pending, Result<(), (KafkaError, OwnedMessage)>)> + Send>>;
+type DeliveryFuture = Pin<Box<dyn Future<Output = (Pending, Result<(), (KafkaError, OwnedMessage)>)> + Send + Sync>>;
 
 /// Totals for the end-of-run log line and tests.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -283,7 +283,10 @@ impl Service {
                 Ok(Some((p, r))) => st.on_delivery(p, r),
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(in_flight = st.deliveries.len(), "shutdown bound reached with outputs unacknowledged; their offsets stay uncommitted");
+                    tracing::warn!(
+                        in_flight = st.deliveries.len(),
+                        "shutdown bound reached with outputs unacknowledged; their offsets stay uncommitted"
+                    );
                     break;
                 }
             }
@@ -375,14 +378,17 @@ impl State<'_> {
             self.metrics.events_invalid.with_label_values(&[r.reason.code()]).inc();
             rate_limited_reject_log(&tp, offset, &r);
             let record = dead_letter_record(&self.cfg.sink.dead_letter_topic, m, &r);
-            self.send(record, Pending {
-                tp: Some(tp.clone()),
-                offset,
-                kind: OutputKind::DeadLetter,
-                label: r.reason.code().to_string(),
-                action: String::new(),
-                source_ts_ms: None,
-            })
+            self.send(
+                record,
+                Pending {
+                    tp: Some(tp.clone()),
+                    offset,
+                    kind: OutputKind::DeadLetter,
+                    label: r.reason.code().to_string(),
+                    action: String::new(),
+                    source_ts_ms: None,
+                },
+            )
             .await;
         }
         for iv in outputs.drain(..) {
@@ -445,21 +451,20 @@ impl State<'_> {
                 return;
             }
         };
-        let headers = OwnedHeaders::new().insert(Header { key: "churnguard.schema", value: Some(crate::intervention::SCHEMA) });
-        let record = OwnedRecord {
-            topic: topic.clone(),
-            key: iv.user_id.clone().into_bytes(),
-            payload,
-            headers,
-        };
-        self.send(record, Pending {
-            tp,
-            offset,
-            kind: if iv.control { OutputKind::Control } else { OutputKind::Intervention },
-            label: iv.tier.clone(),
-            action: iv.action.clone(),
-            source_ts_ms: if iv.trigger == crate::intervention::Trigger::Event { source_ts_ms } else { None },
-        })
+        let headers =
+            OwnedHeaders::new().insert(Header { key: "churnguard.schema", value: Some(crate::intervention::SCHEMA) });
+        let record = OwnedRecord { topic: topic.clone(), key: iv.user_id.clone().into_bytes(), payload, headers };
+        self.send(
+            record,
+            Pending {
+                tp,
+                offset,
+                kind: if iv.control { OutputKind::Control } else { OutputKind::Intervention },
+                label: iv.tier.clone(),
+                action: iv.action.clone(),
+                source_ts_ms: if iv.trigger == crate::intervention::Trigger::Event { source_ts_ms } else { None },
+            },
+        )
         .await;
     }
 
@@ -482,7 +487,18 @@ impl State<'_> {
                         let r = match delivery.await {
                             Ok(Ok(_)) => Ok(()),
                             Ok(Err((e, m))) => Err((e, m)),
-                            Err(_cancelled) => Err((KafkaError::Canceled, OwnedMessage::new(Some(record.payload), Some(record.key), record.topic, rdkafka::Timestamp::NotAvailable, 0, 0, Some(record.headers)))),
+                            Err(_cancelled) => Err((
+                                KafkaError::Canceled,
+                                OwnedMessage::new(
+                                    Some(record.payload),
+                                    Some(record.key),
+                                    record.topic,
+                                    rdkafka::Timestamp::NotAvailable,
+                                    0,
+                                    0,
+                                    Some(record.headers),
+                                ),
+                            )),
                         };
                         (pending, r)
                     };
@@ -556,7 +572,10 @@ impl State<'_> {
                 let producer = self.producer.clone();
                 let fut = async move {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let fr = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(record.headers.clone());
+                    let fr = FutureRecord::to(&record.topic)
+                        .key(&record.key)
+                        .payload(&record.payload)
+                        .headers(record.headers.clone());
                     let r = match producer.send(fr, Duration::from_secs(30)).await {
                         Ok(_) => Ok(()),
                         Err((e, m)) => Err((e, m)),
@@ -629,11 +648,10 @@ impl State<'_> {
         }
         // Timer outputs belong to no input offset; they are regenerated after a restart because
         // their due times are deterministic.
-        let pending: Vec<Intervention> = outputs.drain(..).collect();
-        self.outputs = outputs;
-        for iv in pending {
+        for iv in outputs.drain(..) {
             self.enqueue_now(&iv);
         }
+        self.outputs = outputs;
     }
 
     /// Non-async enqueue for outputs not tied to an offset (idle clock ticks).
@@ -660,7 +678,9 @@ impl State<'_> {
                     (pending, r)
                 }));
             }
-            Err((e, _)) => tracing::warn!(error = %e, user = %iv.user_id, "timer intervention not enqueued; it is decided again after restart"),
+            Err((e, _)) => {
+                tracing::warn!(error = %e, user = %iv.user_id, "timer intervention not enqueued; it is decided again after restart")
+            }
         }
     }
 

@@ -49,7 +49,12 @@ pub struct ReplaySink<'a> {
 
 /// Replay `path` through `engine`. At the end of input the watermark moves to the newest event,
 /// so silent users are rescored up to the last moment the file describes.
-pub fn replay(path: &Path, max_event_bytes: usize, engine: &mut Engine, sink: ReplaySink<'_>) -> Result<ReplaySummary, ReplayError> {
+pub fn replay(
+    path: &Path,
+    max_event_bytes: usize,
+    engine: &mut Engine,
+    sink: ReplaySink<'_>,
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let mut summary = ReplaySummary::default();
     let mut write_err: Option<std::io::Error> = None;
@@ -58,19 +63,14 @@ pub fn replay(path: &Path, max_event_bytes: usize, engine: &mut Engine, sink: Re
     let mut emit = |iv: Intervention| {
         let tally = if iv.control { &mut summary.control_by_tier } else { &mut summary.interventions_by_tier };
         *tally.entry(iv.tier.clone()).or_default() += 1;
-        let target: Option<&mut dyn Write> = if iv.control {
-            control.as_mut().map(|w| &mut **w as &mut dyn Write)
-        } else {
-            Some(&mut *interventions)
-        };
+        let target: Option<&mut dyn Write> =
+            if iv.control { control.as_mut().map(|w| &mut **w as &mut dyn Write) } else { Some(&mut *interventions) };
         if let (Some(w), None) = (target, write_err.as_ref()) {
             line.clear();
-            let res = serde_json::to_writer(&mut line, &iv)
-                .map_err(std::io::Error::other)
-                .and_then(|_| {
-                    line.push(b'\n');
-                    w.write_all(&line)
-                });
+            let res = serde_json::to_writer(&mut line, &iv).map_err(std::io::Error::other).and_then(|_| {
+                line.push(b'\n');
+                w.write_all(&line)
+            });
             if let Err(e) = res {
                 write_err = Some(e);
             }

@@ -93,12 +93,7 @@ fn random_suffix() -> String {
     let mut h = RandomState::new().build_hasher(); // randomly keyed per call
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.write_u32(std::process::id());
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     format!("{:016x}", h.finish())
 }
 
@@ -117,24 +112,18 @@ pub fn unique_group(prefix: &str) -> String {
 /// and the librdkafka log readable.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("socket.timeout.ms", "10000")
-        .set("log_level", "4"); // warnings and worse
+    cfg.set("bootstrap.servers", brokers).set("socket.timeout.ms", "10000").set("log_level", "4"); // warnings and worse
     cfg
 }
 
 /// Creates `name` with `partitions` partitions (replication 1) and waits until
 /// the broker's metadata lists it with all its partitions. Panics after 30 s.
 pub async fn create_topic(brokers: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
-        .create()
-        .expect("creating the Kafka admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().expect("creating the Kafka admin client");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .unwrap_or_else(|e| panic!("CreateTopics {name}: {e}"));
+    let results = admin.create_topics([&topic], &opts).await.unwrap_or_else(|e| panic!("CreateTopics {name}: {e}"));
     for r in results {
         match r {
             Ok(_) => {}
@@ -158,11 +147,7 @@ pub async fn create_topic(brokers: &str, name: &str, partitions: i32) {
                         if t.error().is_none() && t.partitions().len() == partitions as usize {
                             return;
                         }
-                        last = format!(
-                            "error {:?}, {} of {partitions} partitions",
-                            t.error(),
-                            t.partitions().len()
-                        );
+                        last = format!("error {:?}, {} of {partitions} partitions", t.error(), t.partitions().len());
                     } else {
                         last = "topic not listed".into();
                     }
@@ -191,30 +176,21 @@ pub fn producer(brokers: &str) -> FutureProducer {
 /// keys and payloads: `&str`, `String`, `&[u8]`, `Vec<u8>`, ...),
 /// awaiting each delivery report. Returns `(partition, offset)` per item, in order.
 /// All messages are enqueued before the first wait, so they batch.
-pub async fn produce_all<K, P>(
-    producer: &FutureProducer,
-    topic: &str,
-    items: &[(K, P)],
-) -> Vec<(i32, i64)>
+pub async fn produce_all<K, P>(producer: &FutureProducer, topic: &str, items: &[(K, P)]) -> Vec<(i32, i64)>
 where
     K: AsRef<[u8]>,
     P: AsRef<[u8]>,
 {
     let mut pending = Vec::with_capacity(items.len());
     for (key, payload) in items {
-        let mut record = FutureRecord::to(topic)
-            .key(key.as_ref())
-            .payload(payload.as_ref());
+        let mut record = FutureRecord::to(topic).key(key.as_ref()).payload(payload.as_ref());
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
                     pending.push(delivery);
                     break;
                 }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
+                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -268,16 +244,9 @@ pub async fn recv_n(consumer: &StreamConsumer, n: usize, timeout: Duration) -> V
 /// Joins consumer group `group` on `topic` from the earliest offset and returns
 /// the first `n` messages. Panics if fewer than `n` arrive within `timeout`
 /// (which must cover the group join, a few seconds). Commits nothing.
-pub async fn consume_n(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn consume_n(brokers: &str, topic: &str, group: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let c = consumer(brokers, group, &[]);
-    c.subscribe(&[topic])
-        .unwrap_or_else(|e| panic!("subscribing to {topic}: {e}"));
+    c.subscribe(&[topic]).unwrap_or_else(|e| panic!("subscribing to {topic}: {e}"));
     let started = Instant::now();
     let got = recv_n(&c, n, timeout).await;
     assert_eq!(

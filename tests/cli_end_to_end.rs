@@ -1,0 +1,303 @@
+//! The real `churnguard` binary, end to end: simulate -> train (with report) -> evaluate ->
+//! replay, plus bad input and bad configuration.
+//!
+//! The simulated log and the trained model are built once per test binary and shared.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use churnguard::intervention::{Intervention, Trigger};
+use churnguard::model::ModelArtifact;
+use churnguard::sim::DEFAULT_START_MS;
+use churnguard::time::{format_rfc3339_ms, DAY_MS};
+
+/// `YYYY-MM-DD` of simulator day `n` (the simulator starts 2026-01-01).
+fn day(n: i64) -> String {
+    format_rfc3339_ms(DEFAULT_START_MS + n * DAY_MS)[..10].to_string()
+}
+
+fn churnguard(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_churnguard")).args(args).current_dir(dir).output().expect("run churnguard")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run and require success, returning the output.
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let o = churnguard(dir, args);
+    assert!(
+        o.status.success(),
+        "churnguard {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    o
+}
+
+/// Run and require failure, returning stderr.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = churnguard(dir, args);
+    assert!(!o.status.success(), "churnguard {} should have failed:\nstderr: {}", args.join(" "), stderr(&o));
+    stderr(&o)
+}
+
+struct Pipeline {
+    dir: tempfile::TempDir,
+    model: ModelArtifact,
+}
+
+impl Pipeline {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// simulate + train, once.
+fn pipeline() -> &'static Pipeline {
+    static P: OnceLock<Pipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        ok(
+            d,
+            &[
+                "simulate",
+                "--users",
+                "3000",
+                "--days",
+                "150",
+                "--seed",
+                "11",
+                "--out",
+                "ev.jsonl",
+                "--truth",
+                "truth.csv",
+            ],
+        );
+        let cutoff = day(100);
+        ok(
+            d,
+            &[
+                "train",
+                "--events",
+                "ev.jsonl",
+                "--cutoff",
+                &cutoff,
+                "--horizon",
+                "30d",
+                "--cutoffs",
+                "2",
+                "--every",
+                "14d",
+                "--out",
+                "model.json",
+                "--report",
+                "rep/",
+            ],
+        );
+        let model = ModelArtifact::load(&d.join("model.json")).expect("train wrote a loadable model");
+        Pipeline { dir, model }
+    })
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_interventions(path: &Path) -> Vec<Intervention> {
+    read_lines(path)
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} line {}: {e}: {l}", path.display(), i + 1)))
+        .collect()
+}
+
+#[test]
+fn simulate_writes_events_and_truth() {
+    let p = pipeline();
+    let events = read_lines(&p.path("ev.jsonl"));
+    assert!(events.len() > 50_000, "{} events", events.len());
+    let truth = read_lines(&p.path("truth.csv"));
+    assert_eq!(truth[0], "user_id,signup_ts,churn_ts,reactivated_ts,segment");
+    assert_eq!(truth.len(), 3001, "header + one row per user");
+}
+
+#[test]
+fn train_writes_a_valid_model_and_an_html_report() {
+    let p = pipeline();
+    assert!(p.model.model_version.starts_with("cg-"), "{}", p.model.model_version);
+    assert_eq!(p.model.training.cutoffs.len(), 2);
+    assert!(!p.model.thresholds.tiers.is_empty());
+    let html = std::fs::read_to_string(p.path("rep/index.html")).expect("rep/index.html");
+    assert!(html.contains("<svg"), "the report has inline SVG plots");
+    assert!(html.contains(&p.model.model_version));
+}
+
+#[test]
+fn evaluate_prints_metrics_as_json() {
+    let p = pipeline();
+    let cutoff = day(115);
+    let o = ok(
+        p.dir.path(),
+        &[
+            "evaluate",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--cutoff",
+            &cutoff,
+            "--horizon",
+            "30d",
+            "--json",
+        ],
+    );
+    let stdout = String::from_utf8(o.stdout).expect("utf-8");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let obj = v.as_object().expect("a JSON object");
+    for key in ["roc_auc", "pr_auc", "log_loss", "brier", "n_users", "churn_rate"] {
+        assert!(obj.contains_key(key), "missing {key} in {stdout}");
+    }
+    let auc = obj["roc_auc"].as_f64().expect("roc_auc is a number");
+    assert!(auc > 0.7 && auc < 0.99, "ROC AUC {auc}: learnable but not trivial");
+    assert!(obj["n_users"].as_u64().unwrap() > 1000);
+    let rate = obj["churn_rate"].as_f64().unwrap();
+    assert!(rate > 0.05 && rate < 0.6, "churn rate {rate}");
+    for key in ["pr_auc", "log_loss", "brier"] {
+        assert!(obj[key].as_f64().is_some_and(f64::is_finite), "{key} in {stdout}");
+    }
+}
+
+#[test]
+fn evaluate_refuses_a_censored_horizon() {
+    let p = pipeline();
+    // Day 140 + 30d runs past the 150 days of data.
+    let cutoff = day(140);
+    let err = fails(
+        p.dir.path(),
+        &[
+            "evaluate",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--cutoff",
+            &cutoff,
+            "--horizon",
+            "30d",
+            "--json",
+        ],
+    );
+    assert!(err.contains("censored"), "{err}");
+}
+
+#[test]
+fn replay_writes_interventions_of_this_model() {
+    let p = pipeline();
+    let o = ok(
+        p.dir.path(),
+        &["replay", "--model", "model.json", "--events", "ev.jsonl", "--out", "iv.jsonl", "--control-out", "ctl.jsonl"],
+    );
+    assert!(stderr(&o).contains("replayed"), "{}", stderr(&o));
+    let ivs = parse_interventions(&p.path("iv.jsonl"));
+    let ctl = parse_interventions(&p.path("ctl.jsonl"));
+    assert!(ivs.len() > 100, "{} interventions", ivs.len());
+    assert!(!ctl.is_empty(), "the default 10% control group holds some back");
+    for iv in ivs.iter().chain(&ctl) {
+        assert_eq!(iv.model_version, p.model.model_version);
+        assert_eq!(iv.schema, "churnguard.intervention.v1");
+        assert!(p.model.thresholds.tiers.iter().any(|t| t.name == iv.tier), "{}", iv.tier);
+        assert!(iv.score >= iv.threshold, "{iv:?}");
+    }
+    assert!(ivs.iter().all(|iv| !iv.control) && ctl.iter().all(|iv| iv.control));
+    assert!(ivs.iter().any(|iv| iv.trigger == Trigger::Silence), "some interventions come from silence");
+    assert!(ivs.iter().any(|iv| iv.trigger == Trigger::Event));
+    // The raw JSON spells the trigger in snake_case.
+    let raw = std::fs::read_to_string(p.path("iv.jsonl")).unwrap();
+    assert!(raw.contains(r#""trigger":"silence""#));
+    let share = ctl.len() as f64 / (ctl.len() + ivs.len()) as f64;
+    assert!((share - 0.1).abs() < 0.03, "control share {share}");
+}
+
+#[test]
+fn replay_survives_bad_lines_and_reports_reject_codes() {
+    let p = pipeline();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = read_lines(&p.path("ev.jsonl"));
+    let bad = [
+        "this is not json".to_string(),
+        r#"{"event_type":"login","ts":"2026-01-02T00:00:00Z"}"#.to_string(),
+        r#"{"user_id":"u9999999","event_type":"login","ts":"yesterday"}"#.to_string(),
+        format!(
+            r#"{{"user_id":"u9999999","event_type":"login","ts":"2026-01-02T00:00:00Z","pad":"{}"}}"#,
+            "x".repeat(70 * 1024)
+        ),
+        "{\"user_id\":\"u9".to_string(),
+        String::new(),
+    ];
+    let mut text = String::new();
+    for (i, line) in good.iter().take(20_000).enumerate() {
+        text.push_str(line);
+        text.push('\n');
+        if i % 2_000 == 7 {
+            text.push_str(&bad[(i / 2_000) % bad.len()]);
+            text.push('\n');
+        }
+    }
+    let mixed = dir.path().join("mixed.jsonl");
+    std::fs::write(&mixed, text).unwrap();
+    let model = p.path("model.json");
+    let out = dir.path().join("iv.jsonl");
+    let o = ok(
+        dir.path(),
+        &["replay", "--model", model.to_str().unwrap(), "--events", "mixed.jsonl", "--out", out.to_str().unwrap()],
+    );
+    let err = stderr(&o);
+    for code in ["not_json", "missing_field", "bad_timestamp", "too_large"] {
+        assert!(err.contains(code), "stderr does not mention {code}:\n{err}");
+    }
+    assert!(err.contains("20000 valid"), "{err}");
+    for iv in parse_interventions(&out) {
+        assert_eq!(iv.model_version, p.model.model_version);
+    }
+}
+
+/// Config errors are found before any event is read: the events path does not even exist.
+#[test]
+fn replay_config_errors_fail_fast() {
+    let p = pipeline();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = p.path("model.json");
+    let check = |toml: &str, needle: &str| {
+        std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
+        let err = fails(
+            dir.path(),
+            &[
+                "replay",
+                "--model",
+                model.to_str().unwrap(),
+                "--events",
+                "no-such-file.jsonl",
+                "--out",
+                "iv.jsonl",
+                "--config",
+                "bad.toml",
+            ],
+        );
+        assert!(err.contains(needle), "stderr for {toml:?} does not name {needle}:\n{err}");
+        assert!(!err.contains("no-such-file"), "the config must be refused before the events are opened:\n{err}");
+        assert!(!dir.path().join("iv.jsonl").exists(), "no output for a refused config");
+    };
+    check("[policy]\ncontrol_fraction = 2.0\n", "control_fraction");
+    check("[engine]\nrescore_every = \"1d\"\n", "rescore_every");
+    check("[engine]\nstate_ttl = \"7d\"\n", "state_ttl");
+}
