@@ -321,6 +321,8 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     cfg.sink.dead_letter_topic = dlq.clone();
     cfg.model.path = o.model.clone();
     cfg.http.listen = "127.0.0.1:0".into();
+    // Counts reach the registry at each commit tick; a short tick keeps the timing resolution fine.
+    cfg.sink.commit_interval = Span(20);
     cfg.validate()?;
     let run_service = |cfg: crate::config::Config| {
         let metrics = Arc::new(crate::telemetry::Metrics::new());
