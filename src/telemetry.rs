@@ -101,7 +101,7 @@ impl Metrics {
             users_created: counter(&r, "churnguard_users_created_total", "Users who started being tracked."),
             users_evicted: counter(&r, "churnguard_users_evicted_total", "Users forgotten after state_ttl of silence (counted as churned)."),
             users_tracked: gauge(&r, "churnguard_users_tracked", "Users with feature state in memory."),
-            users_by_stage: gauge_vec(&r, "churnguard_users_by_stage", "Tracked users by lifecycle stage at the watermark.", &["stage"]),
+            users_by_stage: gauge_vec(&r, "churnguard_users_by_stage", "Users by lifecycle stage at the watermark; churned includes users evicted after state_ttl.", &["stage"]),
             state_bytes: gauge(&r, "churnguard_state_bytes", "Heap bytes of per-user feature state."),
             watermark: fgauge_vec(&r, "churnguard_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["topic", "partition"]),
             event_time_lag: fgauge_vec(&r, "churnguard_event_time_lag_seconds", "Wall clock minus watermark per partition.", &["topic", "partition"]),

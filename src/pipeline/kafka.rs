@@ -745,6 +745,8 @@ impl State<'_> {
             for (s, n) in p.engine.stage_counts() {
                 stages[s as usize] += n;
             }
+            // Users forgotten after state_ttl of silence are churned users no longer in memory.
+            stages[crate::policy::Stage::Churned as usize] += p.engine.counters.users_evicted;
             let wm = p.engine.watermark();
             if wm > Millis::MIN {
                 let part = p.tp.1.to_string();
