@@ -79,7 +79,11 @@ pub struct EngineCounters {
     pub suppressed_already_sent: u64,
     pub interventions: u64,
     pub control: u64,
+    /// Scores computed, in 20 equal-width buckets of P(churn) (flushed into a histogram).
+    pub score_buckets: [u64; SCORE_BUCKETS],
 }
+
+pub const SCORE_BUCKETS: usize = 20;
 
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +286,7 @@ impl Engine {
     fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(Intervention)) {
         self.store.vector_at(idx, at, &mut self.vector);
         let score = self.scorer.score(&self.vector);
+        self.counters.score_buckets[((score * SCORE_BUCKETS as f64) as usize).min(SCORE_BUCKETS - 1)] += 1;
         let verdict = if score < self.policy.min_threshold() {
             Verdict::NoTier
         } else {

@@ -150,6 +150,14 @@ impl Metrics {
         self.scored.with_label_values(&["silence"]).inc_by(d(before.scored_on_timer, after.scored_on_timer));
         self.users_created.inc_by(d(before.users_created, after.users_created));
         self.users_evicted.inc_by(d(before.users_evicted, after.users_evicted));
+        // Each bucket's new scores are observed at the bucket's midpoint: the histogram's buckets
+        // are exact (they align with these), its _sum is within half a bucket width per score.
+        for (i, (b, a)) in before.score_buckets.iter().zip(&after.score_buckets).enumerate() {
+            let mid = (i as f64 + 0.5) / crate::engine::SCORE_BUCKETS as f64;
+            for _ in 0..d(*b, *a) {
+                self.risk_score.observe(mid);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

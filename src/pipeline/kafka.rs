@@ -202,6 +202,8 @@ struct State<'a> {
     all_idle_since: Option<(Millis, Instant)>,
     /// Messages processed, for sampling durations.
     seq: u64,
+    /// Partitions this instance owns (readiness).
+    assigned: std::collections::HashSet<Tp>,
     outputs: Vec<Intervention>,
 }
 
@@ -259,6 +261,7 @@ impl Service {
             summary: RunSummary::default(),
             all_idle_since: None,
             seq: 0,
+            assigned: Default::default(),
             outputs: Vec::new(),
         };
         let mut commit_tick = tokio::time::interval(Duration::from_millis(self.cfg.sink.commit_interval.ms() as u64));
@@ -306,6 +309,7 @@ impl Service {
         }
         tracing::info!(in_flight = st.deliveries.len(), "shutting down: draining outputs");
         self.ready.store(false, Ordering::SeqCst);
+        self.metrics.ready.set(0);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown.timeout.ms() as u64);
         while !st.deliveries.is_empty() {
             match tokio::time::timeout_at(deadline, st.deliveries.next()).await {
@@ -340,12 +344,13 @@ impl State<'_> {
         match ev {
             RebalanceEvent::Assigned(list) => {
                 tracing::info!(partitions = ?list, "assigned");
-                ready.store(true, Ordering::SeqCst);
-                self.metrics.ready.set(1);
+                self.assigned.extend(list);
             }
             RebalanceEvent::Revoked(list) => {
                 tracing::info!(partitions = ?list, "revoked");
+                self.flush_counts();
                 for tp in list {
+                    self.assigned.remove(&tp);
                     self.parts.remove(&tp);
                     if let Ok(mut c) = self.committable.lock() {
                         c.remove(&tp);
@@ -353,6 +358,9 @@ impl State<'_> {
                 }
             }
         }
+        let is_ready = !self.assigned.is_empty();
+        ready.store(is_ready, Ordering::SeqCst);
+        self.metrics.ready.set(i64::from(is_ready));
     }
 
     fn new_partition(&self, tp: &Tp) -> Partition {
@@ -708,7 +716,9 @@ impl State<'_> {
     fn enqueue_now(&mut self, iv: &Intervention) {
         let topic = if iv.control { &self.cfg.sink.control_topic } else { &self.cfg.sink.interventions_topic };
         let Ok(payload) = serde_json::to_vec(iv) else { return };
-        let record = FutureRecord::to(topic).key(iv.user_id.as_bytes()).payload(&payload);
+        let headers =
+            OwnedHeaders::new().insert(Header { key: "churnguard.schema", value: Some(crate::intervention::SCHEMA) });
+        let record = FutureRecord::to(topic).key(iv.user_id.as_bytes()).payload(&payload).headers(headers);
         let pending = Pending {
             tp: None,
             offset: -1,
