@@ -13,8 +13,7 @@ use churnguard::engine::{Engine, EngineConfig};
 use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
 use churnguard::features::spec::FeatureSpec;
 use churnguard::features::{FeatureStore, Layout};
-use churnguard::model::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
-use churnguard::model::metrics::Metrics;
+use churnguard::model::artifact::{ModelArtifact, TierThreshold};
 use churnguard::model::Scorer;
 use churnguard::policy::PolicyConfig;
 use churnguard::sim::{self, EventKind, SimConfig, SimEvent};
@@ -37,7 +36,6 @@ fn spec() -> FeatureSpec {
 fn model() -> ModelArtifact {
     let spec = spec();
     let defs = spec.features();
-    let p = defs.len();
     let coefficients: Vec<f64> = defs
         .iter()
         .map(|d| {
@@ -55,56 +53,12 @@ fn model() -> ModelArtifact {
             }
         })
         .collect();
-    let art = ModelArtifact {
-        format_version: FORMAT_VERSION,
-        model_version: "bench-1".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        spec_fingerprint: spec.fingerprint(),
-        feature_names: spec.feature_names(),
-        scaler: Scaler {
-            transforms: defs.iter().map(|d| d.transform).collect(),
-            mean: vec![0.0; p],
-            std: vec![1.0; p],
-        },
-        coefficients,
-        intercept: -3.0,
-        thresholds: Thresholds {
-            decision: 0.5,
-            tiers: vec![
-                TierThreshold { name: "high".into(), min_score: 0.8 },
-                TierThreshold { name: "medium".into(), min_score: 0.5 },
-            ],
-        },
-        training: TrainingInfo {
-            events_file: "bench".into(),
-            data_from: String::new(),
-            data_to: String::new(),
-            cutoffs: vec![],
-            horizon: "30d".into(),
-            active_within: None,
-            label_source: "bench".into(),
-            rows: 0,
-            users: 0,
-            churn_rate: 0.0,
-            l2: 0.0,
-            l2_grid: vec![],
-            validation: Metrics {
-                roc_auc: f64::NAN,
-                pr_auc: f64::NAN,
-                log_loss: f64::NAN,
-                brier: f64::NAN,
-                n_users: 0,
-                churn_rate: f64::NAN,
-            },
-            validation_rows: 0,
-            seed: 0,
-            train_seconds: 0.0,
-            engine_version: "bench".into(),
-        },
-        spec,
-    };
-    art.validate().expect("bench model validates");
-    art
+    let weights: Vec<(&str, f64)> = defs.iter().map(|d| d.name.as_str()).zip(coefficients).collect();
+    let tiers = vec![
+        TierThreshold { name: "high".into(), min_score: 0.8 },
+        TierThreshold { name: "medium".into(), min_score: 0.5 },
+    ];
+    ModelArtifact::from_weights(spec.clone(), "bench-1", &weights, -3.0, tiers).expect("bench model validates")
 }
 
 fn owned(ev: &SimEvent) -> ActivityEvent<'static> {

@@ -15,9 +15,8 @@ use churnguard::engine::{Engine, EngineConfig, Ingested};
 use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
 use churnguard::features::spec::{Aggregates, FeatureSpec};
 use churnguard::intervention::{intervention_id, Intervention, Trigger};
-use churnguard::model::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
+use churnguard::model::artifact::{ModelArtifact, TierThreshold};
 use churnguard::model::dataset::{self, EventLog, LabelSource, Labelling};
-use churnguard::model::metrics::Metrics;
 use churnguard::model::train::{self, TrainContext, TrainOptions};
 use churnguard::model::Scorer;
 use churnguard::pipeline::replay::{replay, ReplaySink};
@@ -54,61 +53,8 @@ fn tiers(list: &[(&str, f64)]) -> Vec<TierThreshold> {
 /// A model artifact built by hand: the scaler is the identity (mean 0, std 1), so the logit is
 /// `intercept + sum(coef * transform(raw))`, with every coefficient not named here zero.
 fn hand_model(spec: FeatureSpec, coefs: &[(&str, f64)], intercept: f64, tier_list: &[(&str, f64)]) -> ModelArtifact {
-    let defs = spec.features();
-    let p = defs.len();
-    let mut coefficients = vec![0.0; p];
-    for (name, c) in coefs {
-        let i = defs
-            .iter()
-            .position(|d| d.name == *name)
-            .unwrap_or_else(|| panic!("no feature {name:?} in {:?}", spec.feature_names()));
-        coefficients[i] = *c;
-    }
-    let tiers = tiers(tier_list);
-    let art = ModelArtifact {
-        format_version: FORMAT_VERSION,
-        model_version: "hand-made-1".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        spec_fingerprint: spec.fingerprint(),
-        feature_names: spec.feature_names(),
-        scaler: Scaler {
-            transforms: defs.iter().map(|d| d.transform).collect(),
-            mean: vec![0.0; p],
-            std: vec![1.0; p],
-        },
-        coefficients,
-        intercept,
-        thresholds: Thresholds { decision: tiers.last().map_or(0.5, |t| t.min_score), tiers },
-        training: TrainingInfo {
-            events_file: "hand".into(),
-            data_from: "2026-01-01T00:00:00Z".into(),
-            data_to: "2026-01-01T00:00:00Z".into(),
-            cutoffs: vec![],
-            horizon: "30d".into(),
-            active_within: None,
-            label_source: "hand".into(),
-            rows: 0,
-            users: 0,
-            churn_rate: 0.0,
-            l2: 0.0,
-            l2_grid: vec![],
-            validation: Metrics {
-                roc_auc: f64::NAN,
-                pr_auc: f64::NAN,
-                log_loss: f64::NAN,
-                brier: f64::NAN,
-                n_users: 0,
-                churn_rate: f64::NAN,
-            },
-            validation_rows: 0,
-            seed: 0,
-            train_seconds: 0.0,
-            engine_version: "test".into(),
-        },
-        spec,
-    };
-    art.validate().expect("the hand-made artifact must pass validation");
-    art
+    ModelArtifact::from_weights(spec, "hand-made-1", coefs, intercept, tiers(tier_list))
+        .expect("a valid hand-made model")
 }
 
 /// Two event types, two windows, recency capped far beyond the tests' silences.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use churnguard::features::spec::FeatureSpec;
 use churnguard::intervention::{Intervention, Trigger};
-use churnguard::model::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
-use churnguard::model::metrics::Metrics;
+use churnguard::model::artifact::{ModelArtifact, TierThreshold};
 use churnguard::time::{format_rfc3339_ms, DAY_MS, HOUR_MS};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -25,51 +24,12 @@ const T0: i64 = 1_767_225_600_000; // 2026-01-01
 /// medium (>= 0.5) after ~6.4 silent days and high (>= 0.9) after ~21.2.
 fn silence_model(path: &Path) {
     let spec = FeatureSpec { event_types: vec!["login".into(), "purchase".into()], ..FeatureSpec::default() };
-    let defs = spec.features();
-    let coefficients = defs.iter().map(|d| if d.name == "recency" { 2.0 } else { 0.0 }).collect();
-    let p = defs.len();
-    let art = ModelArtifact {
-        format_version: FORMAT_VERSION,
-        model_version: "test-silence-1".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        spec_fingerprint: spec.fingerprint(),
-        feature_names: defs.iter().map(|d| d.name.clone()).collect(),
-        scaler: Scaler {
-            transforms: defs.iter().map(|d| d.transform).collect(),
-            mean: vec![0.0; p],
-            std: vec![1.0; p],
-        },
-        coefficients,
-        intercept: -4.0,
-        thresholds: Thresholds {
-            decision: 0.5,
-            tiers: vec![
-                TierThreshold { name: "high".into(), min_score: 0.9 },
-                TierThreshold { name: "medium".into(), min_score: 0.5 },
-            ],
-        },
-        training: TrainingInfo {
-            events_file: "hand-made".into(),
-            data_from: String::new(),
-            data_to: String::new(),
-            cutoffs: vec![],
-            horizon: "30d".into(),
-            active_within: None,
-            label_source: "none".into(),
-            rows: 0,
-            users: 0,
-            churn_rate: 0.0,
-            l2: 0.0,
-            l2_grid: vec![],
-            validation: Metrics { roc_auc: 0.0, pr_auc: 0.0, log_loss: 0.0, brier: 0.0, n_users: 0, churn_rate: 0.0 },
-            validation_rows: 0,
-            seed: 0,
-            train_seconds: 0.0,
-            engine_version: "test".into(),
-        },
-        spec,
-    };
-    art.validate().expect("hand-made model is valid");
+    let tiers = vec![
+        TierThreshold { name: "high".into(), min_score: 0.9 },
+        TierThreshold { name: "medium".into(), min_score: 0.5 },
+    ];
+    let art =
+        ModelArtifact::from_weights(spec, "test-silence-1", &[("recency", 2.0)], -4.0, tiers).expect("valid model");
     art.save(path).expect("writing the model");
 }
 

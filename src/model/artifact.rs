@@ -88,6 +88,72 @@ pub struct ModelArtifact {
 }
 
 impl ModelArtifact {
+    /// A hand-written model: weights on transformed (not standardised) features, by name, the
+    /// rest zero. For rules of thumb before there is data to train on, and for tests that need a
+    /// model whose every score is known in advance.
+    pub fn from_weights(
+        spec: FeatureSpec,
+        model_version: &str,
+        weights: &[(&str, f64)],
+        intercept: f64,
+        tiers: Vec<TierThreshold>,
+    ) -> Result<ModelArtifact, ModelError> {
+        let defs = spec.features();
+        let p = defs.len();
+        let mut coefficients = vec![0.0; p];
+        for (name, w) in weights {
+            let i = defs
+                .iter()
+                .position(|d| d.name == *name)
+                .ok_or_else(|| ModelError::Incompatible(format!("no feature {name:?} in the spec")))?;
+            coefficients[i] = *w;
+        }
+        let art = ModelArtifact {
+            format_version: FORMAT_VERSION,
+            model_version: model_version.to_string(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            spec_fingerprint: spec.fingerprint(),
+            feature_names: defs.iter().map(|d| d.name.clone()).collect(),
+            scaler: Scaler {
+                transforms: defs.iter().map(|d| d.transform).collect(),
+                mean: vec![0.0; p],
+                std: vec![1.0; p],
+            },
+            coefficients,
+            intercept,
+            thresholds: Thresholds { decision: tiers.last().map_or(0.5, |t| t.min_score), tiers },
+            training: TrainingInfo {
+                events_file: "hand-written".into(),
+                data_from: String::new(),
+                data_to: String::new(),
+                cutoffs: vec![],
+                horizon: String::new(),
+                active_within: None,
+                label_source: "none: hand-written weights".into(),
+                rows: 0,
+                users: 0,
+                churn_rate: 0.0,
+                l2: 0.0,
+                l2_grid: vec![],
+                validation: Metrics {
+                    roc_auc: 0.0,
+                    pr_auc: 0.0,
+                    log_loss: 0.0,
+                    brier: 0.0,
+                    n_users: 0,
+                    churn_rate: 0.0,
+                },
+                validation_rows: 0,
+                seed: 0,
+                train_seconds: 0.0,
+                engine_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            spec,
+        };
+        art.validate()?;
+        Ok(art)
+    }
+
     pub fn load(path: &Path) -> Result<ModelArtifact, ModelError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
