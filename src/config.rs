@@ -87,11 +87,15 @@ impl Default for SinkConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub path: PathBuf,
+    /// Optional shadow model: scores the same users on the same vectors, publishes nothing, and
+    /// exports its score distribution and its agreement with the live model. Must use the same
+    /// feature spec.
+    pub shadow_path: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { path: PathBuf::from("models/default.json") }
+        ModelConfig { path: PathBuf::from("models/default.json"), shadow_path: None }
     }
 }
 

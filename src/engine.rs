@@ -17,7 +17,7 @@ use crate::features::{FeatureStore, Layout};
 use crate::intervention::{intervention_id, now_rfc3339, Intervention, ReasonRecord, Trigger};
 use crate::model::{ModelArtifact, Scorer};
 use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
-use crate::time::{format_rfc3339_ms, Millis, Span};
+use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
 use crate::timers::TimerWheel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +81,11 @@ pub struct EngineCounters {
     pub control: u64,
     /// Scores computed, in 20 equal-width buckets of P(churn) (flushed into a histogram).
     pub score_buckets: [u64; SCORE_BUCKETS],
+    /// Shadow model scores, same buckets.
+    pub shadow_buckets: [u64; SCORE_BUCKETS],
+    /// Shadow and live model on the same side of the live model's lowest tier threshold.
+    pub shadow_agree: u64,
+    pub shadow_disagree: u64,
 }
 
 pub const SCORE_BUCKETS: usize = 20;
@@ -105,6 +110,7 @@ pub struct Engine {
     meta: Vec<UserMeta>,
     timers: TimerWheel,
     scorer: Arc<Scorer>,
+    shadow: Option<Arc<Scorer>>,
     policy: Policy,
     cfg: EngineConfig,
     max_ts: Millis,
@@ -125,6 +131,7 @@ impl Engine {
             // Due times within a bucket fire together; a 24th of the interval keeps the delay small.
             timers: TimerWheel::new((cfg.rescore_interval.ms() / 24).max(1000)),
             scorer: Arc::new(Scorer::new(model)),
+            shadow: None,
             policy,
             cfg,
             max_ts: Millis::MIN,
@@ -153,6 +160,15 @@ impl Engine {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Score every vector with `model` too, without acting on it (see [`EngineCounters`]).
+    pub fn set_shadow(&mut self, model: &ModelArtifact) -> Result<(), String> {
+        if model.spec != *self.store.layout().spec() {
+            return Err("the shadow model's feature spec differs from the live model's".into());
+        }
+        self.shadow = Some(Arc::new(Scorer::new(model)));
+        Ok(())
     }
 
     /// Swap the model between events. The new model must use the same feature spec.
@@ -286,7 +302,18 @@ impl Engine {
     fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(Intervention)) {
         self.store.vector_at(idx, at, &mut self.vector);
         let score = self.scorer.score(&self.vector);
-        self.counters.score_buckets[((score * SCORE_BUCKETS as f64) as usize).min(SCORE_BUCKETS - 1)] += 1;
+        let bucket = |s: f64| ((s * SCORE_BUCKETS as f64) as usize).min(SCORE_BUCKETS - 1);
+        self.counters.score_buckets[bucket(score)] += 1;
+        if let Some(shadow) = &self.shadow {
+            let s = shadow.score(&self.vector);
+            self.counters.shadow_buckets[bucket(s)] += 1;
+            let cut = self.policy.min_threshold();
+            if (s >= cut) == (score >= cut) {
+                self.counters.shadow_agree += 1;
+            } else {
+                self.counters.shadow_disagree += 1;
+            }
+        }
         let verdict = if score < self.policy.min_threshold() {
             Verdict::NoTier
         } else {
@@ -357,12 +384,58 @@ impl Engine {
     /// Users per lifecycle stage at the current watermark (a scan; call it per metrics scrape,
     /// not per event).
     pub fn stage_counts(&self) -> [(Stage, u64); 5] {
-        let mut out = Stage::ALL.map(|s| (s, 0u64));
+        let p = self.population();
+        Stage::ALL.map(|s| (s, p.stages[s as usize]))
+    }
+
+    /// Lifecycle, activity and retention figures over every tracked user at the watermark, in one
+    /// scan (per metrics refresh, not per event).
+    pub fn population(&self) -> Population {
+        let mut out = Population::default();
         let at = self.watermark.max(self.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()));
+        if at == Millis::MIN {
+            return out;
+        }
+        // Cohorts reach back no further than the state TTL, so every member is still in memory.
+        let cohort_span = Span::days(90).min(self.cfg.state_ttl).ms();
         for idx in self.store.indices() {
-            let s = self.policy.cfg.lifecycle.stage(self.store.user(idx), at);
-            out[s as usize].1 += 1;
+            let u = self.store.user(idx);
+            out.stages[self.policy.cfg.lifecycle.stage(u, at) as usize] += 1;
+            for (i, days) in ACTIVE_WINDOWS_DAYS.iter().enumerate() {
+                if at - u.last_ts() < days * DAY_MS {
+                    out.active[i] += 1;
+                }
+            }
+            let first = u.first_ts();
+            for (i, days) in RETENTION_DAYS.iter().enumerate() {
+                let n = days * DAY_MS;
+                // Users whose first event is old enough for day N to have passed, and recent enough
+                // to be a cohort of this window; retained if active on or after day N.
+                if first <= at - n && first > at - cohort_span {
+                    out.cohort[i] += 1;
+                    if u.last_ts() >= first + n {
+                        out.retained[i] += 1;
+                    }
+                }
+            }
         }
         out
     }
+}
+
+/// Windows of the active-user counts (DAU, WAU, MAU), in days.
+pub const ACTIVE_WINDOWS_DAYS: [i64; 3] = [1, 7, 30];
+/// Day-N retention horizons, in days.
+pub const RETENTION_DAYS: [i64; 3] = [1, 7, 30];
+
+/// Figures over the tracked population; see [`Engine::population`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Population {
+    pub stages: [u64; 5],
+    /// Users with an event in the last 1, 7 and 30 days of event time.
+    pub active: [u64; 3],
+    /// New users first seen within the cohort span whose day 1, 7, 30 has passed...
+    pub cohort: [u64; 3],
+    /// ...and of those, the ones with an event on or after that day.
+    pub retained: [u64; 3],
 }

@@ -39,7 +39,15 @@ pub async fn run(
         http::bind(addr, state).await.with_context(|| format!("http.listen = {addr}: cannot bind"))?;
     on_listening(bound);
     tracing::info!(config = %cfg.redacted_toml().replace('\n', "; "), "starting");
-    let service = Service::new(cfg, model, metrics, assigned);
+    let shadow = match &cfg.model.shadow_path {
+        Some(p) => Some(ModelArtifact::load(p).with_context(|| format!("model.shadow_path = {}", p.display()))?),
+        None => None,
+    };
+    let mut service = Service::new(cfg, model, metrics, assigned);
+    if let Some(s) = shadow {
+        tracing::info!(shadow = %s.model_version, "shadow scoring on");
+        service = service.with_shadow(s).map_err(anyhow::Error::msg)?;
+    }
     let summary = service.run(shutdown).await?;
     server.abort();
     Ok(summary)

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub users_evicted: IntCounter,
     pub users_tracked: IntGauge,
     pub users_by_stage: IntGaugeVec,
+    pub active_users: IntGaugeVec,
+    pub cohort_retention: GaugeVec,
+    pub cohort_users: IntGaugeVec,
+    pub model_reloads: IntCounterVec,
     pub state_bytes: IntGauge,
     pub watermark: GaugeVec,
     pub event_time_lag: GaugeVec,
@@ -37,6 +41,8 @@ pub struct Metrics {
     pub scoring_seconds: Histogram,
     pub event_to_intervention_seconds: HistogramVec,
     pub risk_score: Histogram,
+    pub shadow_risk_score: Histogram,
+    pub shadow_agreement: IntCounterVec,
     pub model_info: IntGaugeVec,
     pub model_loaded: IntGauge,
     pub ready: IntGauge,
@@ -103,6 +109,10 @@ impl Metrics {
             users_tracked: gauge(&r, "churnguard_users_tracked", "Users with feature state in memory."),
             users_by_stage: gauge_vec(&r, "churnguard_users_by_stage", "Users by lifecycle stage at the watermark; churned includes users evicted after state_ttl.", &["stage"]),
             state_bytes: gauge(&r, "churnguard_state_bytes", "Heap bytes of per-user feature state."),
+            active_users: gauge_vec(&r, "churnguard_active_users", "Users with an event in the last window of event time: DAU, WAU, MAU.", &["window"]),
+            cohort_retention: fgauge_vec(&r, "churnguard_cohort_retention_ratio", "Day-N retention of new users first seen in the last 90 days (capped at state_ttl) whose day N has passed: share with an event on or after day N.", &["day"]),
+            cohort_users: gauge_vec(&r, "churnguard_cohort_users", "Size of the new-user cohort behind churnguard_cohort_retention_ratio.", &["day"]),
+            model_reloads: counter_vec(&r, "churnguard_model_reloads_total", "Model reload attempts (SIGHUP or a changed model file), by result: ok or rejected.", &["result"]),
             watermark: fgauge_vec(&r, "churnguard_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["topic", "partition"]),
             event_time_lag: fgauge_vec(&r, "churnguard_event_time_lag_seconds", "Wall clock minus watermark per partition.", &["topic", "partition"]),
             consumer_lag: gauge_vec(&r, "churnguard_consumer_lag_messages", "Consumer lag per partition from librdkafka statistics.", &["topic", "partition"]),
@@ -123,6 +133,8 @@ impl Metrics {
                 .unwrap_or_else(|_| unreachable_metric("churnguard_event_to_intervention_seconds")),
             ),
             risk_score: histogram(&r, "churnguard_risk_score", "Distribution of computed P(churn).", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
+            shadow_risk_score: histogram(&r, "churnguard_shadow_risk_score", "Distribution of P(churn) from the shadow model, on the same vectors as churnguard_risk_score.", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
+            shadow_agreement: counter_vec(&r, "churnguard_shadow_agreement_total", "Scores where the shadow model is on the same (agree) or the other (disagree) side of the live model's lowest tier threshold.", &["result"]),
             model_info: gauge_vec(&r, "churnguard_model_info", "The serving model (value 1).", &["model_version", "trained_at", "features"]),
             model_loaded: gauge(&r, "churnguard_model_loaded", "1 when a valid model is loaded."),
             ready: gauge(&r, "churnguard_ready", "1 when the model is loaded and partitions are assigned."),
@@ -152,12 +164,19 @@ impl Metrics {
         self.users_evicted.inc_by(d(before.users_evicted, after.users_evicted));
         // Each bucket's new scores are observed at the bucket's midpoint: the histogram's buckets
         // are exact (they align with these), its _sum is within half a bucket width per score.
-        for (i, (b, a)) in before.score_buckets.iter().zip(&after.score_buckets).enumerate() {
-            let mid = (i as f64 + 0.5) / crate::engine::SCORE_BUCKETS as f64;
-            for _ in 0..d(*b, *a) {
-                self.risk_score.observe(mid);
+        for (hist, b, a) in [
+            (&self.risk_score, &before.score_buckets, &after.score_buckets),
+            (&self.shadow_risk_score, &before.shadow_buckets, &after.shadow_buckets),
+        ] {
+            for (i, (b, a)) in b.iter().zip(a).enumerate() {
+                let mid = (i as f64 + 0.5) / crate::engine::SCORE_BUCKETS as f64;
+                for _ in 0..d(*b, *a) {
+                    hist.observe(mid);
+                }
             }
         }
+        self.shadow_agreement.with_label_values(&["agree"]).inc_by(d(before.shadow_agree, after.shadow_agree));
+        self.shadow_agreement.with_label_values(&["disagree"]).inc_by(d(before.shadow_disagree, after.shadow_disagree));
     }
 
     pub fn render(&self) -> String {

@@ -736,3 +736,36 @@ fn silent_user_is_evicted_after_the_ttl_off_the_rescore_grid() {
     assert!(engine.store().get("A").is_none(), "A is silent past the TTL but still tracked");
     assert_eq!(engine.counters.users_evicted, 1);
 }
+
+#[test]
+fn shadow_model_scores_the_same_vectors_without_acting() {
+    // A silent user and a busy one. The shadow is more lenient (medium after ~13 silent days
+    // instead of 3), so the two agree on the busy user and on A's first silent days, and disagree
+    // once the live model flags A.
+    let events = merge(vec![ev("A", "login", T0 + HOUR_MS)], heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS));
+    let live = recency_model();
+    let opposite = hand_model(small_spec(), &[("recency", 1.5)], -4.0, &[("high", HIGH), ("medium", MEDIUM)]);
+
+    let mut alone = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    let plain = run(&mut alone, &events);
+    let mut shadowed = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    shadowed.set_shadow(&opposite).expect("same spec");
+    let with_shadow = run(&mut shadowed, &events);
+
+    let ids =
+        |v: &[Intervention]| v.iter().map(|i| (i.intervention_id.clone(), i.model_version.clone())).collect::<Vec<_>>();
+    assert_eq!(ids(&plain), ids(&with_shadow), "the shadow never changes what is published");
+    let c = &shadowed.counters;
+    assert_eq!(c.shadow_agree + c.shadow_disagree, c.scored_on_event + c.scored_on_timer, "every score is shadowed");
+    assert!(c.shadow_disagree > 0 && c.shadow_agree > 0, "{c:?}");
+    assert_ne!(c.shadow_buckets, c.score_buckets);
+
+    let mut same = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    same.set_shadow(&live).expect("same spec");
+    run(&mut same, &events);
+    assert_eq!(same.counters.shadow_disagree, 0);
+    assert_eq!(same.counters.shadow_buckets, same.counters.score_buckets);
+
+    let other_spec = hand_model(FeatureSpec::default(), &[("recency", 1.0)], 0.0, &[("high", 0.9)]);
+    assert!(Engine::new(&live, policy_without_control(), EngineConfig::default()).set_shadow(&other_spec).is_err());
+}

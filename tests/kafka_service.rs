@@ -585,3 +585,59 @@ async fn graceful_shutdown_commits_and_exits_zero() {
         assert_eq!(e.offset(), Offset::Offset(end[&e.partition()]), "partition {} committed to the end", e.partition());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_reload_swaps_between_events_and_rejects_bad_models() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "reload", 1).await;
+    let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.0\n");
+    let evs = silent_user_stream(40);
+    // Day 12 splits the stream: "quiet" reaches medium (~day 8.4) before it, high (~day 23) after.
+    let split = evs.iter().position(|(_, v)| String::from_utf8_lossy(v).contains("2026-01-13")).expect("split");
+    let producer = common::producer(&brokers);
+    common::produce_all(&producer, &t.events, &evs[..split]).await;
+    let child = h.start();
+    let pid = child.0.as_ref().map(|c| c.id()).expect("pid").to_string();
+    let consumed = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") >= split as f64).then_some(())
+    })
+    .await;
+    assert!(consumed.is_some(), "log:\n{}", h.log());
+    let hup = || Command::new("kill").args(["-HUP", &pid]).status().expect("kill -HUP");
+
+    // A broken model is rejected and the running one keeps serving.
+    std::fs::write(&h.model, b"{\"format_version\": 1, \"truncated").expect("write bad model");
+    hup();
+    let rejected = wait_for(Duration::from_secs(20), || {
+        (h.metric_sum("churnguard_model_reloads_total", "result=\"rejected\"") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "bad model not rejected; log:\n{}", h.log());
+    assert!(h.metrics().contains("model_version=\"test-silence-1\""), "the old model is still the one serving");
+
+    // A valid new version is swapped in.
+    let spec = FeatureSpec { event_types: vec!["login".into(), "purchase".into()], ..FeatureSpec::default() };
+    let tiers = vec![
+        TierThreshold { name: "high".into(), min_score: 0.9 },
+        TierThreshold { name: "medium".into(), min_score: 0.5 },
+    ];
+    ModelArtifact::from_weights(spec, "test-silence-2", &[("recency", 2.0)], -4.0, tiers)
+        .expect("model")
+        .save(&h.model)
+        .expect("save");
+    hup();
+    let swapped =
+        wait_for(Duration::from_secs(20), || h.metrics().contains("model_version=\"test-silence-2\"").then_some(()))
+            .await;
+    assert!(swapped.is_some(), "new model not loaded; log:\n{}", h.log());
+    common::produce_all(&producer, &t.events, &evs[split..]).await;
+    let all =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    let st = stop(child, "-TERM");
+    assert!(st.success());
+    let quiet: Vec<&Intervention> = all.iter().filter(|i| i.user_id == "quiet").collect();
+    let medium = quiet.iter().find(|i| i.tier == "medium").expect("medium before the swap");
+    let high = quiet.iter().find(|i| i.tier == "high").expect("high after the swap");
+    assert_eq!(medium.model_version, "test-silence-1");
+    assert_eq!(high.model_version, "test-silence-2", "decisions after the reload name the new model");
+}

@@ -185,13 +185,17 @@ pub struct RunSummary {
 pub struct Service {
     cfg: Config,
     model: ModelArtifact,
+    shadow: Option<ModelArtifact>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 }
 
 struct State<'a> {
     cfg: &'a Config,
-    model: &'a ModelArtifact,
+    model: ModelArtifact,
+    shadow: Option<ModelArtifact>,
+    /// Modification time of the model file when it was last loaded (hot reload on change).
+    model_mtime: Option<std::time::SystemTime>,
     metrics: &'a Metrics,
     producer: FutureProducer,
     parts: HashMap<Tp, Partition>,
@@ -209,7 +213,16 @@ struct State<'a> {
 
 impl Service {
     pub fn new(cfg: Config, model: ModelArtifact, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Service {
-        Service { cfg, model, metrics, ready }
+        Service { cfg, model, shadow: None, metrics, ready }
+    }
+
+    /// Score with `shadow` alongside the live model (same feature spec required).
+    pub fn with_shadow(mut self, shadow: ModelArtifact) -> Result<Service, String> {
+        if shadow.spec != self.model.spec {
+            return Err("model.shadow_path: the shadow model's feature spec differs from the live model's".into());
+        }
+        self.shadow = Some(shadow);
+        Ok(self)
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -252,7 +265,9 @@ impl Service {
 
         let mut st = State {
             cfg: &self.cfg,
-            model: &self.model,
+            model: self.model.clone(),
+            shadow: self.shadow.clone(),
+            model_mtime: model_mtime(&self.cfg.model.path),
             metrics: &self.metrics,
             producer,
             parts: HashMap::new(),
@@ -266,6 +281,8 @@ impl Service {
         };
         let mut commit_tick = tokio::time::interval(Duration::from_millis(self.cfg.sink.commit_interval.ms() as u64));
         let mut clock_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut reload_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut hangup = Hangup::new();
         let started = Instant::now();
         let mut paused = false;
         tokio::pin!(shutdown);
@@ -286,6 +303,12 @@ impl Service {
                     st.refresh_gauges(started);
                 }
                 _ = clock_tick.tick() => st.advance_idle_clocks(),
+                _ = hangup.recv() => st.reload_model("SIGHUP"),
+                _ = reload_tick.tick() => {
+                    if model_mtime(&self.cfg.model.path) != st.model_mtime {
+                        st.reload_model("model file changed");
+                    }
+                }
                 msg = consumer.recv(), if !full => {
                     let now = Instant::now();
                     match msg {
@@ -333,6 +356,34 @@ impl Service {
     }
 }
 
+fn model_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// SIGHUP as a stream; never fires where signals are unavailable.
+struct Hangup(Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    fn new() -> Hangup {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Hangup(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; model reload on file change only");
+                Hangup(None)
+            }
+        }
+    }
+
+    async fn recv(&mut self) {
+        match self.0.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
@@ -363,10 +414,51 @@ impl State<'_> {
         self.metrics.ready.set(i64::from(is_ready));
     }
 
+    /// Load, validate and swap in the model at `model.path`, between messages. A model that does
+    /// not load, fails validation or needs a different feature spec (the running state was built
+    /// for this one) is rejected and the current model keeps serving.
+    fn reload_model(&mut self, why: &str) {
+        let path = &self.cfg.model.path;
+        self.model_mtime = model_mtime(path);
+        let loaded = ModelArtifact::load(path).map_err(|e| e.to_string()).and_then(|art| {
+            if art.spec != self.model.spec {
+                Err("its feature spec differs from the running model's; restart the service to change features".into())
+            } else {
+                Ok(art)
+            }
+        });
+        match loaded {
+            Ok(art) => {
+                for part in self.parts.values_mut() {
+                    if let Err(e) = part.engine.swap_model(&art) {
+                        tracing::error!(error = %e, "model swap refused by a partition engine");
+                    }
+                }
+                self.metrics.model_info.reset();
+                self.metrics
+                    .model_info
+                    .with_label_values(&[&art.model_version, &art.created_at, &art.feature_names.len().to_string()])
+                    .set(1);
+                self.metrics.model_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(reason = why, from = %self.model.model_version, to = %art.model_version, "model reloaded");
+                self.model = art;
+            }
+            Err(e) => {
+                self.metrics.model_reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(reason = why, path = %path.display(), error = %e, serving = %self.model.model_version, "model reload rejected; the current model keeps serving");
+            }
+        }
+    }
+
     fn new_partition(&self, tp: &Tp) -> Partition {
+        let mut engine = Engine::new(&self.model, self.cfg.policy.clone(), self.cfg.engine.clone());
+        if let Some(shadow) = &self.shadow {
+            // Checked against the live spec at start-up and on every reload.
+            let _ = engine.set_shadow(shadow);
+        }
         Partition {
             tp: tp.clone(),
-            engine: Engine::new(self.model, self.cfg.policy.clone(), self.cfg.engine.clone()),
+            engine,
             outstanding: BTreeMap::new(),
             processed: None,
             committed: None,
@@ -748,12 +840,19 @@ impl State<'_> {
         let mut users = 0;
         let mut bytes = 0;
         let mut stages = [0u64; 5];
+        let mut pop = crate::engine::Population::default();
         let now_ms = chrono::Utc::now().timestamp_millis();
         for p in self.parts.values() {
             users += p.engine.store().len();
             bytes += p.engine.store().heap_bytes();
-            for (s, n) in p.engine.stage_counts() {
-                stages[s as usize] += n;
+            let part_pop = p.engine.population();
+            for (total, n) in stages.iter_mut().zip(part_pop.stages) {
+                *total += n;
+            }
+            for i in 0..3 {
+                pop.active[i] += part_pop.active[i];
+                pop.cohort[i] += part_pop.cohort[i];
+                pop.retained[i] += part_pop.retained[i];
             }
             // Users forgotten after state_ttl of silence are churned users no longer in memory.
             stages[crate::policy::Stage::Churned as usize] += p.engine.counters.users_evicted;
@@ -765,6 +864,19 @@ impl State<'_> {
             }
         }
         self.metrics.users_tracked.set(users as i64);
+        for (i, days) in crate::engine::ACTIVE_WINDOWS_DAYS.iter().enumerate() {
+            self.metrics.active_users.with_label_values(&[&format!("{days}d")]).set(pop.active[i] as i64);
+        }
+        for (i, days) in crate::engine::RETENTION_DAYS.iter().enumerate() {
+            let d = days.to_string();
+            self.metrics.cohort_users.with_label_values(&[&d]).set(pop.cohort[i] as i64);
+            if pop.cohort[i] > 0 {
+                self.metrics
+                    .cohort_retention
+                    .with_label_values(&[&d])
+                    .set(pop.retained[i] as f64 / pop.cohort[i] as f64);
+            }
+        }
         self.metrics.state_bytes.set(bytes as i64);
         for s in crate::policy::Stage::ALL {
             self.metrics.users_by_stage.with_label_values(&[s.as_str()]).set(stages[s as usize] as i64);
