@@ -151,8 +151,12 @@ step "promtool test rules deploy/prometheus/alerts_test.yml"
 
 step "churnguard config check deploy/churnguard.toml"
 if [ -x target/release/churnguard ]; then
-    target/release/churnguard config check deploy/churnguard.toml >/dev/null || failed=1
-    echo "ok"
+    if target/release/churnguard config check deploy/churnguard.toml >/dev/null 2>"$tmp/config.err"; then
+        echo "ok"
+    else
+        cat "$tmp/config.err" >&2
+        failed=1
+    fi
 else
     echo "skipped: target/release/churnguard is not built"
 fi

@@ -91,6 +91,34 @@ fn unreachable_metric(name: &str) -> ! {
 }
 
 impl Metrics {
+    /// Series whose label values are known up front start at zero, so dashboards and alerts see
+    /// "0" rather than "no data" before the first occurrence.
+    fn with_known_series(self) -> Metrics {
+        for r in crate::event::RejectReason::ALL {
+            self.events_invalid.with_label_values(&[r.code()]);
+            self.dead_lettered.with_label_values(&[r.code()]);
+        }
+        for reason in ["cooldown", "already_sent"] {
+            self.suppressed.with_label_values(&[reason]);
+        }
+        for trigger in ["event", "silence"] {
+            self.scored.with_label_values(&[trigger]);
+        }
+        for result in ["ok", "rejected"] {
+            self.model_reloads.with_label_values(&[result]);
+        }
+        for result in ["agree", "disagree"] {
+            self.shadow_agreement.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            self.commits.with_label_values(&[result]);
+        }
+        for kind in ["assign", "revoke"] {
+            self.rebalances.with_label_values(&[kind]);
+        }
+        self
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         let latency = exponential_buckets(0.0005, 2.0, 16).unwrap_or_default();
@@ -145,6 +173,7 @@ impl Metrics {
                 r
             },
         }
+        .with_known_series()
     }
 
     /// Add the difference between two snapshots of engine counters.
