@@ -17,10 +17,23 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
     python3 -m pip install --quiet pyyaml
 fi
 
+# The real Compose parser and schema validator: docker-compose 1.29 (Python), in a private venv.
+# It declares PyYAML<6, which no longer builds on current Python; PyYAML 6 works with it.
+compose_venv=.cache/compose-venv
+if [ ! -x "$compose_venv/bin/docker-compose" ]; then
+    python3 -m venv "$compose_venv"
+    "$compose_venv/bin/pip" install --quiet "PyYAML==6.0.1" docopt "jsonschema<4" "python-dotenv<1" texttable \
+        requests "websocket-client<1" "docker<7" distro dockerpty
+    "$compose_venv/bin/pip" install --quiet --no-deps docker-compose==1.29.2
+fi
+
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 step() { echo "== $*"; }
+
+step "docker-compose.yml: docker-compose config (schema, interpolation, references)"
+"$compose_venv/bin/docker-compose" -f docker-compose.yml config -q || failed=1
 
 step "docker-compose.yml, Grafana provisioning and dashboard"
 python3 - "$tmp" <<'PY' || failed=1
