@@ -340,7 +340,9 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut out = create(&a.out)?;
     let mut truth = a.truth.as_deref().map(create).transpose()?;
+    let spin = crate::progress::spinner(&format!("simulating {} users over {} days", cfg.users, cfg.days));
     let s = sim::simulate(&cfg, &mut out, truth.as_mut())?;
+    spin.finish_and_clear();
     out.flush()?;
     if let Some(t) = truth.as_mut() {
         t.flush()?;
@@ -409,7 +411,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         label_source: lab.source.describe(),
     };
     let opt = TrainOptions { seed: a.seed, ..TrainOptions::default() };
+    let spin = crate::progress::spinner(&format!(
+        "fitting: L2 search over {} strengths, then the final fit",
+        opt.l2_grid.len()
+    ));
     let outcome = train::train(&spec, &data, ctx, &opt)?;
+    spin.finish_and_clear();
     let art = &outcome.artifact;
     art.save(&a.out)?;
     let v = &art.training.validation;

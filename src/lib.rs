@@ -15,6 +15,7 @@ pub mod intervention;
 pub mod model;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod service;
 pub mod sim;
 pub mod source;

@@ -58,6 +58,9 @@ pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(err)?;
     let f = File::open(path).map_err(err)?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    // Progress is counted on the file's bytes (compressed, for .gz), only on a terminal.
+    let f = crate::progress::bytes(len, &path.display().to_string()).wrap_read(f);
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(BufReader::with_capacity(
             1 << 20,
