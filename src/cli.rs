@@ -21,7 +21,12 @@ use crate::sim::{self, SimConfig};
 use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span};
 
 #[derive(Parser, Debug)]
-#[command(name = "churnguard", version, about = "Real-time churn prediction on activity event streams")]
+#[command(
+    name = "churnguard",
+    version,
+    about = "Real-time churn prediction on activity event streams",
+    after_help = "Example:\n  churnguard demo --duration 30s\n  churnguard run --config churnguard.toml"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -159,9 +159,24 @@ impl Config {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), msg: e.to_string() })?;
         apply_env(&mut table, env)?;
-        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: origin.to_string(),
-            msg: e.message().to_string(),
+        // librdkafka properties are strings; accept `"linger.ms" = 5` as well as `"5"`.
+        if let Some(toml::Value::Table(kafka)) = table.get_mut("kafka") {
+            for (_, v) in kafka.iter_mut() {
+                if matches!(v, toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)) {
+                    let text = v.to_string();
+                    *v = toml::Value::String(text);
+                }
+            }
+        }
+        // The path of a wrong value ("policy.lifecycle.new_for") goes into the message.
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let msg = e.into_inner().message().to_string();
+            if key.is_empty() || key == "." {
+                ConfigError::Parse { path: origin.to_string(), msg }
+            } else {
+                ConfigError::Invalid { key, msg }
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -295,6 +310,17 @@ mod tests {
         assert!(e.contains("enable.auto.commit"), "{e}");
         let e = load(&format!("{MIN}[http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("http.listen"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_nested_key_and_kafka_numbers_are_accepted() {
+        let e = load(&format!("{MIN}[policy.lifecycle]\nnew_for = 14\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("policy.lifecycle.new_for"), "{e}");
+        let e = load(&format!("{MIN}[sink]\nmax_in_flight = \"lots\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("sink.max_in_flight"), "{e}");
+        let c = load(&format!("{MIN}\"linger.ms\" = 5\n\"enable.idempotence\" = true\n"), &[]).unwrap();
+        assert_eq!(c.kafka["linger.ms"], "5");
+        assert_eq!(c.kafka["enable.idempotence"], "true");
     }
 
     #[test]
