@@ -49,6 +49,16 @@ export CHURNGUARD_KAFKA_BROKERS
 unset CHURNGUARD_SKIP_KAFKA_TESTS
 echo "test.sh: CHURNGUARD_KAFKA_BROKERS=$CHURNGUARD_KAFKA_BROKERS" >&2
 
+# tests/prometheus.rs needs Debian's prometheus and promtool: on a fresh machine install them.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing Debian's prometheus package (for tests/prometheus.rs)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "test.sh: prometheus/promtool not found; install Debian's prometheus package" >&2
+    fi
+fi
 if [[ -z "${CHURNGUARD_PROMETHEUS_BIN:-}" ]] && command -v prometheus >/dev/null 2>&1; then
     CHURNGUARD_PROMETHEUS_BIN="$(command -v prometheus)"
     export CHURNGUARD_PROMETHEUS_BIN
