@@ -706,15 +706,7 @@ fn histogram_plot(scores: &[f64], labels: &[bool], threshold: f64) -> Result<Str
                 .label(format!("threshold {}", fmt_num(threshold, 3)))
                 .legend(|at| dashed_key(at, ACCENT));
         }
-        chart
-            .configure_series_labels()
-            .position(corner)
-            .margin(12)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID_BOLD)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, corner)
     })
 }
 
