@@ -18,6 +18,7 @@ pub mod policy;
 pub mod progress;
 pub mod service;
 pub mod sim;
+pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod time;

@@ -2,13 +2,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::model::ModelArtifact;
+use crate::pipeline::health::Health;
 use crate::pipeline::http::{self, HttpState};
 use crate::pipeline::kafka::{RunSummary, Service};
 use crate::telemetry::Metrics;
@@ -28,13 +28,10 @@ pub async fn run(
         .with_label_values(&[&model.model_version, &model.created_at, &model.feature_names.len().to_string()])
         .set(1);
     metrics.model_loaded.set(1);
-    let assigned = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::new());
+    health.set_model_loaded(true);
     let addr: SocketAddr = cfg.http.listen.parse().context("http.listen")?;
-    let state = HttpState {
-        metrics: metrics.clone(),
-        assigned: assigned.clone(),
-        model_loaded: Arc::new(AtomicBool::new(true)),
-    };
+    let state = HttpState { metrics: metrics.clone(), health: health.clone() };
     let (bound, server) =
         http::bind(addr, state).await.with_context(|| format!("http.listen = {addr}: cannot bind"))?;
     on_listening(bound);
@@ -43,7 +40,7 @@ pub async fn run(
         Some(p) => Some(ModelArtifact::load(p).with_context(|| format!("model.shadow_path = {}", p.display()))?),
         None => None,
     };
-    let mut service = Service::new(cfg, model, metrics, assigned);
+    let mut service = Service::new(cfg, model, metrics, health);
     if let Some(s) = shadow {
         tracing::info!(shadow = %s.model_version, "shadow scoring on");
         service = service.with_shadow(s).map_err(anyhow::Error::msg)?;

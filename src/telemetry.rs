@@ -37,6 +37,14 @@ pub struct Metrics {
     pub backpressure_pauses: IntCounter,
     pub commits: IntCounterVec,
     pub restored_events: IntCounter,
+    pub restoring_partitions: IntGauge,
+    pub restore_seconds: Histogram,
+    pub outputs_failed: IntCounterVec,
+    pub output_retries: IntCounterVec,
+    pub dead_letters_truncated: IntCounter,
+    pub broker_reachable: IntGauge,
+    pub partitions_assigned: IntGauge,
+    pub workers: IntGauge,
     pub processing_seconds: Histogram,
     pub scoring_seconds: Histogram,
     pub event_to_intervention_seconds: HistogramVec,
@@ -116,6 +124,9 @@ impl Metrics {
         for kind in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[kind]);
         }
+        for output in ["intervention", "control", "dead_letter"] {
+            self.output_retries.with_label_values(&[output]);
+        }
         self
     }
 
@@ -150,6 +161,14 @@ impl Metrics {
             backpressure_pauses: counter(&r, "churnguard_backpressure_pauses_total", "Times consumption paused because the producer was full."),
             commits: counter_vec(&r, "churnguard_offset_commits_total", "Offset commits, by result.", &["result"]),
             restored_events: counter(&r, "churnguard_restored_events_total", "Events re-read to rebuild state for an assigned partition."),
+            restoring_partitions: gauge(&r, "churnguard_restoring_partitions", "Assigned partitions whose state is being restored (paused until done)."),
+            restore_seconds: histogram(&r, "churnguard_restore_duration_seconds", "Time to restore one assigned partition's state.", exponential_buckets(0.01, 2.0, 16).unwrap_or_default()),
+            outputs_failed: counter_vec(&r, "churnguard_outputs_failed_total", "Outputs the broker refused for good (not retried), by output (intervention, control, dead_letter) and error.", &["output", "error"]),
+            output_retries: counter_vec(&r, "churnguard_output_retries_total", "Outputs sent again after a transient producer error, by output.", &["output"]),
+            dead_letters_truncated: counter(&r, "churnguard_dead_letters_truncated_total", "Dead letters sent truncated because the original was larger than the producer or broker accepts."),
+            broker_reachable: gauge(&r, "churnguard_broker_reachable", "1 when the last broker probe was answered."),
+            partitions_assigned: gauge(&r, "churnguard_partitions_assigned", "Input partitions this instance holds."),
+            workers: gauge(&r, "churnguard_workers", "Worker threads processing partitions (runtime.workers)."),
             processing_seconds: histogram(&r, "churnguard_processing_duration_seconds", "Time to process one consumed message (parse, features, score, policy).", exponential_buckets(0.000_001, 2.0, 20).unwrap_or_default()),
             scoring_seconds: histogram(&r, "churnguard_scoring_duration_seconds", "Time to compute one feature vector and score.", exponential_buckets(0.000_000_1, 2.0, 18).unwrap_or_default()),
             event_to_intervention_seconds: reg(
@@ -165,7 +184,7 @@ impl Metrics {
             shadow_agreement: counter_vec(&r, "churnguard_shadow_agreement_total", "Scores where the shadow model is on the same (agree) or the other (disagree) side of the live model's lowest tier threshold.", &["result"]),
             model_info: gauge_vec(&r, "churnguard_model_info", "The serving model (value 1).", &["model_version", "trained_at", "features"]),
             model_loaded: gauge(&r, "churnguard_model_loaded", "1 when a valid model is loaded."),
-            ready: gauge(&r, "churnguard_ready", "1 when the model is loaded and partitions are assigned."),
+            ready: gauge(&r, "churnguard_ready", "1 when /readyz answers 200: model loaded, broker reachable, partitions assigned."),
             uptime: reg(&r, Gauge::new("churnguard_uptime_seconds", "Seconds since start.").unwrap_or_else(|_| unreachable_metric("churnguard_uptime_seconds"))),
             registry: {
                 let build = gauge_vec(&r, "churnguard_build_info", "Build metadata (value 1).", &["version"]);

@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod dataset;
 pub mod metrics;
+pub mod reload;
 pub mod report;
 pub mod score;
 pub mod train;

@@ -1,7 +1,6 @@
 //! `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -10,14 +9,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::pipeline::health::Health;
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// Partitions assigned (set by the consumer's rebalance handling).
-    pub assigned: Arc<AtomicBool>,
-    pub model_loaded: Arc<AtomicBool>,
+    pub health: Arc<Health>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -28,12 +26,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    match (s.model_loaded.load(Ordering::SeqCst), s.assigned.load(Ordering::SeqCst)) {
-        (true, true) => (StatusCode::OK, "ready\n"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "no model loaded\n"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n"),
-    }
+/// 200 when progress is possible; the body says why not, and what is restoring.
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    let r = s.health.readiness();
+    let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, r.lines.join("\n") + "\n")
 }
 
 pub fn router(state: HttpState) -> Router {

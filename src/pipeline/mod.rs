@@ -1,5 +1,11 @@
-//! Sources and sinks around the [`crate::engine::Engine`]: file replay now, Kafka in `run`.
+//! The runtimes around the [`crate::engine::Engine`]: file replay, and the Kafka service with
+//! its per-partition workers.
 
+pub mod events;
+pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod offsets;
+pub mod partition;
 pub mod replay;
+pub mod restore;

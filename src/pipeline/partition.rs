@@ -1,0 +1,538 @@
+//! One input partition's worker: restore, then read its queue, run the engine, send the outputs,
+//! and track which offset may be committed.
+//!
+//! Each assigned partition runs as its own task on the runtime's worker threads, so partitions
+//! are processed in parallel and a slow one (a restore, a burst, a broker refusing its outputs)
+//! holds up no other. Its outputs in flight are bounded (`sink.max_in_flight`): at the bound it
+//! stops reading until the broker acknowledges some.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineCounters, Population};
+use crate::event::parse_event;
+use crate::intervention::Intervention;
+use crate::model::ModelArtifact;
+use crate::pipeline::events::{
+    Backpressured, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged, MessageTimed,
+    MessagesConsumed, OutputAcked, OutputFailed, OutputRetried, PartitionClock, RestoreFinished, RestoreProgress,
+    RestoreStarted,
+};
+use crate::pipeline::health::Health;
+use crate::pipeline::offsets::OffsetTracker;
+use crate::pipeline::restore;
+use crate::sink::kafka::{KafkaSink, OutRecord, Pending, Settled};
+use crate::source::kafka::{GroupConsumer, PartitionId, PartitionQueue};
+use crate::telemetry::Metrics;
+use crate::time::Millis;
+
+/// Messages taken per wake-up when they are already fetched.
+const BATCH: usize = 512;
+
+/// What every worker shares: configuration, telemetry and the cross-partition clock.
+pub struct Shared {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub clocks: Mutex<Clocks>,
+    /// Offsets ready to commit, by partition; the coordinator commits and clears them.
+    pub committable: Mutex<HashMap<PartitionId, i64>>,
+    /// Per-partition population figures, summed by the coordinator for the gauges.
+    pub populations: Mutex<HashMap<PartitionId, PartitionStats>>,
+    pub restore_settings: rdkafka::config::ClientConfig,
+    pub message_max_bytes: usize,
+    pub shadow: Option<Arc<ModelArtifact>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PartitionStats {
+    pub users: usize,
+    pub state_bytes: usize,
+    pub population: Population,
+    pub evicted: u64,
+}
+
+/// Event time across partitions. An idle partition must not hold event time back: it follows
+/// the slowest active partition, and when every partition is idle, wall-clock time moves them.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    parts: HashMap<PartitionId, (Millis, Instant)>,
+    /// When every partition went idle: the highest watermark then, and the wall time then.
+    all_idle_since: Option<(Millis, Instant)>,
+}
+
+impl Clocks {
+    fn report(&mut self, p: &PartitionId, watermark: Millis, last_message: Instant, active: bool) {
+        match self.parts.get_mut(p) {
+            Some(e) => *e = (watermark, last_message),
+            None => {
+                self.parts.insert(p.clone(), (watermark, last_message));
+            }
+        }
+        if active {
+            self.all_idle_since = None;
+        }
+    }
+
+    fn remove(&mut self, p: &PartitionId) {
+        self.parts.remove(p);
+    }
+
+    /// Where an idle partition's clock should move to now.
+    fn idle_target(&mut self, now: Instant, idle_after: Duration) -> Option<Millis> {
+        let active_min =
+            self.parts.values().filter(|(_, last)| now.duration_since(*last) < idle_after).map(|(wm, _)| *wm).min();
+        match active_min {
+            Some(wm) => Some(wm),
+            None => {
+                let max_wm = self.parts.values().map(|(wm, _)| *wm).max()?;
+                let (base, since) = *self.all_idle_since.get_or_insert((max_wm, now));
+                Some(base.saturating_add(now.duration_since(since).as_millis() as i64))
+            }
+        }
+    }
+}
+
+/// Stop signal: `Some(deadline)` = stop reading, drain outputs until the deadline.
+pub type StopRx = watch::Receiver<Option<tokio::time::Instant>>;
+
+pub struct PartitionWorker {
+    id: PartitionId,
+    shared: Arc<Shared>,
+    engine: Engine,
+    sink: KafkaSink,
+    offsets: OffsetTracker,
+    model: watch::Receiver<Arc<ModelArtifact>>,
+    consumed: u64,
+    consumed_flushed: u64,
+    flushed: EngineCounters,
+    outputs: Vec<Intervention>,
+    last_message: Instant,
+    seq: u64,
+    ticks: u64,
+}
+
+enum Stopped {
+    /// Revoked or shutting down: drain until the deadline.
+    Drain(tokio::time::Instant),
+}
+
+impl PartitionWorker {
+    pub fn new(
+        id: PartitionId,
+        shared: Arc<Shared>,
+        producer: rdkafka::producer::FutureProducer,
+        topics: crate::sink::kafka::Topics,
+        model: watch::Receiver<Arc<ModelArtifact>>,
+    ) -> PartitionWorker {
+        let current = model.borrow().clone();
+        let mut engine = Engine::new(&current, shared.cfg.policy.clone(), shared.cfg.engine.clone());
+        if let Some(shadow) = &shared.shadow {
+            // Checked against the live spec at start-up and on every reload.
+            let _ = engine.set_shadow(shadow);
+        }
+        let sink = KafkaSink::new(producer, topics, shared.message_max_bytes);
+        PartitionWorker {
+            id,
+            shared,
+            engine,
+            sink,
+            offsets: OffsetTracker::default(),
+            model,
+            consumed: 0,
+            consumed_flushed: 0,
+            flushed: EngineCounters::default(),
+            outputs: Vec::new(),
+            last_message: Instant::now(),
+            seq: 0,
+            ticks: 0,
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Restore (partition paused), resume, then process until stopped. Returns the offset to
+    /// commit for this partition, if any.
+    pub async fn run(mut self, queue: PartitionQueue, consumer: Arc<GroupConsumer>, mut stop: StopRx) -> Option<i64> {
+        if let Err(deadline) = self.restore(&consumer, &mut stop).await {
+            return self.finish(deadline).await;
+        }
+        if let Err(e) = consumer.resume(&self.id.list()) {
+            tracing::error!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot resume the partition after restore");
+        }
+        let period = Duration::from_millis(self.shared.cfg.sink.commit_interval.ms().clamp(10, 1000) as u64);
+        let mut tick = tokio::time::interval(period);
+        let max_in_flight = self.shared.cfg.sink.max_in_flight;
+        let mut was_full = false;
+        let deadline = loop {
+            let full = self.sink.in_flight() >= max_in_flight;
+            if full && !was_full {
+                Backpressured.emit(self.metrics());
+            }
+            was_full = full;
+            tokio::select! {
+                biased;
+                r = stop.changed() => {
+                    match (r, *stop.borrow()) {
+                        (Ok(()), Some(d)) => break d,
+                        (Ok(()), None) => continue,
+                        // The coordinator is gone: stop at once.
+                        (Err(_), _) => break tokio::time::Instant::now(),
+                    }
+                }
+                s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
+                _ = tick.tick() => self.on_tick(),
+                m = queue.recv(), if !full => {
+                    let now = Instant::now();
+                    if self.model.has_changed().unwrap_or(false) {
+                        self.swap_model();
+                    }
+                    let mut stopped = self.on_received(m, now, &mut stop).await.err();
+                    let mut taken = 1;
+                    while stopped.is_none() && taken < BATCH && self.sink.in_flight() < max_in_flight {
+                        let Some(m) = queue.recv().now_or_never() else { break };
+                        stopped = self.on_received(m, now, &mut stop).await.err();
+                        taken += 1;
+                    }
+                    self.report_clock();
+                    if let Some(Stopped::Drain(d)) = stopped {
+                        break d;
+                    }
+                }
+            }
+        };
+        self.finish(deadline).await
+    }
+
+    async fn on_received(
+        &mut self,
+        m: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+        now: Instant,
+        stop: &mut StopRx,
+    ) -> Result<(), Stopped> {
+        match m {
+            Ok(m) => self.on_message(&m, now, stop).await,
+            Err(e) => {
+                tracing::warn!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "consume error");
+                Ok(())
+            }
+        }
+    }
+
+    async fn restore(&mut self, consumer: &Arc<GroupConsumer>, stop: &mut StopRx) -> Result<(), tokio::time::Instant> {
+        if !self.shared.cfg.source.restore_on_assign {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let id = self.id.clone();
+        let shared = self.shared.clone();
+        let group = consumer.clone();
+        let model = self.model.borrow().clone();
+        let mut engine = std::mem::replace(
+            &mut self.engine,
+            Engine::new(&model, shared.cfg.policy.clone(), shared.cfg.engine.clone()),
+        );
+        let c = cancel.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let label = id.to_string();
+            let mut attempt = 0u32;
+            loop {
+                let r = restore::plan(&group, &id, Duration::from_secs(10)).and_then(|range| {
+                    let Some(range) = range else { return Ok((0, None)) };
+                    RestoreStarted { partition: &id, from: range.from, until: range.until }.emit(&shared.metrics);
+                    shared.health.restore_progress(&label, 0);
+                    let mut read = 0u64;
+                    let r = restore::restore(
+                        &shared.restore_settings,
+                        &id,
+                        range,
+                        &mut engine,
+                        shared.cfg.source.max_event_bytes,
+                        &c,
+                        &mut |n| {
+                            read += n;
+                            RestoreProgress { events: n }.emit(&shared.metrics);
+                            shared.health.restore_progress(&label, read);
+                        },
+                    );
+                    r.map(|n| (n, Some(range)))
+                });
+                match r {
+                    Ok(done) => {
+                        shared.health.restore_done(&label);
+                        return (engine, Ok(done));
+                    }
+                    Err(restore::RestoreError::Cancelled) => {
+                        shared.health.restore_done(&label);
+                        return (engine, Err("cancelled".to_string()));
+                    }
+                    Err(e) => {
+                        // The broker will come back, or the partition is revoked (cancel).
+                        attempt += 1;
+                        tracing::warn!(partition = %id, attempt, error = %e, "restore failed; starting again");
+                        engine = Engine::new(&model, shared.cfg.policy.clone(), shared.cfg.engine.clone());
+                        let wait = Duration::from_secs(u64::from(attempt.min(5)));
+                        let until = Instant::now() + wait;
+                        while Instant::now() < until {
+                            if c.load(std::sync::atomic::Ordering::Relaxed) {
+                                shared.health.restore_done(&label);
+                                return (engine, Err("cancelled".to_string()));
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            }
+        });
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                r = stop.changed() => {
+                    if r.is_err() || stop.borrow().is_some() {
+                        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let deadline = *stop.borrow();
+        match result {
+            Ok((engine, Ok((events, range)))) => {
+                self.engine = engine;
+                if let Some(range) = range {
+                    self.offsets = OffsetTracker::starting_at(range.until);
+                    RestoreFinished {
+                        partition: &self.id,
+                        events,
+                        seconds: started.elapsed().as_secs_f64(),
+                        failed: None,
+                    }
+                    .emit(self.metrics());
+                }
+                Ok(())
+            }
+            Ok((_, Err(why))) => {
+                RestoreFinished { partition: &self.id, events: 0, seconds: started.elapsed().as_secs_f64(), failed: Some(&why) }
+                    .emit(self.metrics());
+                Err(deadline.unwrap_or_else(tokio::time::Instant::now))
+            }
+            Err(join) => {
+                tracing::error!(partition = %self.id, error = %join, "restore task failed");
+                Err(deadline.unwrap_or_else(tokio::time::Instant::now))
+            }
+        }
+    }
+
+    async fn on_message(&mut self, m: &BorrowedMessage<'_>, now: Instant, stop: &mut StopRx) -> Result<(), Stopped> {
+        // Durations are sampled (1 in 16): a distribution needs no census, and the clock reads
+        // would otherwise be a noticeable share of the per-message cost.
+        self.seq = self.seq.wrapping_add(1);
+        let started = (self.seq % 16 == 0).then(Instant::now);
+        self.consumed += 1;
+        self.last_message = now;
+        let offset = m.offset();
+        let payload = m.payload().unwrap_or(&[]);
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let mut scoring = None;
+        match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
+            Ok(ev) => {
+                let t = started.map(|_| Instant::now());
+                self.engine.ingest(&ev, &mut |iv| outputs.push(iv));
+                scoring = t.map(|t| t.elapsed().as_secs_f64());
+            }
+            Err(r) => {
+                EventRejected { partition: &self.id, offset, rejection: &r }.emit(self.metrics());
+                let (record, pending) = self.sink.dead_letter(&self.id, offset, m.key(), payload, &r);
+                self.send(record, pending, stop).await?;
+            }
+        }
+        let source_ts = m.timestamp().to_millis();
+        for iv in outputs.drain(..) {
+            let (record, pending) = self.sink.intervention(iv, Some(offset), source_ts);
+            self.send(record, pending, stop).await?;
+        }
+        self.outputs = outputs;
+        self.offsets.processed(offset);
+        if let Some(s) = started {
+            MessageTimed { processing_seconds: s.elapsed().as_secs_f64(), scoring_seconds: scoring }.emit(self.metrics());
+        }
+        Ok(())
+    }
+
+    /// Hand a record to the producer; while its queue is full, settle acknowledgements first.
+    async fn send(&mut self, mut record: OutRecord, mut pending: Pending, stop: &mut StopRx) -> Result<(), Stopped> {
+        let offset = pending.offset;
+        loop {
+            match self.sink.try_send(record, pending) {
+                Ok(()) => {
+                    if let Some(o) = offset {
+                        self.offsets.output_sent(o);
+                    }
+                    InFlightChanged { delta: 1 }.emit(self.metrics());
+                    return Ok(());
+                }
+                Err(back) => {
+                    (record, pending) = *back;
+                    Backpressured.emit(self.metrics());
+                    tokio::select! {
+                        biased;
+                        r = stop.changed() => {
+                            if let (Ok(()), Some(d)) = (r, *stop.borrow()) {
+                                return Err(Stopped::Drain(d));
+                            }
+                            if stop.has_changed().is_err() {
+                                return Err(Stopped::Drain(tokio::time::Instant::now()));
+                            }
+                        }
+                        s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, s: Settled) {
+        match s {
+            Settled::Acked(p) => {
+                InFlightChanged { delta: -1 }.emit(self.metrics());
+                if let Some((original_bytes, sent_bytes)) = p.truncated {
+                    DeadLetterTruncated { partition: &self.id, offset: p.offset.unwrap_or(-1), original_bytes, sent_bytes }
+                        .emit(self.metrics());
+                }
+                let latency = p.source_ts_ms.map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1000.0);
+                OutputAcked { kind: p.kind, label: &p.label, action: &p.action, latency_seconds: latency }
+                    .emit(self.metrics());
+                if let Some(o) = p.offset {
+                    self.offsets.output_settled(o);
+                }
+            }
+            Settled::Failed(p, error) => {
+                InFlightChanged { delta: -1 }.emit(self.metrics());
+                OutputFailed { partition: &self.id, offset: p.offset.unwrap_or(-1), kind: p.kind, error: &error }
+                    .emit(self.metrics());
+                self.shared.health.permanent_failure(format!("{} on {}: {error}", p.kind.label(), self.id));
+                if let Some(o) = p.offset {
+                    self.offsets.output_settled(o);
+                }
+            }
+            Settled::Retrying(kind, error) => OutputRetried { kind, error: &error }.emit(self.metrics()),
+        }
+    }
+
+    fn swap_model(&mut self) {
+        let art = self.model.borrow_and_update().clone();
+        if let Err(e) = self.engine.swap_model(&art) {
+            tracing::error!(partition = %self.id, error = %e, "model swap refused by the partition's engine");
+        }
+    }
+
+    /// After a batch: this partition is active at its new watermark.
+    fn report_clock(&mut self) {
+        if let Ok(mut c) = self.shared.clocks.lock() {
+            c.report(&self.id, self.engine.watermark(), self.last_message, true);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        if self.model.has_changed().unwrap_or(false) {
+            self.swap_model();
+        }
+        self.advance_idle_clock();
+        self.flush_counts();
+        if let Some(pos) = self.offsets.take_commit() {
+            if let Ok(mut c) = self.shared.committable.lock() {
+                c.insert(self.id.clone(), pos);
+            }
+        }
+        let wm = self.engine.watermark();
+        if wm > Millis::MIN {
+            PartitionClock { partition: &self.id, watermark_ms: wm, now_ms: chrono::Utc::now().timestamp_millis() }
+                .emit(self.metrics());
+        }
+        // The population scan walks every user: every 10th tick, on this partition's own thread.
+        if self.ticks % 10 == 1 {
+            let stats = PartitionStats {
+                users: self.engine.store().len(),
+                state_bytes: self.engine.store().heap_bytes(),
+                population: self.engine.population(),
+                evicted: self.engine.counters.users_evicted,
+            };
+            if let Ok(mut p) = self.shared.populations.lock() {
+                p.insert(self.id.clone(), stats);
+            }
+        }
+    }
+
+    /// Timer outputs belong to no input offset; they are decided again after a restart because
+    /// their due times are deterministic.
+    fn advance_idle_clock(&mut self) {
+        let idle_after = Duration::from_millis(self.shared.cfg.source.idle_timeout.ms().max(0) as u64);
+        let now = Instant::now();
+        let target = match self.shared.clocks.lock() {
+            Ok(mut c) => {
+                c.report(&self.id, self.engine.watermark(), self.last_message, false);
+                c.idle_target(now, idle_after)
+            }
+            Err(_) => None,
+        };
+        let idle = now.duration_since(self.last_message) >= idle_after;
+        let Some(target) = target else { return };
+        if !idle || self.engine.watermark() == Millis::MIN {
+            return;
+        }
+        let mut outputs = std::mem::take(&mut self.outputs);
+        self.engine.advance_watermark(target, &mut |iv| outputs.push(iv));
+        for iv in outputs.drain(..) {
+            let (record, pending) = self.sink.intervention(iv, None, None);
+            // The queue is full only under heavy load, when the partition is not idle; the
+            // decision is made again after a restart.
+            match self.sink.try_send(record, pending) {
+                Ok(()) => InFlightChanged { delta: 1 }.emit(self.metrics()),
+                Err(_) => tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent"),
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    fn flush_counts(&mut self) {
+        EngineProgress { before: &self.flushed, after: &self.engine.counters }.emit(self.metrics());
+        self.flushed = self.engine.counters.clone();
+        MessagesConsumed { partition: &self.id, count: self.consumed - self.consumed_flushed }.emit(self.metrics());
+        self.consumed_flushed = self.consumed;
+    }
+
+    /// Stop reading; wait for outputs in flight until the deadline; return the commit position.
+    async fn finish(mut self, deadline: tokio::time::Instant) -> Option<i64> {
+        while self.sink.in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, self.sink.next()).await {
+                Ok(s) => self.settle(s),
+                Err(_) => {
+                    tracing::warn!(partition = %self.id, in_flight = self.sink.in_flight(), "drain deadline reached with outputs unacknowledged; their offsets stay uncommitted");
+                    break;
+                }
+            }
+        }
+        InFlightChanged { delta: -(self.sink.in_flight() as i64) }.emit(self.metrics());
+        self.flush_counts();
+        if let Ok(mut c) = self.shared.clocks.lock() {
+            c.remove(&self.id);
+        }
+        if let Ok(mut p) = self.shared.populations.lock() {
+            p.remove(&self.id);
+        }
+        self.offsets.position()
+    }
+}

@@ -1,0 +1,128 @@
+//! Rebuild a newly assigned partition's state before it is processed.
+//!
+//! The partition is re-read from its first retained offset up to the group's committed offset
+//! with outputs suppressed: decisions are deterministic, so the rebuilt state and cooldown memory
+//! are those the previous owner had. It runs on a blocking thread with a consumer of its own
+//! (assigned, not subscribed), so the group member keeps polling and heartbeating however long it
+//! takes, and it stops as soon as the partition is revoked or the service shuts down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::engine::Engine;
+use crate::event::parse_event;
+use crate::source::kafka::{kafka_error_code, GroupConsumer, PartitionId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("broker error {0}")]
+    Kafka(String),
+    #[error("no progress for {0:?} (broker unreachable?)")]
+    Stalled(Duration),
+}
+
+impl From<KafkaError> for RestoreError {
+    fn from(e: KafkaError) -> Self {
+        RestoreError::Kafka(kafka_error_code(&e))
+    }
+}
+
+/// The offsets to re-read: `[from, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreRange {
+    pub from: i64,
+    pub until: i64,
+}
+
+/// What to re-read for `partition`: up to the group's committed offset, within what the broker
+/// still holds. `None` when nothing was committed (consumption starts per `auto.offset.reset`
+/// and the live stream itself builds the state) or nothing before it is retained.
+pub fn plan(consumer: &GroupConsumer, partition: &PartitionId, timeout: Duration) -> Result<Option<RestoreRange>, RestoreError> {
+    let committed = consumer.committed_offsets(partition.list(), timeout)?;
+    let Some(Offset::Offset(committed)) = committed.find_partition(partition.topic(), partition.partition()).map(|e| e.offset())
+    else {
+        return Ok(None);
+    };
+    let (low, high) = consumer.fetch_watermarks(partition.topic(), partition.partition(), timeout)?;
+    let until = committed.min(high);
+    Ok((until > low).then_some(RestoreRange { from: low, until }))
+}
+
+/// Settings of the restore consumer: the `[kafka]` pass-through plus its own.
+pub fn consumer_settings(base: &ClientConfig, group_id: &str) -> ClientConfig {
+    let mut c = base.clone();
+    // Never joins the group (it is assigned, not subscribed); the id only satisfies librdkafka.
+    c.set("group.id", format!("{group_id}-restore"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true");
+    c
+}
+
+/// Re-read `range` of `partition` into `engine` with outputs suppressed. `progress` receives the
+/// events read since its last call, about every 64k events. Returns the number of messages read.
+pub fn restore(
+    settings: &ClientConfig,
+    partition: &PartitionId,
+    range: RestoreRange,
+    engine: &mut Engine,
+    max_event_bytes: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, RestoreError> {
+    const REPORT_EVERY: u64 = 65_536;
+    const STALL: Duration = Duration::from_secs(30);
+    let c: BaseConsumer = settings.create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(partition.topic(), partition.partition(), Offset::Offset(range.from))?;
+    c.assign(&tpl)?;
+    let mut n = 0u64;
+    let mut reported = 0u64;
+    let mut last_progress = Instant::now();
+    let mut discard = |_| {};
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RestoreError::Cancelled);
+        }
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                if m.offset() >= range.until {
+                    break;
+                }
+                if let Ok(ev) = parse_event(m.payload().unwrap_or(&[]), max_event_bytes) {
+                    engine.ingest(&ev, &mut discard);
+                }
+                n += 1;
+                if n - reported >= REPORT_EVERY {
+                    progress(n - reported);
+                    reported = n;
+                }
+                if m.offset() + 1 >= range.until {
+                    break;
+                }
+            }
+            // The end of what the broker holds: records up to `until` may have been removed.
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                tracing::warn!(partition = %partition, error = %kafka_error_code(&e), "restore read error; continuing");
+            }
+            None => {
+                if last_progress.elapsed() >= STALL {
+                    return Err(RestoreError::Stalled(STALL));
+                }
+            }
+        }
+    }
+    progress(n - reported);
+    // Restored decisions were made (and acknowledged) by the previous owner.
+    engine.counters = Default::default();
+    Ok(n)
+}
