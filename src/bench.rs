@@ -176,6 +176,12 @@ pub struct KafkaBenchOptions {
     /// Events per second for the latency run, as a share of the measured service rate.
     pub latency_load: f64,
     pub latency_seconds: u64,
+    /// Worker counts to measure the service at.
+    pub workers: Vec<usize>,
+    /// Rounds; figures are reported as min and median.
+    pub repeat: usize,
+    /// `[kafka]` overrides for the service and the bare consumer.
+    pub kafka: Vec<(String, String)>,
 }
 
 /// The q-quantile of a Prometheus histogram, interpolated within its bucket.
@@ -266,11 +272,16 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
 
 /// Consume `n` messages with a bare librdkafka consumer doing nothing else; events/s from the
 /// first message to the last (the group join is excluded).
-async fn bare_rate(brokers: &str, topic: &str, n: usize) -> Result<f64> {
+async fn bare_rate(brokers: &str, topic: &str, n: usize, kafka: &[(String, String)], round: usize) -> Result<f64> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let c: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-bare-{}", std::process::id()))
+    let mut cc = rdkafka::config::ClientConfig::new();
+    // The same librdkafka settings as the service's, so that only the processing differs.
+    cc.set("bootstrap.servers", brokers).set("fetch.queue.backoff.ms", "10").set("fetch.wait.max.ms", "100");
+    for (k, v) in kafka {
+        cc.set(k, v);
+    }
+    let c: StreamConsumer = cc
+        .set("group.id", format!("bench-bare-{}-{round}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
@@ -294,8 +305,53 @@ fn consumed(m: &crate::telemetry::Metrics) -> f64 {
     m.events_consumed.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum()
 }
 
+/// Run the service in a runtime of its own with `workers` threads until `stop` fires.
+fn spawn_service(
+    cfg: crate::config::Config,
+    workers: usize,
+) -> Result<(
+    std::sync::Arc<crate::telemetry::Metrics>,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<crate::pipeline::kafka::RunSummary>>,
+)> {
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let handle = std::thread::spawn(move || {
+        rt.block_on(crate::service::run(
+            cfg,
+            m,
+            async {
+                let _ = rx.await;
+            },
+            |_| {},
+        ))
+    });
+    Ok((metrics, tx, handle))
+}
+
+fn min_median(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s.first().copied().unwrap_or(f64::NAN), s.get(s.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
+/// The engine alone on the same events, one core: parse, features, score, policy.
+fn engine_rate(items: &[(String, Vec<u8>)], model: &ModelArtifact) -> f64 {
+    let mut engine = Engine::new(model, PolicyConfig::default(), EngineConfig::default());
+    let mut outputs = 0u64;
+    let t = Instant::now();
+    for (_, line) in items {
+        if let Ok(ev) = crate::event::parse_event(line, DEFAULT_MAX_EVENT_BYTES) {
+            engine.ingest(&ev, &mut |_| outputs += 1);
+        }
+    }
+    std::hint::black_box(outputs);
+    items.len() as f64 / t.elapsed().as_secs_f64()
+}
+
 pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
-    use std::sync::Arc;
     let tag = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
     let events = format!("bench-events-{tag}");
     let live = format!("bench-live-{tag}");
@@ -304,79 +360,132 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
         .await?;
     let items = sim_lines(o.users, o.days)?;
     let n = items.len();
+    let model = ModelArtifact::load(&o.model)?;
     let producer: rdkafka::producer::FutureProducer =
         rdkafka::config::ClientConfig::new().set("bootstrap.servers", &o.brokers).set("linger.ms", "20").create()?;
     let t = Instant::now();
     produce(&producer, &events, &items, None).await?;
     let produce_rate = n as f64 / t.elapsed().as_secs_f64();
-    let bare = bare_rate(&o.brokers, &events, n).await?;
 
     let mut cfg = crate::config::Config::default();
     cfg.kafka.insert("bootstrap.servers".into(), o.brokers.clone());
     cfg.kafka.insert("session.timeout.ms".into(), "6000".into());
+    for (k, v) in &o.kafka {
+        cfg.kafka.insert(k.clone(), v.clone());
+    }
     cfg.source.topics = vec![events.clone()];
-    cfg.source.group_id = format!("bench-svc-{tag}");
     cfg.sink.interventions_topic = iv.clone();
     cfg.sink.control_topic = ctl.clone();
     cfg.sink.dead_letter_topic = dlq.clone();
     cfg.model.path = o.model.clone();
     cfg.http.listen = "127.0.0.1:0".into();
-    // Counts reach the registry at each commit tick; a short tick keeps the timing resolution fine.
+    // Counts reach the registry at each worker tick; a short tick keeps the timing resolution fine.
     cfg.sink.commit_interval = Span(20);
     cfg.validate()?;
-    let run_service = |cfg: crate::config::Config| {
-        let metrics = Arc::new(crate::telemetry::Metrics::new());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let m = metrics.clone();
-        let task = tokio::spawn(async move {
-            crate::service::run(
-                cfg,
-                m,
-                async {
-                    let _ = rx.await;
-                },
-                |_| {},
-            )
-            .await
-        });
-        (metrics, tx, task)
-    };
-    let (metrics, stop, task) = run_service(cfg.clone());
-    let mut first = None;
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let c = consumed(&metrics);
-        if c > 0.0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if c >= n as f64 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let svc_secs = first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64());
-    let svc_rate = n as f64 / svc_secs;
-    let outputs = metrics.interventions.collect_total() + metrics.control.collect_total();
-    let _ = stop.send(());
-    task.await??;
 
-    // Latency below saturation: a live stream at a fixed share of the measured rate.
-    let rate = (svc_rate.min(bare) * o.latency_load).max(100.0);
+    // Side by side, interleaved per round so that machine noise hits every side alike.
+    let mut bare = Vec::new();
+    let mut engine = Vec::new();
+    let mut service: Vec<Vec<f64>> = vec![Vec::new(); o.workers.len()];
+    let mut outputs = 0.0;
+    for round in 0..o.repeat.max(1) {
+        bare.push(bare_rate(&o.brokers, &events, n, &o.kafka, round).await?);
+        engine.push(engine_rate(&items, &model));
+        for (i, &w) in o.workers.iter().enumerate() {
+            let mut c = cfg.clone();
+            c.source.group_id = format!("bench-svc-{tag}-{round}-{w}");
+            c.runtime.workers = w;
+            let (metrics, stop, handle) = spawn_service(c, w)?;
+            let mut first = None;
+            let deadline = Instant::now() + std::time::Duration::from_secs(900);
+            loop {
+                let got = consumed(&metrics);
+                if got > 0.0 {
+                    first.get_or_insert_with(Instant::now);
+                }
+                if got >= n as f64 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            service[i].push(n as f64 / first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64()));
+            outputs = metrics.interventions.collect_total() + metrics.control.collect_total();
+            let _ = stop.send(());
+            handle.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+        }
+    }
+
+    // Latency below saturation: a live stream at a fixed share of the fastest measured rate.
+    let best = service.iter().flatten().copied().fold(0.0, f64::max);
+    let (_, bare_median) = min_median(&bare);
+    let rate = (best.min(bare_median) * o.latency_load).max(100.0);
     let live_n = ((rate * o.latency_seconds as f64) as usize).min(n);
-    cfg.source.topics = vec![live.clone()];
-    cfg.source.group_id = format!("bench-live-{tag}");
-    let (metrics, stop, task) = run_service(cfg);
+    let w = o.workers.iter().copied().max().unwrap_or(1);
+    let mut c = cfg.clone();
+    c.source.topics = vec![live.clone()];
+    c.source.group_id = format!("bench-live-{tag}");
+    c.runtime.workers = w;
+    let (metrics, stop, handle) = spawn_service(c, w)?;
     // Let the consumer join the group before the clock starts.
     let join_deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while metrics.ready.get() == 0 && Instant::now() < join_deadline {
+    while metrics.partitions_assigned.get() == 0 && Instant::now() < join_deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     produce(&producer, &live, &items[..live_n], Some(rate)).await?;
     let drain_deadline = Instant::now() + std::time::Duration::from_secs(60);
     while consumed(&metrics) < live_n as f64 && Instant::now() < drain_deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let merged = merged_latency(&metrics);
+    let _ = stop.send(());
+    handle.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+    let (p50, p99) = (histogram_quantile(&merged, 0.5), histogram_quantile(&merged, 0.99));
+
+    let (bare_min, bare_med) = min_median(&bare);
+    let (eng_min, eng_med) = min_median(&engine);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "broker: {}; topic: {} partitions; {n} simulator events ({} users, {} days); {} rounds, min / median\n\n",
+        o.brokers,
+        o.partitions,
+        o.users,
+        o.days,
+        o.repeat.max(1)
+    ));
+    out.push_str("| measurement | min | median |\n|---|---|---|\n");
+    out.push_str(&format!("| produce rate (setup, one run) | {produce_rate:.0} | |\n"));
+    out.push_str(&format!("| bare librdkafka consumer, no processing (events/s) | {bare_min:.0} | {bare_med:.0} |\n"));
+    out.push_str(&format!("| engine alone, one core, same events (events/s) | {eng_min:.0} | {eng_med:.0} |\n"));
+    for (i, w) in o.workers.iter().enumerate() {
+        let (mn, md) = min_median(&service[i]);
+        out.push_str(&format!(
+            "| churnguard run, {w} worker(s) (events/s, outputs acked, offsets committed) | {mn:.0} | {md:.0} |\n"
+        ));
+        out.push_str(&format!(
+            "| ... per worker / engine on one core | {:.0}% | {:.0}% |\n",
+            100.0 * mn / *w as f64 / eng_med,
+            100.0 * md / *w as f64 / eng_med
+        ));
+        out.push_str(&format!(
+            "| ... / bare consumer | {:.0}% | {:.0}% |\n",
+            100.0 * mn / bare_med,
+            100.0 * md / bare_med
+        ));
+    }
+    out.push_str(&format!("| outputs published per throughput run | {outputs:.0} | |\n"));
+    out.push_str(&format!("| latency run: fixed rate, {w} worker(s) | {rate:.0} events/s for {live_n} events | |\n"));
+    out.push_str(&format!(
+        "| event-to-intervention p50 / p99 (Kafka timestamp to broker ack, {} interventions) | {:.1} ms | {:.1} ms |\n",
+        merged.get_sample_count(),
+        p50 * 1e3,
+        p99 * 1e3
+    ));
+    Ok(out)
+}
+
+fn merged_latency(metrics: &crate::telemetry::Metrics) -> prometheus::proto::Histogram {
     let mut merged = prometheus::proto::Histogram::default();
     let fams = prometheus::core::Collector::collect(&metrics.event_to_intervention_seconds);
     let mut buckets: Vec<(f64, u64)> = Vec::new();
@@ -405,20 +514,7 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
             })
             .collect(),
     );
-    let _ = stop.send(());
-    task.await??;
-    let (p50, p99) = (histogram_quantile(&merged, 0.5), histogram_quantile(&merged, 0.99));
-    let mut out = String::new();
-    out.push_str(&format!("broker: {} (tansu, memory storage, loopback); topic: {} partitions; {n} simulator events ({} users, {} days)\n\n", o.brokers, o.partitions, o.users, o.days));
-    out.push_str("| measurement | value |\n|---|---|\n");
-    out.push_str(&format!("| produce rate (setup) | {produce_rate:.0} events/s |\n"));
-    out.push_str(&format!("| bare librdkafka consumer, no processing | {bare:.0} events/s |\n"));
-    out.push_str(&format!("| churnguard run (parse, features, score, policy, outputs acknowledged, offsets committed) | {svc_rate:.0} events/s |\n"));
-    out.push_str(&format!("| ratio service / bare | {:.0}% |\n", 100.0 * svc_rate / bare));
-    out.push_str(&format!("| outputs published during the throughput run | {outputs:.0} |\n"));
-    out.push_str(&format!("| latency run: fixed rate | {rate:.0} events/s for {live_n} events |\n"));
-    out.push_str(&format!("| event-to-intervention latency p50 / p99 (Kafka timestamp to broker ack, {count} interventions) | {:.1} ms / {:.1} ms |\n", p50 * 1e3, p99 * 1e3));
-    Ok(out)
+    merged
 }
 
 trait CollectTotal {

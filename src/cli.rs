@@ -96,7 +96,7 @@ pub enum BenchCommand {
     Kafka {
         #[arg(long, env = "CHURNGUARD_KAFKA_BROKERS")]
         brokers: String,
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 40_000)]
         users: u64,
         #[arg(long, default_value_t = 120)]
         days: u32,
@@ -109,6 +109,15 @@ pub enum BenchCommand {
         latency_load: f64,
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
+        /// Worker counts to measure the service at (comma-separated).
+        #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        /// Rounds; every figure is reported as min and median.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        repeat: usize,
+        /// A librdkafka setting for the service and the bare consumer, as in [kafka] (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        kafka: Vec<(String, String)>,
     },
 }
 
@@ -271,6 +280,9 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             latency_load,
             latency_seconds,
+            workers,
+            repeat,
+            kafka,
         }) => {
             let o = crate::bench::KafkaBenchOptions {
                 brokers,
@@ -280,6 +292,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 model,
                 latency_load,
                 latency_seconds,
+                workers,
+                repeat,
+                kafka,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
             print!("{report}");
@@ -294,17 +309,33 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, e.g. fetch.queue.backoff.ms=10 (got {} bytes without '=')", s.len())),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The service's runtime: `runtime.workers` threads run the partition workers.
+fn service_runtime(cfg: &crate::config::Config) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.runtime.worker_threads())
+        .thread_name("churnguard-worker")
+        .enable_all()
+        .build()?)
 }
 
 fn run_cmd(a: RunArgs) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
-    let summary =
-        runtime()?.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        }))?;
+    let rt = service_runtime(&cfg)?;
+    let summary = rt.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }))?;
     eprintln!(
         "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
         summary.consumed, summary.valid, summary.dead_lettered, summary.interventions, summary.control

@@ -127,6 +127,25 @@ impl Default for ShutdownConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that process partitions (each assigned partition is a task on them). 0 = one per
+    /// core. Restores run on separate blocking threads; the consumer group is polled on its own.
+    pub workers: usize,
+}
+
+impl RuntimeConfig {
+    /// The configured count, or the machine's cores for 0.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Passed through to librdkafka for the consumer and the producer (TLS, SASL, ...).
     pub kafka: BTreeMap<String, String>,
@@ -137,6 +156,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
+    pub runtime: RuntimeConfig,
 }
 
 /// librdkafka settings churnguard owns; setting them in [kafka] would break at-least-once.
@@ -215,6 +235,9 @@ impl Config {
             if self.source.topics.contains(v) {
                 return Err(invalid(k, format!("{v:?} is also a source topic; outputs would be read back as events")));
             }
+        }
+        if self.runtime.workers > 1024 {
+            return Err(invalid("runtime.workers", "at most 1024 (0 = one per core)"));
         }
         if s.max_in_flight == 0 {
             return Err(invalid("sink.max_in_flight", "must be positive"));

@@ -28,6 +28,7 @@ pub async fn run(
         .with_label_values(&[&model.model_version, &model.created_at, &model.feature_names.len().to_string()])
         .set(1);
     metrics.model_loaded.set(1);
+    metrics.workers.set(cfg.runtime.worker_threads() as i64);
     let health = Arc::new(Health::new());
     health.set_model_loaded(true);
     let addr: SocketAddr = cfg.http.listen.parse().context("http.listen")?;

@@ -148,6 +148,13 @@ allowed_lateness = "1s"
         ))
     }
 
+    /// Add a `[kafka]` setting to the config.
+    fn kafka_setting(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen("[kafka]\n", &format!("[kafka]\n\"{key}\" = \"{value}\"\n"), 1);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
     }
@@ -640,4 +647,183 @@ async fn model_reload_swaps_between_events_and_rejects_bad_models() {
     let high = quiet.iter().find(|i| i.tier == "high").expect("high after the swap");
     assert_eq!(medium.model_version, "test-silence-1");
     assert_eq!(high.model_version, "test-silence-2", "decisions after the reload name the new model");
+}
+
+/// Produce `(partition, key, payload)` to explicit partitions and wait for every delivery.
+async fn produce_to(brokers: &str, topic: &str, items: &[(i32, String, Vec<u8>)]) {
+    use rdkafka::producer::FutureRecord;
+    let p = common::producer(brokers);
+    let mut pending = Vec::new();
+    for (part, k, v) in items {
+        let rec = FutureRecord::to(topic).partition(*part).key(k.as_bytes()).payload(v.as_slice());
+        pending.push(p.send(rec, Duration::from_secs(30)));
+    }
+    for d in futures::future::join_all(pending).await {
+        d.unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Failure 1 of the runtime issue: a dead letter larger than the producer's message.max.bytes
+/// used to be retried forever, stalling every partition and ignoring SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_dead_letter_is_sent_truncated_and_stalls_nothing() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "poison", 2).await;
+    let h = Harness::with(&brokers, &t, "max_event_bytes = 200000", "");
+    h.kafka_setting("message.max.bytes", "20000");
+    h.kafka_setting("sasl.password", "hunter2-secret");
+
+    let poison = format!("{{\"not json {}", "x".repeat(60_000)).into_bytes();
+    let private = br#"{"user_id":"p1","event_type":"login","ts":"jane.doe@example.com"}"#.to_vec();
+    let mut items: Vec<(i32, String, Vec<u8>)> = Vec::new();
+    for i in 0..40 {
+        let (k, v) = event(&format!("u{i}"), "login", T0 + i * HOUR_MS);
+        items.push(((i % 2) as i32, k, v));
+    }
+    items.insert(5, (0, "poison".into(), poison.clone()));
+    items.insert(6, (1, "private".into(), private));
+    produce_to(&brokers, &t.events, &items).await;
+    let child = h.start();
+    let dlq = common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq"), 2, Duration::from_secs(60)).await;
+    let cut = dlq.iter().find(|m| m.key() == Some(b"poison")).expect("the oversized dead letter arrives");
+    assert_eq!(header(cut, "churnguard.truncated").as_deref(), Some("true"));
+    assert_eq!(header(cut, "churnguard.original.bytes"), Some(poison.len().to_string()));
+    let sent = cut.payload().unwrap_or_default();
+    assert!(sent.len() < 20_000 && poison.starts_with(sent), "a prefix of the original, {} bytes", sent.len());
+    // Every other message on both partitions is processed, and the counts balance.
+    let balanced = wait_for(Duration::from_secs(30), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == items.len() as f64
+            && h.metric_sum("churnguard_dead_lettered_total", "") == 2.0)
+            .then_some(())
+    })
+    .await;
+    assert!(balanced.is_some(), "not every message was processed:\n{}", h.metrics());
+    assert_eq!(h.metric_sum("churnguard_dead_letters_truncated_total", ""), 1.0);
+    let started = Instant::now();
+    let st = stop(child, "-TERM");
+    assert!(st.success(), "exit status {st:?}; log:\n{}", h.log());
+    assert!(started.elapsed() < Duration::from_secs(35), "SIGTERM honoured within shutdown.timeout");
+    // No secret and no user content in logs or headers.
+    let log = h.log();
+    for needle in ["hunter2-secret", "jane.doe@example.com"] {
+        assert!(!log.contains(needle), "{needle} leaked into the log:\n{log}");
+        for m in &dlq {
+            for hd in m.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
+                let v = String::from_utf8_lossy(hd.value.unwrap_or_default());
+                assert!(!v.contains(needle), "{needle} leaked into header {}", hd.key);
+            }
+        }
+    }
+}
+
+/// Failure 2: a partition with no new input after a restart used to get no engine, so its
+/// silent users were never flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flagged() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "quietpart", 2).await;
+    let h = Harness::new(&brokers, &t, "");
+    // Partition 0: 20 users active for two days, then silent. Partition 1: busy users.
+    let mut first: Vec<(i32, String, Vec<u8>)> = Vec::new();
+    for d in 0..3i64 {
+        for u in 0..20 {
+            if d < 2 {
+                let (k, v) = event(&format!("q{u:02}"), "login", T0 + d * DAY_MS + u);
+                first.push((0, k, v));
+            }
+        }
+        for b in 0..4 {
+            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
+            first.push((1, k, v));
+        }
+    }
+    produce_to(&brokers, &t.events, &first).await;
+    let child = h.start();
+    let all_read = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
+    })
+    .await;
+    assert!(all_read.is_some(), "first run did not read everything:\n{}", h.log());
+    // Let the commit tick pass, then restart gracefully.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stop(child, "-TERM").success());
+    let child = h.start();
+    // Only partition 1 gets new input: six weeks of busy users.
+    let mut later: Vec<(i32, String, Vec<u8>)> = Vec::new();
+    for d in 3..45i64 {
+        for b in 0..4 {
+            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
+            later.push((1, k, v));
+        }
+    }
+    produce_to(&brokers, &t.events, &later).await;
+    let mut flagged = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while flagged.len() < 20 && Instant::now() < deadline {
+        for topic in [&t.interventions, &t.control] {
+            for iv in interventions(&read_all(&brokers, topic, Duration::from_secs(2), Duration::from_secs(8)).await) {
+                if iv.user_id.starts_with('q') {
+                    assert_eq!(iv.trigger, Trigger::Silence, "{iv:?}");
+                    flagged.insert(iv.user_id);
+                }
+            }
+        }
+    }
+    let st = stop(child, "-TERM");
+    assert_eq!(flagged.len(), 20, "silent users of the quiet partition flagged: {flagged:?}; log:\n{}", h.log());
+    assert!(st.success());
+    assert!(h.log().contains("state restored"), "the quiet partition was restored on assignment:\n{}", h.log());
+}
+
+/// Failure 3: a restore longer than max.poll.interval.ms used to run inside the poll loop, so the
+/// member left the group, the partition was reassigned and the restore started over, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_stable() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "longrestore", 1).await;
+    let h = Harness::new(&brokers, &t, "");
+    h.kafka_setting("max.poll.interval.ms", "6000");
+    // History the group has already processed: committed at its end, so it is restored.
+    const N: i64 = 400_000;
+    let history: Vec<(i32, String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let (k, v) = event(&format!("h{}", i % 5000), "login", T0 + i * 60_000);
+            (0, k, v)
+        })
+        .collect();
+    for chunk in history.chunks(50_000) {
+        produce_to(&brokers, &t.events, chunk).await;
+    }
+    {
+        let c = common::consumer(&brokers, &t.group, &[]);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&t.events, 0, Offset::Offset(N)).expect("tpl");
+        c.assign(&tpl).expect("assign");
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("committing the history's end");
+    }
+    let child = h.start();
+    let restored = wait_for(Duration::from_secs(240), || {
+        (h.metric_sum("churnguard_restored_events_total", "") == N as f64
+            && h.metric_sum("churnguard_restoring_partitions", "") == 0.0)
+            .then_some(())
+    })
+    .await;
+    assert!(restored.is_some(), "restore did not finish:\n{}\n{}", h.metrics(), h.log());
+    let secs = h.metric_sum("churnguard_restore_duration_seconds_sum", "");
+    assert!(secs > 6.0, "the restore must outlast max.poll.interval.ms (6 s) to prove anything; took {secs} s");
+    // New input after the restore is processed, and the group never rebalanced.
+    let (k, v) = event("after", "login", T0 + (N + 10) * 60_000);
+    produce_to(&brokers, &t.events, &[(0, k, v)]).await;
+    let processed = wait_for(Duration::from_secs(30), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == 1.0).then_some(())
+    })
+    .await;
+    assert!(processed.is_some(), "input after the restore was not processed:\n{}", h.metrics());
+    assert_eq!(h.metric_sum("churnguard_rebalances_total", "kind=\"assign\""), 1.0, "{}", h.log());
+    assert_eq!(h.log().matches("restoring state in the background").count(), 1, "one restore, not a loop");
+    assert!(stop(child, "-TERM").success());
 }

@@ -210,7 +210,6 @@ impl PartitionRevoked<'_> {
     }
 }
 
-
 /// How many partitions this instance holds now.
 pub struct AssignmentChanged {
     pub partitions: usize,
@@ -280,7 +279,11 @@ impl OffsetsCommitted<'_> {
             None => m.commits.with_label_values(&["ok"]).inc(),
             Some(e) => {
                 m.commits.with_label_values(&["error"]).inc();
-                tracing::warn!(partitions = self.partitions, error = e, "offset commit failed; retried at the next tick");
+                tracing::warn!(
+                    partitions = self.partitions,
+                    error = e,
+                    "offset commit failed; retried at the next tick"
+                );
             }
         }
     }

@@ -30,7 +30,9 @@ use crate::pipeline::events::{
 use crate::pipeline::health::Health;
 use crate::pipeline::partition::{PartitionWorker, Shared};
 use crate::sink::kafka::{Topics, DEFAULT_MESSAGE_MAX_BYTES};
-use crate::source::kafka::{self as source, kafka_error_code, GroupConsumer, PartitionId, PartitionQueue, RebalanceListener};
+use crate::source::kafka::{
+    self as source, kafka_error_code, GroupConsumer, PartitionId, PartitionQueue, RebalanceListener,
+};
 use crate::telemetry::Metrics;
 
 pub use crate::sink::kafka::dlq_headers;
@@ -114,7 +116,9 @@ impl Workers {
             match h.done.recv_timeout(wait) {
                 Ok(Some(pos)) => out.push((p, pos)),
                 Ok(None) => {}
-                Err(_) => tracing::warn!(partition = %p, "worker did not stop in time; its last offset stays uncommitted"),
+                Err(_) => {
+                    tracing::warn!(partition = %p, "worker did not stop in time; its last offset stays uncommitted")
+                }
             }
         }
         if let Ok(mut c) = self.shared.committable.lock() {
@@ -235,7 +239,10 @@ impl Service {
             clocks: Default::default(),
             committable: Default::default(),
             populations: Default::default(),
-            restore_settings: crate::pipeline::restore::consumer_settings(&self.client_config(), &self.cfg.source.group_id),
+            restore_settings: crate::pipeline::restore::consumer_settings(
+                &self.client_config(),
+                &self.cfg.source.group_id,
+            ),
             message_max_bytes,
             shadow: self.shadow.clone().map(Arc::new),
         });
@@ -295,7 +302,8 @@ impl Service {
         self.health.set_stopping();
         ReadinessChanged { ready: false }.emit(&self.metrics);
         prober.abort();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown.timeout.ms().max(1) as u64);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown.timeout.ms().max(1) as u64);
         let all = workers.all();
         let w = workers.clone();
         let positions = tokio::task::spawn_blocking(move || w.stop(&all, deadline)).await.unwrap_or_default();

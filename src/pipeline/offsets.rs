@@ -125,7 +125,10 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![(0u8..3).prop_map(|outputs| Op::Message { outputs }), any::<usize>().prop_map(|pick| Op::Ack { pick })]
+        prop_oneof![
+            (0u8..3).prop_map(|outputs| Op::Message { outputs }),
+            any::<usize>().prop_map(|pick| Op::Ack { pick })
+        ]
     }
 
     proptest! {

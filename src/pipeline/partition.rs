@@ -23,9 +23,8 @@ use crate::event::parse_event;
 use crate::intervention::Intervention;
 use crate::model::ModelArtifact;
 use crate::pipeline::events::{
-    Backpressured, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged, MessageTimed,
-    MessagesConsumed, OutputAcked, OutputFailed, OutputRetried, PartitionClock, RestoreFinished, RestoreProgress,
-    RestoreStarted,
+    Backpressured, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged, MessageTimed, MessagesConsumed,
+    OutputAcked, OutputFailed, OutputRetried, PartitionClock, RestoreFinished, RestoreProgress, RestoreStarted,
 };
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
@@ -323,8 +322,13 @@ impl PartitionWorker {
                 Ok(())
             }
             Ok((_, Err(why))) => {
-                RestoreFinished { partition: &self.id, events: 0, seconds: started.elapsed().as_secs_f64(), failed: Some(&why) }
-                    .emit(self.metrics());
+                RestoreFinished {
+                    partition: &self.id,
+                    events: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                    failed: Some(&why),
+                }
+                .emit(self.metrics());
                 Err(deadline.unwrap_or_else(tokio::time::Instant::now))
             }
             Err(join) => {
@@ -365,7 +369,8 @@ impl PartitionWorker {
         self.outputs = outputs;
         self.offsets.processed(offset);
         if let Some(s) = started {
-            MessageTimed { processing_seconds: s.elapsed().as_secs_f64(), scoring_seconds: scoring }.emit(self.metrics());
+            MessageTimed { processing_seconds: s.elapsed().as_secs_f64(), scoring_seconds: scoring }
+                .emit(self.metrics());
         }
         Ok(())
     }
@@ -408,10 +413,16 @@ impl PartitionWorker {
             Settled::Acked(p) => {
                 InFlightChanged { delta: -1 }.emit(self.metrics());
                 if let Some((original_bytes, sent_bytes)) = p.truncated {
-                    DeadLetterTruncated { partition: &self.id, offset: p.offset.unwrap_or(-1), original_bytes, sent_bytes }
-                        .emit(self.metrics());
+                    DeadLetterTruncated {
+                        partition: &self.id,
+                        offset: p.offset.unwrap_or(-1),
+                        original_bytes,
+                        sent_bytes,
+                    }
+                    .emit(self.metrics());
                 }
-                let latency = p.source_ts_ms.map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1000.0);
+                let latency =
+                    p.source_ts_ms.map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1000.0);
                 OutputAcked { kind: p.kind, label: &p.label, action: &p.action, latency_seconds: latency }
                     .emit(self.metrics());
                 if let Some(o) = p.offset {
@@ -501,7 +512,9 @@ impl PartitionWorker {
             // decision is made again after a restart.
             match self.sink.try_send(record, pending) {
                 Ok(()) => InFlightChanged { delta: 1 }.emit(self.metrics()),
-                Err(_) => tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent"),
+                Err(_) => {
+                    tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent")
+                }
             }
         }
         self.outputs = outputs;

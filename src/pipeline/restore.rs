@@ -34,25 +34,26 @@ impl From<KafkaError> for RestoreError {
     }
 }
 
-/// The offsets to re-read: `[from, until)`.
+/// The offsets to re-read: `[from, until)`; records the broker no longer holds are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreRange {
     pub from: i64,
     pub until: i64,
 }
 
-/// What to re-read for `partition`: up to the group's committed offset, within what the broker
-/// still holds. `None` when nothing was committed (consumption starts per `auto.offset.reset`
-/// and the live stream itself builds the state) or nothing before it is retained.
-pub fn plan(consumer: &GroupConsumer, partition: &PartitionId, timeout: Duration) -> Result<Option<RestoreRange>, RestoreError> {
+/// What to re-read for `partition`: from its first retained record up to the group's committed
+/// offset (the end of the partition, if earlier, ends it too). `None` when nothing was committed:
+/// consumption starts per `auto.offset.reset` and the live stream itself builds the state.
+pub fn plan(
+    consumer: &GroupConsumer,
+    partition: &PartitionId,
+    timeout: Duration,
+) -> Result<Option<RestoreRange>, RestoreError> {
     let committed = consumer.committed_offsets(partition.list(), timeout)?;
-    let Some(Offset::Offset(committed)) = committed.find_partition(partition.topic(), partition.partition()).map(|e| e.offset())
-    else {
-        return Ok(None);
-    };
-    let (low, high) = consumer.fetch_watermarks(partition.topic(), partition.partition(), timeout)?;
-    let until = committed.min(high);
-    Ok((until > low).then_some(RestoreRange { from: low, until }))
+    match committed.find_partition(partition.topic(), partition.partition()).map(|e| e.offset()) {
+        Some(Offset::Offset(until)) if until > 0 => Ok(Some(RestoreRange { from: 0, until })),
+        _ => Ok(None),
+    }
 }
 
 /// Settings of the restore consumer: the `[kafka]` pass-through plus its own.
@@ -81,7 +82,8 @@ pub fn restore(
     const STALL: Duration = Duration::from_secs(30);
     let c: BaseConsumer = settings.create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(partition.topic(), partition.partition(), Offset::Offset(range.from))?;
+    let start = if range.from > 0 { Offset::Offset(range.from) } else { Offset::Beginning };
+    tpl.add_partition_offset(partition.topic(), partition.partition(), start)?;
     c.assign(&tpl)?;
     let mut n = 0u64;
     let mut reported = 0u64;

@@ -142,7 +142,12 @@ impl KafkaSink {
     }
 
     /// The record of an intervention or control decision, and what it settles.
-    pub fn intervention(&self, iv: Intervention, offset: Option<i64>, source_ts_ms: Option<i64>) -> (OutRecord, Pending) {
+    pub fn intervention(
+        &self,
+        iv: Intervention,
+        offset: Option<i64>,
+        source_ts_ms: Option<i64>,
+    ) -> (OutRecord, Pending) {
         let control = iv.control;
         let topic = if control { self.topics.control.clone() } else { self.topics.interventions.clone() };
         // An Intervention is plain data (strings and numbers): serialising it cannot fail.
@@ -206,7 +211,8 @@ impl KafkaSink {
     /// Hand a record to the producer. `Err` gives it back when the producer's queue is full:
     /// wait for [`KafkaSink::next`] and try again.
     pub fn try_send(&mut self, record: OutRecord, pending: Pending) -> Result<(), Box<(OutRecord, Pending)>> {
-        let fr = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(record.headers.clone());
+        let fr =
+            FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(record.headers.clone());
         match self.producer.send_result(fr) {
             Ok(delivery) => {
                 self.deliveries.push(Box::pin(async move {
@@ -272,8 +278,10 @@ impl KafkaSink {
         let producer = self.producer.clone();
         self.deliveries.push(Box::pin(async move {
             tokio::time::sleep(after).await;
-            let fr =
-                FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(record.headers.clone());
+            let fr = FutureRecord::to(&record.topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(record.headers.clone());
             let r = match producer.send(fr, Timeout::After(Duration::from_secs(5))).await {
                 Ok(_) => Ok(()),
                 Err((e, m)) => Err((e, m)),

@@ -200,6 +200,10 @@ pub fn spawn_poller(
 }
 
 /// Ask the cluster for one topic's metadata: the cheapest proof that a broker answers.
-pub fn probe(client: &rdkafka::client::Client<impl ClientContext>, topic: &str, timeout: Duration) -> Result<(), String> {
+pub fn probe(
+    client: &rdkafka::client::Client<impl ClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     client.fetch_metadata(Some(topic), timeout).map(|_| ()).map_err(|e| kafka_error_code(&e))
 }
