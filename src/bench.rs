@@ -305,15 +305,15 @@ fn consumed(m: &crate::telemetry::Metrics) -> f64 {
     m.events_consumed.collect().iter().flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().get_value())).sum()
 }
 
-/// Run the service in a runtime of its own with `workers` threads until `stop` fires.
-fn spawn_service(
-    cfg: crate::config::Config,
-    workers: usize,
-) -> Result<(
+/// A service under measurement: its metrics, its stop switch and its thread.
+type BenchService = (
     std::sync::Arc<crate::telemetry::Metrics>,
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<Result<crate::pipeline::kafka::RunSummary>>,
-)> {
+);
+
+/// Run the service in a runtime of its own with `workers` threads until `stop` fires.
+fn spawn_service(cfg: crate::config::Config, workers: usize) -> Result<BenchService> {
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();
