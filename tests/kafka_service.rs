@@ -611,9 +611,20 @@ async fn model_reload_swaps_between_events_and_rejects_bad_models() {
     .await;
     assert!(consumed.is_some(), "log:\n{}", h.log());
     let hup = || Command::new("kill").args(["-HUP", &pid]).status().expect("kill -HUP");
+    // Every change below keeps the file's modification time, so the service's file poll cannot
+    // see it: only SIGHUP can make it reload.
+    let mtime = std::fs::metadata(&h.model).and_then(|m| m.modified()).expect("model mtime");
+    let keep_mtime = || {
+        std::fs::File::options()
+            .write(true)
+            .open(&h.model)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("resetting the model's mtime")
+    };
 
     // A broken model is rejected and the running one keeps serving.
     std::fs::write(&h.model, b"{\"format_version\": 1, \"truncated").expect("write bad model");
+    keep_mtime();
     hup();
     let rejected = wait_for(Duration::from_secs(20), || {
         (h.metric_sum("churnguard_model_reloads_total", "result=\"rejected\"") >= 1.0).then_some(())
@@ -632,6 +643,7 @@ async fn model_reload_swaps_between_events_and_rejects_bad_models() {
         .expect("model")
         .save(&h.model)
         .expect("save");
+    keep_mtime();
     hup();
     let swapped =
         wait_for(Duration::from_secs(20), || h.metrics().contains("model_version=\"test-silence-2\"").then_some(()))
