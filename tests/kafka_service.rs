@@ -839,3 +839,94 @@ async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_st
     assert_eq!(h.log().matches("restoring state in the background").count(), 1, "one restore, not a loop");
     assert!(stop(child, "-TERM").success());
 }
+
+/// The kill -9 loop: ten SIGKILLs at random points, while catching up on a backlog and while
+/// input arrives live. Nothing replay decides is lost, and every duplicate repeats an id with
+/// the same decision. Prints the duplicates per kill (docs/PERFORMANCE.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_at_random_points_lose_nothing() {
+    let Some(brokers) = common::brokers() else { return };
+    let t = Topics::create(&brokers, "killloop", 3).await;
+    let h = Harness::new(&brokers, &t, "");
+    let evs = mixed_stream(150, 60);
+    let expected = h.replay(&evs);
+    assert!(expected.len() > 50, "the stream must produce interventions ({})", expected.len());
+    let producer = common::producer(&brokers);
+    // A seed printed for reproduction; the points vary from run to run.
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    eprintln!("kill loop seed {seed}");
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    const KILLS: usize = 10;
+    // Half the stream is a backlog before the first start; the rest arrives in slices, live.
+    let half = evs.len() / 2;
+    common::produce_all(&producer, &t.events, &evs[..half]).await;
+    let slice = (evs.len() - half).div_ceil(KILLS);
+    for k in 0..KILLS {
+        let before = h.metric_sum("churnguard_events_consumed_total", "");
+        let child = h.start();
+        let from = half + k * slice;
+        let live = &evs[from.min(evs.len())..(from + slice).min(evs.len())];
+        let progressed = wait_for(Duration::from_secs(60), || {
+            (h.metric_sum("churnguard_events_consumed_total", "") > 0.0 || before > 0.0).then_some(())
+        })
+        .await;
+        assert!(progressed.is_some(), "run {k} consumed nothing; log:\n{}", h.log());
+        if k % 2 == 1 {
+            // Live: the slice arrives while the service runs, and the kill lands mid-slice.
+            let p = producer.clone();
+            let topic = t.events.clone();
+            let live = live.to_vec();
+            let send = tokio::spawn(async move { common::produce_all(&p, &topic, &live).await });
+            tokio::time::sleep(Duration::from_millis(next(1500))).await;
+            assert!(!stop(child, "-KILL").success());
+            send.await.expect("producing the live slice");
+        } else {
+            common::produce_all(&producer, &t.events, live).await;
+            tokio::time::sleep(Duration::from_millis(next(1500))).await;
+            assert!(!stop(child, "-KILL").success());
+        }
+    }
+    // A last run drains everything.
+    let child = h.start();
+    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(180)).await;
+    let ctl_msgs = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    assert!(stop(child, "-TERM").success(), "graceful exit after the loop; log:\n{}", h.log());
+    let mut got = interventions(&msgs);
+    got.extend(interventions(&ctl_msgs));
+    let mut by_id: HashMap<&str, &Intervention> = HashMap::new();
+    for iv in &got {
+        if let Some(prev) = by_id.insert(&iv.intervention_id, iv) {
+            assert_eq!(
+                (&prev.user_id, &prev.tier, &prev.event_time, prev.control),
+                (&iv.user_id, &iv.tier, &iv.event_time, iv.control),
+                "a duplicate id must be the same decision"
+            );
+        }
+    }
+    let until = format_rfc3339_ms(T0 + 59 * DAY_MS);
+    let ids = |v: &[Intervention]| -> BTreeSet<String> {
+        v.iter().filter(|i| i.event_time <= until).map(|i| i.intervention_id.clone()).collect()
+    };
+    let (want, have) = (ids(&expected), ids(&got));
+    let missing: Vec<_> = want.difference(&have).collect();
+    let duplicates = got.len() - by_id.len();
+    eprintln!(
+        "kill loop: {KILLS} kills, {} replay decisions, {} lost, {duplicates} duplicates ({:.1} per kill)",
+        want.len(),
+        missing.len(),
+        duplicates as f64 / KILLS as f64
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of {} replay decisions lost (e.g. {:?})",
+        missing.len(),
+        want.len(),
+        missing.first()
+    );
+}
