@@ -409,7 +409,10 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     task.await??;
     let (p50, p99) = (histogram_quantile(&merged, 0.5), histogram_quantile(&merged, 0.99));
     let mut out = String::new();
-    out.push_str(&format!("broker: {} (tansu, memory storage, loopback); topic: {} partitions; {n} simulator events ({} users, {} days)\n\n", o.brokers, o.partitions, o.users, o.days));
+    out.push_str(&format!(
+        "broker: {}; topic: {} partitions; {n} simulator events ({} users, {} days)\n\n",
+        o.brokers, o.partitions, o.users, o.days
+    ));
     out.push_str("| measurement | value |\n|---|---|\n");
     out.push_str(&format!("| produce rate (setup) | {produce_rate:.0} events/s |\n"));
     out.push_str(&format!("| bare librdkafka consumer, no processing | {bare:.0} events/s |\n"));
