@@ -33,9 +33,8 @@
 //! that differ from Kafka's defaults (see `scripts/kafka.sh`):
 //! `group.initial.rebalance.delay.ms=0` (the first group join is not held back
 //! 3 s), one partition and one replica for the internal topics, and
-//! `auto.create.topics.enable=true`. A consumer-group join takes well under a second;
-//! consumers here use `session.timeout.ms=6000` (the broker's minimum,
-//! `group.min.session.timeout.ms`, is 6000).
+//! `auto.create.topics.enable=true`. Consumers here use `session.timeout.ms=6000`
+//! (the broker's minimum, `group.min.session.timeout.ms`, is 6000).
 //!
 //! The broker is shared by all tests of a run, which run in parallel: give every
 //! test its own topics and group ids ([`unique_topic`], [`unique_group`]).
