@@ -26,6 +26,15 @@
 #   pin      Maintainers, after changing a version in scripts/kafka/pom.xml: copy
 #            the jars afresh and rewrite scripts/kafka/jars.sha256 from them.
 #
+# Start time: outside CI, the first broker run on a machine dumps a class-data
+# sharing archive of the classes it loaded (JVM -XX:ArchiveClassesAtExit, written
+# as it exits on stop's TERM: that stop takes 5-15 s longer) next to the jars;
+# later starts map it (-XX:SharedArchiveFile) and the broker comes up in about
+# half the time. Under CI=true no archive is dumped (one start per fresh machine
+# gains nothing), but one that exists is used. The JVM checks the archive against
+# the classpath and its own build and ignores a stale one; a new install or
+# another java makes a new one.
+#
 # Files: the jars in $CACHE/kafka-<version>/libs (CACHE: $CHURNGUARD_KAFKA_CACHE,
 # default ${XDG_CACHE_HOME:-~/.cache}/churnguard; Maven's own downloads stay in
 # ~/.m2). The running broker's state in .cache/kafka/ (gitignored): state (pid,
@@ -35,6 +44,7 @@
 # Environment:
 #   CHURNGUARD_KAFKA_PORT      fixed broker port for `start` (default: a free one)
 #   CHURNGUARD_KAFKA_JVM_OPTS  JVM options (default: see JVM_OPTS below)
+#   CHURNGUARD_KAFKA_CDS       0 to not use or make the class-data archive (see below)
 #   CHURNGUARD_KAFKA_CACHE     where the jars go (see above)
 #   JAVA, MVN                  the java and mvn to use (default: from PATH)
 set -euo pipefail
@@ -127,9 +137,11 @@ cmd_install() {
         rm -rf "$tmp"
         die "CHECKSUM MISMATCH: the jars Maven delivered for Kafka $KAFKA_VERSION do not match \
 ${SUMS#"$ROOT"/} (nothing installed). If scripts/kafka/pom.xml was changed on purpose, \
-run scripts/kafka.sh pin and review the diff."
+run scripts/kafka.sh pin and review the diff. Otherwise a corrupt copy in Maven's local \
+repository (${MAVEN_REPO_LOCAL:-$HOME/.m2/repository}) can cause this: delete the jar named above there and retry."
     fi
     rm -rf "$LIBS"
+    rm -f "$(dirname "$LIBS")"/classes-*.jsa # made for the old jars
     mv "$tmp" "$LIBS"
     say "installed Kafka $KAFKA_VERSION in $LIBS ($(wc -l <"$SUMS") jars, sha256 ok)"
 }
@@ -260,24 +272,54 @@ logger.state.level = warn
 EOF
 }
 
+# The jars in the order of $SUMS, as a classpath: a fixed order (a wildcard
+# expands in directory order), so the class-data archive matches it.
+classpath() {
+    awk -v d="$LIBS" '{ sub(/^\*/, "", $2); printf "%s%s/%s", (NR > 1 ? ":" : ""), d, $2 }' "$SUMS"
+}
+
+# Where the class-data archive for this java and these jars lives.
+cds_archive() {
+    local java key
+    java="$(readlink -f "$(command -v "$JAVA")")"
+    key="$( (echo "$java" && stat -c '%s %Y' "$java" "$(dirname "$java")"/../lib/server/libjvm.so 2>/dev/null &&
+        cat "$SUMS") | sha256sum | cut -c1-16)"
+    echo "$(dirname "$LIBS")/classes-$key.jsa"
+}
+
 # Launch once: 0 when up, 1 when it died early (e.g. lost a port race), 2 on timeout.
 launch() {
     local dir="$1" port="$2" cport="$3"
-    local cp="$LIBS/*" log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties"
+    local cp log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties" cds=()
+    cp="$(classpath)"
+    if [[ "${CHURNGUARD_KAFKA_CDS:-1}" != 0 ]]; then
+        local jsa
+        jsa="$(cds_archive)"
+        if [[ -s "$jsa" ]]; then
+            cds=(-XX:SharedArchiveFile="$jsa" '-Xlog:cds*=error')
+        elif [[ "${CI:-}" != true ]]; then
+            cds=(-XX:ArchiveClassesAtExit="$dir/classes.jsa" '-Xlog:cds*=error') # moved to $jsa by stop
+        fi
+    fi
     write_config "$dir" "$port" "$cport"
     rm -rf "$dir/data"
-    if ! "$JAVA" "${JVM_OPTS[@]}" "$log4j" -cp "$cp" kafka.tools.StorageTool format \
+    # The storage tool maps the archive too, but never dumps one.
+    local fmt_cds=()
+    [[ "${cds[0]:-}" != -XX:SharedArchiveFile=* ]] || fmt_cds=("${cds[@]}")
+    if ! "$JAVA" "${JVM_OPTS[@]}" "${fmt_cds[@]+"${fmt_cds[@]}"}" "$log4j" -cp "$cp" kafka.tools.StorageTool format \
         --cluster-id "$(random_cluster_id)" --config "$dir/server.properties" >"$LOG" 2>&1; then
         say "formatting the storage failed; log:"
         cat "$LOG" >&2
         exit 1
     fi
     # stdin/stdout/stderr all redirected, so callers' pipes never wait on the broker.
-    nohup "$JAVA" "${JVM_OPTS[@]}" "$log4j" -Dkafka.logs.dir="$dir" -cp "$cp" \
+    nohup "$JAVA" "${JVM_OPTS[@]}" "${cds[@]+"${cds[@]}"}" "$log4j" -Dkafka.logs.dir="$dir" -cp "$cp" \
         kafka.Kafka "$dir/server.properties" </dev/null >>"$LOG" 2>&1 &
     local pid=$!
-    printf 'pid=%s\nport=%s\ncontroller_port=%s\ndir=%s\nconfig=%s\nlog=%s\nversion=%s\n' \
-        "$pid" "$port" "$cport" "$dir" "$dir/server.properties" "$LOG" "$KAFKA_VERSION" >"$STATE"
+    local dumps=0
+    [[ "${cds[0]:-}" != -XX:ArchiveClassesAtExit=* ]] || dumps=1
+    printf 'pid=%s\nport=%s\ncontroller_port=%s\ndir=%s\nconfig=%s\nlog=%s\nversion=%s\ncds_dump=%s\n' \
+        "$pid" "$port" "$cport" "$dir" "$dir/server.properties" "$LOG" "$KAFKA_VERSION" "$dumps" >"$STATE"
     local deadline=$((SECONDS + START_TIMEOUT_S))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -329,22 +371,31 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local pid dir
+    local pid dir wait_s=10
     dir="$(state_get dir)"
+    # Dumping the class-data archive at exit takes a while on a busy machine.
+    [[ "$(state_get cds_dump)" != 1 ]] || wait_s=60
     if pid="$(running_pid)"; then
         kill -CONT "$pid" 2>/dev/null || true # a test may have left it frozen (SIGSTOP)
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do
+        ((wait_s == 10)) || say "waiting for Kafka to exit and write its class-data archive (once)"
+        for _ in $(seq $((wait_s * 10))); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null; then
-            say "Kafka (pid $pid) ignored TERM for 10s, sending KILL"
+            say "Kafka (pid $pid) ignored TERM for ${wait_s}s, sending KILL"
             kill -KILL "$pid" 2>/dev/null || true
             for _ in $(seq 50); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
             done
+        elif [[ -n "$dir" && -s "$dir/classes.jsa" ]]; then
+            # Exited on TERM: the archive it dumped at exit is complete.
+            local jsa
+            jsa="$(cds_archive)"
+            cp "$dir/classes.jsa" "$jsa.tmp.$$" && mv -f "$jsa.tmp.$$" "$jsa" &&
+                say "saved the class-data archive for quicker starts: $jsa"
         fi
         say "stopped Kafka (pid $pid); log: $LOG"
     else
