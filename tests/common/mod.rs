@@ -67,7 +67,7 @@ fn missing_message() -> String {
          Run the tests with `bash scripts/test.sh` (it starts Apache Kafka on loopback, \
          sets {BROKERS_ENV} and passes --include-ignored), or start one yourself:\n    \
          bash scripts/kafka.sh start && eval \"$(bash scripts/kafka.sh env)\"\n    \
-         cargo test -- --include-ignored"
+         cargo test --test '*' -- --include-ignored   # integration tests only"
     )
 }
 
