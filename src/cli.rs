@@ -91,7 +91,7 @@ pub enum BenchCommand {
     },
     /// Service throughput through a real broker vs a bare consumer, and latency at a fixed rate.
     #[command(
-        after_help = "Example:\n  bash scripts/broker.sh start && eval \"$(bash scripts/broker.sh env)\"\n  churnguard bench kafka --brokers $CHURNGUARD_KAFKA_BROKERS"
+        after_help = "Example:\n  bash scripts/kafka.sh start && eval \"$(bash scripts/kafka.sh env)\"\n  churnguard bench kafka --brokers $CHURNGUARD_KAFKA_BROKERS"
     )]
     Kafka {
         #[arg(long, env = "CHURNGUARD_KAFKA_BROKERS")]

@@ -81,9 +81,10 @@ fn events(from: i64, n: i64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_frozen_broker_and_nothing_is_lost() {
-    let brokers = common::require_brokers();
+    let brokers = common::brokers();
     let pid = std::env::var("CHURNGUARD_KAFKA_PID")
         .expect("CHURNGUARD_KAFKA_PID is not set: run the tests with `bash scripts/test.sh`, which sets it");
     let topic = common::unique_topic("outage-events");

@@ -295,9 +295,10 @@ fn silent_user_stream(days: i64) -> Vec<(String, Vec<u8>)> {
     evs
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_user_is_flagged_with_no_event_of_their_own() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "silent", 3).await;
     let h = Harness::new(&brokers, &t, "");
     let evs = silent_user_stream(40);
@@ -320,9 +321,10 @@ async fn silent_user_is_flagged_with_no_event_of_their_own() {
     assert!(all.iter().filter(|i| i.user_id.starts_with("busy")).count() == 0, "busy users are never at risk");
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "dlq", 2).await;
     let h = Harness::with(&brokers, &t, "max_event_bytes = 2048", "");
     let mut evs: Vec<(String, Vec<u8>)> = (0..50).map(|i| event(&format!("u{i}"), "login", T0 + i * HOUR_MS)).collect();
@@ -398,9 +400,10 @@ fn mixed_stream(users: usize, days: i64) -> Vec<(String, Vec<u8>)> {
     evs
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_run_matches_replay() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "crash", 3).await;
     let h = Harness::new(&brokers, &t, "");
     let evs = mixed_stream(120, 60);
@@ -457,9 +460,10 @@ async fn sigkill_mid_stream_loses_nothing_and_run_matches_replay() {
     assert!(extra.is_empty(), "run decided {} interventions replay did not (e.g. {:?})", extra.len(), extra.first());
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooldown_holds_and_escalation_goes_through() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "cool", 1).await;
     let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.0\ncooldown = \"20d\"\n");
     // "quiet" goes silent after day 2; "pulse" logs in once a week, so each week it drifts into
@@ -499,9 +503,10 @@ async fn cooldown_holds_and_escalation_goes_through() {
     }
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_share_matches_fraction_and_is_stable_across_restart() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "control", 2).await;
     let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.2\n");
     // 1,500 users each log in once; a heartbeat user keeps the clock moving until they are all
@@ -556,9 +561,10 @@ fn h2_topic(h: &Harness) -> String {
         .to_string()
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_commits_and_exits_zero() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "term", 2).await;
     let h = Harness::new(&brokers, &t, "");
     let evs = mixed_stream(40, 20);
@@ -593,9 +599,10 @@ async fn graceful_shutdown_commits_and_exits_zero() {
     }
 }
 
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_reload_swaps_between_events_and_rejects_bad_models() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "reload", 1).await;
     let h = Harness::new(&brokers, &t, "[policy]\ncontrol_fraction = 0.0\n");
     let evs = silent_user_stream(40);
@@ -681,9 +688,10 @@ fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 
 /// Failure 1 of the runtime issue: a dead letter larger than the producer's message.max.bytes
 /// used to be retried forever, stalling every partition and ignoring SIGTERM.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_dead_letter_is_sent_truncated_and_stalls_nothing() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "poison", 2).await;
     let h = Harness::with(&brokers, &t, "max_event_bytes = 200000", "");
     h.kafka_setting("message.max.bytes", "20000");
@@ -734,9 +742,10 @@ async fn an_oversized_dead_letter_is_sent_truncated_and_stalls_nothing() {
 
 /// Failure 2: a partition with no new input after a restart used to get no engine, so its
 /// silent users were never flagged.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flagged() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "quietpart", 2).await;
     let h = Harness::new(&brokers, &t, "");
     // Partition 0: 20 users active for two days, then silent. Partition 1: busy users.
@@ -793,9 +802,10 @@ async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flag
 
 /// Failure 3: a restore longer than max.poll.interval.ms used to run inside the poll loop, so the
 /// member left the group, the partition was reassigned and the restore started over, forever.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_stable() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "longrestore", 1).await;
     let h = Harness::new(&brokers, &t, "");
     h.kafka_setting("max.poll.interval.ms", "6000");
@@ -843,9 +853,10 @@ async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_st
 /// The kill -9 loop: ten SIGKILLs at random points, while catching up on a backlog and while
 /// input arrives live. Nothing replay decides is lost, and every duplicate repeats an id with
 /// the same decision. Prints the duplicates per kill (docs/PERFORMANCE.md).
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_random_points_lose_nothing() {
-    let Some(brokers) = common::brokers() else { return };
+    let brokers = common::brokers();
     let t = Topics::create(&brokers, "killloop", 3).await;
     let h = Harness::new(&brokers, &t, "");
     let evs = mixed_stream(150, 60);
@@ -868,15 +879,15 @@ async fn ten_sigkills_at_random_points_lose_nothing() {
     common::produce_all(&producer, &t.events, &evs[..half]).await;
     let slice = (evs.len() - half).div_ceil(KILLS);
     for k in 0..KILLS {
-        let before = h.metric_sum("churnguard_events_consumed_total", "");
         let child = h.start();
         let from = half + k * slice;
         let live = &evs[from.min(evs.len())..(from + slice).min(evs.len())];
-        let progressed = wait_for(Duration::from_secs(60), || {
-            (h.metric_sum("churnguard_events_consumed_total", "") > 0.0 || before > 0.0).then_some(())
+        // Killed once it holds its partitions: the kill lands in a restore, a catch-up or live.
+        let joined = wait_for(Duration::from_secs(60), || {
+            (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
         })
         .await;
-        assert!(progressed.is_some(), "run {k} consumed nothing; log:\n{}", h.log());
+        assert!(joined.is_some(), "run {k} got no partitions; log:\n{}", h.log());
         if k % 2 == 1 {
             // Live: the slice arrives while the service runs, and the kill lands mid-slice.
             let p = producer.clone();

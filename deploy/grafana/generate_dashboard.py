@@ -146,7 +146,7 @@ timeseries("Scoring duration (sampled 1 in 16)",
 row("USE: saturation and state")
 timeseries("Consumer lag by partition",
            [(f"sum by (topic, partition) (churnguard_consumer_lag_messages{{{IT}}})", "{{topic}}/{{partition}}")],
-           stack=True, desc="From librdkafka statistics (statistics.interval.ms). Unreliable on tansu.")
+           stack=True, desc="From librdkafka statistics (statistics.interval.ms).")
 timeseries("Event-time lag by partition",
            [(f"max by (topic, partition) (churnguard_event_time_lag_seconds{{{IT}}})", "{{topic}}/{{partition}}")],
            unit="s", desc="Wall clock minus the partition's watermark. Large by design for a historical backfill.")

@@ -2,30 +2,39 @@
 //!
 //! # The rule for tests that need a Kafka broker
 //!
-//! Such tests talk to a real Kafka-protocol broker, whose address they read from
+//! Such tests talk to a real Apache Kafka broker, whose address they read from
 //! `CHURNGUARD_KAFKA_BROKERS` (e.g. `127.0.0.1:40123`). `bash scripts/test.sh`
-//! starts one (tansu, on loopback; see `scripts/broker.sh`) and sets the variable.
+//! starts one (Apache Kafka 4.x, single-node KRaft on loopback; see
+//! `scripts/kafka.sh`), sets the variable and runs the tests with `--include-ignored`.
 //!
-//! * When `CHURNGUARD_KAFKA_BROKERS` is unset, a Kafka test must **FAIL** with a
-//!   message that says how to run it. It must never pass silently without having
-//!   talked to a broker.
-//! * The one exception: `CHURNGUARD_SKIP_KAFKA_TESTS=1` makes the Kafka tests skip
-//!   (return early, passing) — for a quick `cargo test` without a broker. It wins
-//!   over `CHURNGUARD_KAFKA_BROKERS`; `scripts/test.sh` unsets it.
+//! * Every such test is marked
+//!   `#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]`, so a plain
+//!   `cargo test` reports it as ignored, honestly, instead of running it.
+//! * When it does run (`--include-ignored`, `--ignored`) and
+//!   `CHURNGUARD_KAFKA_BROKERS` is unset, it must **FAIL** with a message that says
+//!   how to run it: [`brokers`] panics. It never passes without a broker.
 //!
 //! So every Kafka test starts with
 //!
 //! ```ignore
-//! let Some(brokers) = common::brokers() else { return };
+//! #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn a_kafka_test() {
+//!     let brokers = common::brokers();
 //! ```
 //!
-//! # Broker quirks (tansu 0.6.0, memory storage) tests must not rely on
+//! `CHURNGUARD_KAFKA_PID` (also set by `scripts/test.sh`) is the broker's JVM:
+//! `kill -STOP` freezes it to simulate an outage, `kill -CONT` resumes it.
 //!
-//! * High watermarks and `auto.offset.reset=latest`: not reliable. Consume from
-//!   `earliest` on a fresh, unique topic (see [`unique_topic`]) instead.
-//! * Log compaction and transactions: not supported.
-//! * A consumer-group join takes a few seconds (about `session.timeout.ms / 2`), so
-//!   consumers here use `session.timeout.ms=6000`; allow ~10 s for a first message.
+//! # The broker
+//!
+//! Apache Kafka 4.x (`scripts/kafka/pom.xml`) with one node: high watermarks,
+//! consumer lag, log compaction and transactions work as in production. Settings
+//! that differ from Kafka's defaults (see `scripts/kafka.sh`):
+//! `group.initial.rebalance.delay.ms=0` (the first group join is not held back
+//! 3 s), one partition and one replica for the internal topics, and
+//! `auto.create.topics.enable=true`. Consumers here use `session.timeout.ms=6000`
+//! (the broker's minimum, `group.min.session.timeout.ms`, is 6000).
 //!
 //! The broker is shared by all tests of a run, which run in parallel: give every
 //! test its own topics and group ids ([`unique_topic`], [`unique_group`]).
@@ -46,42 +55,26 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Where the broker is: `host:port[,host:port...]`.
 pub const BROKERS_ENV: &str = "CHURNGUARD_KAFKA_BROKERS";
-/// `1` to skip the Kafka tests when no broker is available.
-pub const SKIP_ENV: &str = "CHURNGUARD_SKIP_KAFKA_TESTS";
+/// The pid of the broker's JVM (for `kill -STOP` / `kill -CONT`), set by `scripts/test.sh`.
+pub const BROKER_PID_ENV: &str = "CHURNGUARD_KAFKA_PID";
 
 /// The session timeout every consumer made here uses (ms).
 pub const SESSION_TIMEOUT_MS: &str = "6000";
 
-fn skip_requested() -> bool {
-    std::env::var(SKIP_ENV).is_ok_and(|v| v.trim() == "1")
-}
-
 fn missing_message() -> String {
     format!(
-        "{BROKERS_ENV} is not set: this test needs a real Kafka-protocol broker.\n\
-         Run the tests with `bash scripts/test.sh` (it starts a tansu broker on loopback and \
-         sets {BROKERS_ENV}), or start one yourself:\n    \
-         bash scripts/broker.sh start && eval \"$(bash scripts/broker.sh env)\"\n\
-         To skip the Kafka tests instead, set {SKIP_ENV}=1."
+        "{BROKERS_ENV} is not set: this test needs a real Kafka broker.\n\
+         Run the tests with `bash scripts/test.sh` (it starts Apache Kafka on loopback, \
+         sets {BROKERS_ENV} and passes --include-ignored), or start one yourself:\n    \
+         bash scripts/kafka.sh start && eval \"$(bash scripts/kafka.sh env)\"\n    \
+         cargo test --test '*' -- --include-ignored   # integration tests only"
     )
 }
 
 /// The broker list for a Kafka test, following the rule in the module docs:
-/// `None` (the test returns early, skipped) only when `CHURNGUARD_SKIP_KAFKA_TESTS=1`;
-/// panics with instructions when `CHURNGUARD_KAFKA_BROKERS` is unset.
+/// panics with instructions when `CHURNGUARD_KAFKA_BROKERS` is unset or empty.
 #[track_caller]
-pub fn brokers() -> Option<String> {
-    if skip_requested() {
-        eprintln!("skipping Kafka test: {SKIP_ENV}=1");
-        return None;
-    }
-    Some(require_brokers())
-}
-
-/// The broker list, with no skipping: panics with instructions when
-/// `CHURNGUARD_KAFKA_BROKERS` is unset or empty.
-#[track_caller]
-pub fn require_brokers() -> String {
+pub fn brokers() -> String {
     match std::env::var(BROKERS_ENV) {
         Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
         _ => panic!("{}", missing_message()),
