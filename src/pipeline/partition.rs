@@ -208,6 +208,10 @@ impl PartitionWorker {
                     if let Some(Stopped::Drain(d)) = stopped {
                         break d;
                     }
+                    // A partition queue is no tokio resource, so a partition with a backlog never
+                    // waits: yield after each batch, or on a busy worker thread the timers, the
+                    // other partitions and the coordinator would starve.
+                    tokio::task::yield_now().await;
                 }
             }
         };
