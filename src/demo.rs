@@ -69,7 +69,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    println!(
+    crate::outln!(
         "churnguard demo: in-process broker at {brokers}; simulating {} users over {} days ({} events) at {:.2}s per day",
         opts.users, opts.days, sim_summary.events, opts.day_seconds
     );
@@ -122,7 +122,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                println!("-- {}", live_summary(&m, produced.load(std::sync::atomic::Ordering::Relaxed)));
+                crate::outln!("-- {}", live_summary(&m, produced.load(std::sync::atomic::Ordering::Relaxed)));
             }
         })
     };
@@ -137,7 +137,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         }
     };
     let summary = crate::service::run(cfg, metrics.clone(), shutdown, |addr| {
-        println!("metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz");
+        crate::outln!("metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz");
     })
     .await?;
     feeder.abort();
@@ -146,14 +146,14 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     // Let the aborted tasks drop their clients before the broker goes away.
     let _ = tokio::join!(feeder, printer, reporter);
     drop(producer);
-    println!();
-    println!("== demo summary ==");
-    println!("events produced      {}", produced.load(std::sync::atomic::Ordering::Relaxed));
-    println!("events consumed      {}", summary.consumed);
-    println!("dead-lettered        {}", summary.dead_lettered);
-    println!("users tracked        {}", metrics.users_tracked.get());
-    println!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
-    println!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
+    crate::outln!();
+    crate::outln!("== demo summary ==");
+    crate::outln!("events produced      {}", produced.load(std::sync::atomic::Ordering::Relaxed));
+    crate::outln!("events consumed      {}", summary.consumed);
+    crate::outln!("dead-lettered        {}", summary.dead_lettered);
+    crate::outln!("users tracked        {}", metrics.users_tracked.get());
+    crate::outln!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
+    crate::outln!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
     drop(mock);
     Ok(())
 }
@@ -211,7 +211,7 @@ async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
         let Some(Ok(iv)) = msg.payload().map(serde_json::from_slice::<Intervention>) else { continue };
         if second.elapsed() >= Duration::from_secs(1) {
             if skipped > 0 {
-                println!("   (+{skipped} more)");
+                crate::outln!("   (+{skipped} more)");
             }
             (second, printed, skipped) = (Instant::now(), 0, 0);
         }
@@ -221,7 +221,7 @@ async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
         }
         printed += 1;
         let reasons: Vec<String> = iv.reasons.iter().map(|r| format!("{}={:.1}", r.feature, r.value)).collect();
-        println!(
+        crate::outln!(
             "{} {:<6} {} score {:.2} {:<11} -> {:<18} [{}] ({})",
             &iv.event_time[..10],
             iv.tier,

@@ -20,5 +20,6 @@ pub mod service;
 pub mod sim;
 pub mod source;
 pub mod telemetry;
+pub mod term;
 pub mod time;
 pub mod timers;

@@ -1,18 +1,13 @@
 use clap::Parser;
 
+/// Exit status: 0 success, 1 error, 2 usage error (clap's own status for a bad flag or value).
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = churnguard::cli::Cli::parse();
+    churnguard::term::init_logging(cli.log_format);
     match churnguard::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            churnguard::errln!("error: {e:#}");
             std::process::ExitCode::from(1)
         }
     }
