@@ -301,7 +301,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Replay(a) => replay_cmd(a),
-        Command::Run(a) => run_cmd(a),
+        Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
         Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
             let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions {
@@ -350,21 +350,32 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn run_cmd(a: RunArgs) -> Result<()> {
+fn run_cmd(a: RunArgs, log_format: LogFormat) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
     let summary =
         runtime()?.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
         }))?;
-    crate::errln!(
-        "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
-        summary.consumed,
-        summary.valid,
-        summary.dead_lettered,
-        summary.interventions,
-        summary.control
-    );
+    if log_format == LogFormat::Json {
+        tracing::info!(
+            consumed = summary.consumed,
+            valid = summary.valid,
+            dead_lettered = summary.dead_lettered,
+            interventions = summary.interventions,
+            control = summary.control,
+            "stopped"
+        );
+    } else {
+        crate::errln!(
+            "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
+            summary.consumed,
+            summary.valid,
+            summary.dead_lettered,
+            summary.interventions,
+            summary.control
+        );
+    }
     Ok(())
 }
 

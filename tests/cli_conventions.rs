@@ -101,3 +101,129 @@ fn cutoff_error_lists_every_accepted_form() {
         assert_eq!(a.label.cutoff, 1_777_593_600_000, "{ok}");
     }
 }
+
+// ---- the binary: exit statuses, closed pipes, colour, JSON logs ----
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_churnguard");
+
+fn model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json").display().to_string()
+}
+
+/// A small simulated log, once per test binary.
+fn events() -> &'static (tempfile::TempDir, String) {
+    static E: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    E.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl").display().to_string();
+        let o = Command::new(BIN)
+            .args(["simulate", "--users", "300", "--days", "60", "--seed", "3", "--out", &path])
+            .output()
+            .expect("run simulate");
+        assert!(o.status.success(), "simulate: {}", String::from_utf8_lossy(&o.stderr));
+        (dir, path)
+    })
+}
+
+/// Run with stdout and stderr on pipes whose reading ends are closed before the command writes.
+fn status_with_closed_pipes(args: &[&str]) -> i32 {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn churnguard");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    status.code().unwrap_or_else(|| panic!("{args:?} killed by a signal: {status:?}"))
+}
+
+#[test]
+fn closed_pipes_never_panic_and_exit_codes_are_0_1_2() {
+    let (dir, ev) = events();
+    let out = dir.path().join("iv.jsonl").display().to_string();
+    let m = model();
+    // Work that reports on stderr (replay), or prints on stdout (evaluate, --help): 0, not 101.
+    assert_eq!(status_with_closed_pipes(&["replay", "--model", &m, "--events", ev, "--out", &out]), 0, "replay");
+    let eval = ["evaluate", "--model", &m, "--events", ev, "--cutoff", "2026-02-01", "--horizon", "14d"];
+    assert_eq!(status_with_closed_pipes(&eval), 0, "evaluate");
+    assert_eq!(status_with_closed_pipes(&["--help"]), 0, "--help");
+    // An error whose message cannot be written still exits 1; a usage error 2.
+    assert_eq!(status_with_closed_pipes(&["replay", "--model", "missing.json", "--events", ev, "--out", &out]), 1);
+    assert_eq!(status_with_closed_pipes(&["simulate", "--users", "-5", "--out", &out]), 2);
+
+    // The exact pipeline of the issue: `... 2>&1 | head -3` (here a reader that never reads).
+    let script =
+        format!("\"$0\" replay --model '{m}' --events '{ev}' --out '{out}' 2>&1 | true; exit ${{PIPESTATUS[0]}}");
+    let s = Command::new("bash").args(["-c", &script, BIN]).status().expect("bash");
+    assert_eq!(s.code(), Some(0), "replay 2>&1 | true");
+}
+
+#[test]
+fn logs_in_a_file_carry_no_colour_and_json_logs_are_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = |extra: &[&str], name: &str| -> String {
+        let log = dir.path().join(name);
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut args = vec![
+            "demo",
+            "--duration",
+            "3s",
+            "--users",
+            "200",
+            "--days",
+            "20",
+            "--day-seconds",
+            "0.05",
+            "--partitions",
+            "2",
+            "--http",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(BIN)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .status()
+            .expect("run demo");
+        let text = std::fs::read_to_string(&log).expect("read log");
+        assert!(o.success(), "demo {extra:?} failed: {text}");
+        text
+    };
+    let text = demo(&[], "text.log");
+    assert!(text.contains("INFO"), "expected log lines: {text}");
+    assert!(!text.contains("\x1b["), "colour codes in a log file: {text:?}");
+
+    let json = demo(&["--log-format", "json"], "json.log");
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{l}");
+    }
+    assert!(!json.contains("\x1b["), "colour codes in JSON logs");
+
+    // An error in JSON mode is a JSON line too.
+    let o = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for l in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert_eq!(v["level"], "ERROR", "{l}");
+    }
+}
