@@ -162,8 +162,8 @@ pub struct DemoArgs {
     /// Simulated users.
     #[arg(long, value_name = "N", default_value_t = 4000)]
     pub users: u64,
-    /// Simulated days of activity.
-    #[arg(long, value_name = "N", default_value_t = 120)]
+    /// Simulated days of activity; the first 90 (the warm-up) are played at full speed.
+    #[arg(long, value_name = "N", default_value_t = 180)]
     pub days: u32,
     /// Simulator seed: the same seed gives the same users and events.
     #[arg(long, value_name = "N", default_value_t = 7)]
@@ -617,7 +617,7 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     };
     crate::errln!(
-        "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {} -> {}",
+        "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {}; held during warm-up: {} -> {}",
         s.lines,
         s.valid,
         s.rejected.total(),
@@ -631,6 +631,7 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         s.counters.control,
         fmt(&s.control_by_tier),
         s.counters.scored_on_timer,
+        s.counters.held_warm_up,
         a.out.display()
     );
     Ok(())

@@ -227,3 +227,47 @@ fn logs_in_a_file_carry_no_colour_and_json_logs_are_json_lines() {
         assert_eq!(v["level"], "ERROR", "{l}");
     }
 }
+
+#[test]
+fn demo_checks_its_flags_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = |args: &[&str]| {
+        let o = Command::new(BIN).arg("demo").args(args).current_dir(dir.path()).output().expect("run demo");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let quiet = |what: &str, stdout: &str, stderr: &str| {
+        assert!(stdout.is_empty(), "{what}: the demo started (banner printed): {stdout}");
+        for noise in ["librdkafka", "AllBrokersDown", "http.listen", "model.path"] {
+            assert!(!stderr.contains(noise), "{what}: {noise:?} in {stderr}");
+        }
+        assert_eq!(stderr.lines().count(), 1, "{what}: one error line expected: {stderr}");
+    };
+
+    // The default --model path does not exist in this directory.
+    let (code, out, err) = demo(&["--duration", "5s", "--http", "127.0.0.1:0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: --model: ") && err.contains("models/default.json"), "{err}");
+    quiet("missing model", &out, &err);
+
+    let m = model();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let (code, out, err) = demo(&["--duration", "5s", "--model", &m, "--http", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with(&format!("error: --http {addr}: cannot listen")), "{err}");
+    quiet("busy port", &out, &err);
+
+    let (code, out, err) = demo(&["--model", &m, "--http", "localhost"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: --http localhost: not an address"), "{err}");
+    quiet("bad address", &out, &err);
+
+    let (code, out, err) = demo(&["--model", &m, "--http", "127.0.0.1:0", "--partitions", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--partitions"), "{err}");
+    quiet("no partitions", &out, &err);
+}
