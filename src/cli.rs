@@ -540,6 +540,9 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
 fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let art = ModelArtifact::load(&a.model)?;
     let cutoff = a.label.cutoff;
+    if let Some(w) = horizon_mismatch(&art, a.label.horizon) {
+        crate::term::warn(&w);
+    }
     let log = load_log(&a.events)?;
     let lab = labelling(&a.label, vec![cutoff])?;
     let data = dataset::build(&log, &art.spec, &lab)?;
@@ -564,6 +567,18 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
         crate::errln!("report: {}", path.display());
     }
     Ok(())
+}
+
+/// A warning when a model is evaluated at another horizon than it was trained for: its
+/// probabilities are of churn within its own horizon, so calibration figures are off.
+pub fn horizon_mismatch(art: &ModelArtifact, horizon: Span) -> Option<String> {
+    let trained: Span = art.training.horizon.parse().ok()?;
+    (trained != horizon).then(|| {
+        format!(
+            "evaluating at horizon {horizon}, but model {} was trained at horizon {trained}: its scores are P(churn within {trained}), so calibration (log loss, Brier, the calibration table) is off at {horizon}; ranking (ROC AUC, PR AUC) still applies. Use --horizon {trained} to match.",
+            art.model_version
+        )
+    })
 }
 
 /// The [engine] and [policy] sections of a config file.

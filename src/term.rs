@@ -25,8 +25,20 @@ pub fn colour_on_stderr() -> bool {
     !no_color && std::io::stderr().is_terminal()
 }
 
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// A warning for the person running the command: `warning: ...` on stderr, or a JSON log line at
+/// level WARN with `--log-format json`.
+pub fn warn(msg: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::warn!("{msg}"),
+        _ => stderr_line(format_args!("warning: {msg}")),
+    }
+}
+
 /// Install the global tracing subscriber: `RUST_LOG` filter (default `info`), lines on stderr.
 pub fn init_logging(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Write errors (a closed stderr) are dropped: reporting them would write to stderr again.

@@ -271,3 +271,24 @@ fn demo_checks_its_flags_before_starting_anything() {
     assert!(err.contains("--partitions"), "{err}");
     quiet("no partitions", &out, &err);
 }
+
+#[test]
+fn evaluate_warns_when_the_horizon_differs_from_the_models() {
+    let (_dir, ev) = events();
+    let m = model();
+    let run = |horizon: &str| {
+        let o = Command::new(BIN)
+            .args(["evaluate", "--model", &m, "--events", ev, "--cutoff", "2026-01-20", "--horizon", horizon, "--json"])
+            .output()
+            .expect("evaluate");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The shipped model is trained at 30d.
+    let err = run("14d");
+    assert!(
+        err.contains("warning: evaluating at horizon 14d, but model") && err.contains("trained at horizon 30d"),
+        "{err}"
+    );
+    assert!(!run("30d").contains("warning"), "no warning at the model's own horizon");
+}
