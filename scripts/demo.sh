@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ ! -x target/release/churnguard ]]; then
     echo "Building churnguard in release mode: its Rust dependencies, and librdkafka from C sources." >&2
-    echo "The first build takes several minutes (7 to 8 on 2 cores); cargo's progress follows." >&2
+    echo "The first build takes several minutes (7 to 13 on 2 cores); cargo's progress follows." >&2
 else
     echo "Building churnguard in release mode (up to date in seconds unless the sources changed)." >&2
 fi

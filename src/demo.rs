@@ -106,7 +106,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let warm_up = cfg.engine.warm_up.resolve(&model.spec);
     if warm_up.ms() > 0 {
         crate::outln!(
-            "warm-up: the first {} of history are played at full speed; the service holds its decisions until its features cover that span (engine.warm_up, longest window), then live decisions follow at {:.2}s per day",
+            "warm-up: the first {} (the model's longest window) play at full speed while the service builds state and holds its decisions (engine.warm_up); live decisions follow at {:.2}s per day",
             warm_up, opts.day_seconds
         );
     }
