@@ -158,6 +158,8 @@ fn closed_pipes_never_panic_and_exit_codes_are_0_1_2() {
     // An error whose message cannot be written still exits 1; a usage error 2.
     assert_eq!(status_with_closed_pipes(&["replay", "--model", "missing.json", "--events", ev, "--out", &out]), 1);
     assert_eq!(status_with_closed_pipes(&["simulate", "--users", "-5", "--out", &out]), 2);
+    // A log line (tracing) to a closed stderr is dropped too.
+    assert_eq!(status_with_closed_pipes(&["--log-format", "json", "run", "--config", "missing.toml"]), 1);
 
     // The exact pipeline of the issue: `... 2>&1 | head -3` (here a reader that never reads).
     let script =
