@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use churnguard::engine::{Engine, EngineConfig};
+use churnguard::engine::{Engine, EngineConfig, WarmUp};
 use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
 use churnguard::features::spec::FeatureSpec;
 use churnguard::features::{FeatureStore, Layout};
@@ -183,7 +183,15 @@ fn bench_engine_ingest(c: &mut Criterion) {
     g.bench_function("simulator_100k", |b| {
         let events = batch();
         b.iter_batched(
-            || Engine::new(&model, PolicyConfig::default(), EngineConfig::default()),
+            // Without warm-up, decisions are built and emitted from the first event, as measured in
+            // docs/PERFORMANCE.md.
+            || {
+                Engine::new(
+                    &model,
+                    PolicyConfig::default(),
+                    EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() },
+                )
+            },
             |mut engine| {
                 let mut sent = 0u64;
                 for e in events {

@@ -9,5 +9,11 @@
 # Arguments go to `churnguard demo` (see `churnguard demo --help`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --release --quiet
+if [[ ! -x target/release/churnguard ]]; then
+    echo "Building churnguard in release mode: its Rust dependencies, and librdkafka from C sources." >&2
+    echo "The first build takes several minutes (7 to 13 on 2 cores); cargo's progress follows." >&2
+else
+    echo "Building churnguard in release mode (up to date in seconds unless the sources changed)." >&2
+fi
+cargo build --release
 exec ./target/release/churnguard demo "$@"

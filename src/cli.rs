@@ -18,6 +18,7 @@ use crate::model::ModelArtifact;
 use crate::pipeline::replay::{self, ReplaySink};
 use crate::policy::PolicyConfig;
 use crate::sim::{self, SimConfig};
+use crate::term::LogFormat;
 use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span};
 
 #[derive(Parser, Debug)]
@@ -25,9 +26,21 @@ use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span};
     name = "churnguard",
     version,
     about = "Real-time churn prediction on activity event streams",
-    after_help = "Example:\n  churnguard demo --duration 30s\n  churnguard run --config churnguard.toml"
+    after_help = "Examples:\n  churnguard demo --duration 30s\n  churnguard run --config churnguard.toml\n\nExit status: 0 success, 1 error, 2 usage error (bad flag or value)."
 )]
 pub struct Cli {
+    /// Log lines on stderr: text (coloured only on a terminal, not with NO_COLOR) or json (one
+    /// object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        hide_possible_values = true,
+        display_order = 900
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,7 +69,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Run the streaming service: Kafka in, interventions out (stops on SIGTERM/SIGINT).
     #[command(
-        after_help = "Example:\n  churnguard run --config churnguard.toml\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml"
+        after_help = "Example:\n  churnguard run --config churnguard.toml\n  churnguard run --config churnguard.toml --log-format json\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml"
     )]
     Run(RunArgs),
     /// Everything in one process: in-process broker, simulator, service, live interventions.
@@ -75,18 +88,23 @@ pub enum BenchCommand {
     /// Replay throughput, peak memory, state bytes per user, and training time on ~1M rows.
     #[command(after_help = "Example:\n  churnguard bench replay --users 100000 --days 180")]
     Replay {
-        #[arg(long, default_value_t = 100_000)]
+        /// Simulated users.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
         users: u64,
-        #[arg(long, default_value_t = 180)]
+        /// Simulated days of activity.
+        #[arg(long, value_name = "N", default_value_t = 180)]
         days: u32,
-        #[arg(long, default_value_t = 7)]
+        /// Simulator seed.
+        #[arg(long, value_name = "N", default_value_t = 7)]
         seed: u64,
-        #[arg(long, default_value = "models/default.json")]
+        /// Model file (JSON) to score with.
+        #[arg(long, value_name = "FILE", default_value = "models/default.json")]
         model: PathBuf,
         /// Where the simulated event file is written.
-        #[arg(long, default_value = "target/bench")]
+        #[arg(long, value_name = "DIR", default_value = "target/bench")]
         workdir: PathBuf,
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Rows of the training-time measurement.
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
         train_rows: usize,
     },
     /// Service throughput through a real broker vs a bare consumer, and latency at a fixed rate.
@@ -94,20 +112,26 @@ pub enum BenchCommand {
         after_help = "Example:\n  bash scripts/kafka.sh start && eval \"$(bash scripts/kafka.sh env)\"\n  churnguard bench kafka --brokers $CHURNGUARD_KAFKA_BROKERS"
     )]
     Kafka {
-        #[arg(long, env = "CHURNGUARD_KAFKA_BROKERS")]
+        /// Kafka bootstrap servers, comma-separated host:port.
+        #[arg(long, value_name = "ADDRS", env = "CHURNGUARD_KAFKA_BROKERS")]
         brokers: String,
-        #[arg(long, default_value_t = 40_000)]
+        /// Simulated users.
+        #[arg(long, value_name = "N", default_value_t = 40_000)]
         users: u64,
-        #[arg(long, default_value_t = 120)]
+        /// Simulated days of activity.
+        #[arg(long, value_name = "N", default_value_t = 120)]
         days: u32,
-        #[arg(long, default_value_t = 4)]
+        /// Partitions of the benchmark's event topic.
+        #[arg(long, value_name = "N", default_value_t = 4)]
         partitions: i32,
-        #[arg(long, default_value = "models/default.json")]
+        /// Model file (JSON) to score with.
+        #[arg(long, value_name = "FILE", default_value = "models/default.json")]
         model: PathBuf,
         /// Load of the latency run as a share of the measured maximum rate.
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
         latency_load: f64,
-        #[arg(long, default_value_t = 20)]
+        /// Length of the latency run in seconds.
+        #[arg(long, value_name = "N", default_value_t = 20)]
         latency_seconds: u64,
         /// Worker counts to measure the service at (comma-separated).
         #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1,2")]
@@ -125,130 +149,158 @@ pub enum BenchCommand {
 pub enum ConfigCommand {
     /// Validate a config file and print the resolved values (secrets redacted).
     #[command(after_help = "Example:\n  churnguard config check deploy/churnguard.toml")]
-    Check { file: PathBuf },
+    Check {
+        /// The config file (TOML) to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    #[arg(long, default_value = "churnguard.toml")]
+    /// Config file (TOML); CHURNGUARD__SECTION__KEY environment variables override its values.
+    #[arg(long, value_name = "FILE", default_value = "churnguard.toml")]
     pub config: PathBuf,
 }
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Stop after this long and print a summary (e.g. 30s); without it, run until Ctrl-C.
-    #[arg(long)]
+    #[arg(long, value_name = "DUR")]
     pub duration: Option<Span>,
-    #[arg(long, default_value_t = 4000)]
+    /// Simulated users.
+    #[arg(long, value_name = "N", default_value_t = 4000)]
     pub users: u64,
-    #[arg(long, default_value_t = 120)]
+    /// Simulated days of activity; the first 90 (the warm-up) are played at full speed.
+    #[arg(long, value_name = "N", default_value_t = 180)]
     pub days: u32,
-    #[arg(long, default_value_t = 7)]
+    /// Simulator seed: the same seed gives the same users and events.
+    #[arg(long, value_name = "N", default_value_t = 7)]
     pub seed: u64,
     /// Wall-clock seconds per simulated day.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.25)]
     pub day_seconds: f64,
-    #[arg(long, default_value_t = 8)]
+    /// Partitions of the in-process event topic.
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub partitions: i32,
-    #[arg(long, default_value = "models/default.json")]
+    /// Model file (JSON) the service scores with.
+    #[arg(long, value_name = "FILE", default_value = "models/default.json")]
     pub model: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    /// Address of the /metrics, /healthz and /readyz endpoint (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub http: String,
     /// Print at most this many interventions per second.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub print_per_second: u32,
 }
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    #[arg(long, default_value_t = 10_000)]
+    /// Simulated users.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub users: u64,
-    #[arg(long, default_value_t = 180)]
+    /// Days of activity to simulate.
+    #[arg(long, value_name = "N", default_value_t = 180)]
     pub days: u32,
-    #[arg(long, default_value_t = 42)]
+    /// Simulator seed: the same seed gives the same users and events.
+    #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
-    /// First day of the log (RFC3339 or YYYY-MM-DD).
-    #[arg(long, default_value = "2026-01-01")]
-    pub start: String,
-    #[arg(long)]
+    /// First day of the log (RFC3339, YYYY-MM-DD or epoch ms).
+    #[arg(long, value_name = "TIME", default_value = "2026-01-01", value_parser = parse_time)]
+    pub start: Millis,
+    /// Event log to write (JSON lines).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Ground truth CSV: user_id,signup_ts,churn_ts,reactivated_ts,segment.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
+}
+
+fn parse_time(s: &str) -> Result<Millis, crate::time::TimeError> {
+    parse_timestamp(s)
 }
 
 /// How rows are labelled; shared by train and evaluate so both label the same way.
 #[derive(Args, Debug, Clone)]
 pub struct LabelArgs {
     /// Score users as of this time (RFC3339, YYYY-MM-DD or epoch ms).
-    #[arg(long)]
-    pub cutoff: String,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub cutoff: Millis,
     /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d.
-    #[arg(long)]
+    #[arg(long, value_name = "DUR")]
     pub horizon: Span,
     /// Only users with an event in (cutoff - DUR, cutoff].
-    #[arg(long)]
+    #[arg(long, value_name = "DUR")]
     pub active_within: Option<Span>,
     /// Churned = an event of this type in (cutoff, cutoff + horizon] (e.g. cancel).
-    #[arg(long, conflicts_with = "labels")]
+    #[arg(long, value_name = "TYPE", conflicts_with = "labels")]
     pub churn_event: Option<String>,
     /// Explicit labels CSV: user_id,churned[,cutoff].
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    #[arg(long)]
+    /// Event log to train on (JSON lines, as written by `simulate` or exported from Kafka).
+    #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
     #[command(flatten)]
     pub label: LabelArgs,
-    #[arg(long)]
+    /// Where to write the model (JSON).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Feature spec TOML; default: derived from the event types in the data.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
     /// Train on N cutoffs: --cutoff and the N-1 earlier ones --every apart.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub cutoffs: usize,
-    #[arg(long, default_value = "14d")]
+    /// Spacing of the cutoffs when --cutoffs is more than 1.
+    #[arg(long, value_name = "DUR", default_value = "14d")]
     pub every: Span,
     /// Seed of the train/validation split and the class rebalancing.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
     /// Write an HTML report (ROC, PR, calibration, histograms, coefficients) to this directory.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    #[arg(long)]
+    /// Model file (JSON) to evaluate.
+    #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    #[arg(long)]
+    /// Event log (JSON lines) to label and score.
+    #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
     #[command(flatten)]
     pub label: LabelArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    #[arg(long)]
+    /// Write an HTML report of this evaluation to this directory.
+    #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    #[arg(long)]
+    /// Model file (JSON) to score with.
+    #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    #[arg(long)]
+    /// Event log (JSON lines) to replay, in file order.
+    #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
-    #[arg(long)]
+    /// Where to write the interventions (JSON lines).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Also write the control group's records here.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub control_out: Option<PathBuf>,
     /// Config TOML; its [engine] and [policy] sections apply.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -258,7 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Replay(a) => replay_cmd(a),
-        Command::Run(a) => run_cmd(a),
+        Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
         Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
             let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions {
@@ -269,7 +321,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 workdir,
                 train_rows,
             })?;
-            print!("{report}");
+            crate::term::stdout_str(&report);
             Ok(())
         }
         Command::Bench(BenchCommand::Kafka {
@@ -297,13 +349,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 kafka,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
-            print!("{report}");
+            crate::term::stdout_str(&report);
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let cfg = crate::config::Config::load(&file)?;
-            print!("{}", cfg.redacted_toml());
-            eprintln!("{}: ok", file.display());
+            crate::term::stdout_str(&cfg.redacted_toml());
+            crate::errln!("{}: ok", file.display());
             Ok(())
         }
     }
@@ -329,17 +381,32 @@ fn service_runtime(cfg: &crate::config::Config) -> Result<tokio::runtime::Runtim
         .build()?)
 }
 
-fn run_cmd(a: RunArgs) -> Result<()> {
+fn run_cmd(a: RunArgs, log_format: LogFormat) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
     let rt = service_runtime(&cfg)?;
     let summary = rt.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     }))?;
-    eprintln!(
-        "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
-        summary.consumed, summary.valid, summary.dead_lettered, summary.interventions, summary.control
-    );
+    if log_format == LogFormat::Json {
+        tracing::info!(
+            consumed = summary.consumed,
+            valid = summary.valid,
+            dead_lettered = summary.dead_lettered,
+            interventions = summary.interventions,
+            control = summary.control,
+            "stopped"
+        );
+    } else {
+        crate::errln!(
+            "stopped: consumed {}, valid {}, dead-lettered {}, interventions {}, control {}",
+            summary.consumed,
+            summary.valid,
+            summary.dead_lettered,
+            summary.interventions,
+            summary.control
+        );
+    }
     Ok(())
 }
 
@@ -367,12 +434,7 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
-    let cfg = SimConfig {
-        users: a.users,
-        days: a.days,
-        seed: a.seed,
-        start_ms: parse_timestamp(&a.start).context("--start")?,
-    };
+    let cfg = SimConfig { users: a.users, days: a.days, seed: a.seed, start_ms: a.start };
     let started = std::time::Instant::now();
     let mut out = create(&a.out)?;
     let mut truth = a.truth.as_deref().map(create).transpose()?;
@@ -383,7 +445,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     if let Some(t) = truth.as_mut() {
         t.flush()?;
     }
-    eprintln!(
+    crate::errln!(
         "simulated {} events for {} users ({} churned, {} reactivated) from {} to {} in {:.1}s -> {}",
         s.events,
         s.users,
@@ -410,7 +472,7 @@ fn load_log(path: &Path) -> Result<EventLog> {
     let log = EventLog::load(path)?;
     let report = log.rejected.report();
     if !report.is_empty() {
-        eprintln!("{}: {report}", path.display());
+        crate::errln!("{}: {report}", path.display());
     }
     Ok(log)
 }
@@ -419,7 +481,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.cutoffs == 0 {
         bail!("--cutoffs must be at least 1");
     }
-    let cutoff = parse_timestamp(&a.label.cutoff).context("--cutoff")?;
+    let cutoff = a.label.cutoff;
     let cutoffs: Vec<Millis> = (0..a.cutoffs as i64).map(|i| cutoff - i * a.every.ms()).collect();
     let log = load_log(&a.events)?;
     let spec = match &a.spec {
@@ -429,7 +491,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     spec.validate()?;
     let lab = labelling(&a.label, cutoffs.clone())?;
     let data = dataset::build(&log, &spec, &lab)?;
-    eprintln!(
+    crate::errln!(
         "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features",
         data.rows(),
         data.distinct_users(),
@@ -456,7 +518,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let art = &outcome.artifact;
     art.save(&a.out)?;
     let v = &art.training.validation;
-    eprintln!(
+    crate::errln!(
         "model {} -> {}: validation ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e}; tiers {}; {:.1}s",
         art.model_version,
         a.out.display(),
@@ -470,7 +532,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     if let Some(dir) = &a.report {
         let path = write_report(dir, art, &outcome.validation_scores, &outcome.validation_labels, "validation split")?;
-        eprintln!("report: {}", path.display());
+        crate::errln!("report: {}", path.display());
     }
     Ok(())
 }
@@ -508,31 +570,46 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
 
 fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let art = ModelArtifact::load(&a.model)?;
-    let cutoff = parse_timestamp(&a.label.cutoff).context("--cutoff")?;
+    let cutoff = a.label.cutoff;
+    if let Some(w) = horizon_mismatch(&art, a.label.horizon) {
+        crate::term::warn(&w);
+    }
     let log = load_log(&a.events)?;
     let lab = labelling(&a.label, vec![cutoff])?;
     let data = dataset::build(&log, &art.spec, &lab)?;
     let (m, scores) = train::evaluate(&art, &data);
     if a.json {
-        println!("{}", serde_json::to_string(&m)?);
+        crate::outln!("{}", serde_json::to_string(&m)?);
     } else {
-        println!("model        {}", art.model_version);
-        println!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon);
-        println!("users        {}", m.n_users);
-        println!("churn rate   {:.4}", m.churn_rate);
-        println!("ROC AUC      {:.4}", m.roc_auc);
-        println!("PR AUC       {:.4}", m.pr_auc);
-        println!("log loss     {:.4}", m.log_loss);
-        println!("Brier        {:.4}", m.brier);
-        println!();
-        println!("calibration");
-        print!("{}", metrics::format_calibration_table(&metrics::calibration_table(&scores, &data.y, 10)));
+        crate::outln!("model        {}", art.model_version);
+        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon);
+        crate::outln!("users        {}", m.n_users);
+        crate::outln!("churn rate   {:.4}", m.churn_rate);
+        crate::outln!("ROC AUC      {:.4}", m.roc_auc);
+        crate::outln!("PR AUC       {:.4}", m.pr_auc);
+        crate::outln!("log loss     {:.4}", m.log_loss);
+        crate::outln!("Brier        {:.4}", m.brier);
+        crate::outln!();
+        crate::outln!("calibration");
+        crate::term::stdout_str(&metrics::format_calibration_table(&metrics::calibration_table(&scores, &data.y, 10)));
     }
     if let Some(dir) = &a.report {
         let path = write_report(dir, &art, &scores, &data.y, &format!("evaluation at {}", format_rfc3339_ms(cutoff)))?;
-        eprintln!("report: {}", path.display());
+        crate::errln!("report: {}", path.display());
     }
     Ok(())
+}
+
+/// A warning when a model is evaluated at another horizon than it was trained for: its
+/// probabilities are of churn within its own horizon, so calibration figures are off.
+pub fn horizon_mismatch(art: &ModelArtifact, horizon: Span) -> Option<String> {
+    let trained: Span = art.training.horizon.parse().ok()?;
+    (trained != horizon).then(|| {
+        format!(
+            "evaluating at horizon {horizon}, but model {} was trained at horizon {trained}: its scores are P(churn within {trained}), so calibration (log loss, Brier, the calibration table) is off at {horizon}; ranking (ROC AUC, PR AUC) still applies. Use --horizon {trained} to match.",
+            art.model_version
+        )
+    })
 }
 
 /// The [engine] and [policy] sections of a config file.
@@ -580,13 +657,13 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     }
     let report = s.rejected.report();
     if !report.is_empty() {
-        eprintln!("{}: {report}", a.events.display());
+        crate::errln!("{}: {report}", a.events.display());
     }
     let fmt = |m: &std::collections::BTreeMap<String, u64>| {
         m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     };
-    eprintln!(
-        "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {} -> {}",
+    crate::errln!(
+        "replayed {} events ({} valid, {} rejected, {} late) in {:.2}s ({:.0} events/s); {} users tracked, {} evicted; interventions: {} [{}]; control: {} [{}]; rescored while silent: {}; held during warm-up: {} -> {}",
         s.lines,
         s.valid,
         s.rejected.total(),
@@ -600,6 +677,7 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         s.counters.control,
         fmt(&s.control_by_tier),
         s.counters.scored_on_timer,
+        s.counters.held_warm_up,
         a.out.display()
     );
     Ok(())

@@ -3,6 +3,7 @@
 //! accelerated clock, the service, and a consumer printing the interventions it publishes.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use rdkafka::Message;
 
 use crate::config::Config;
 use crate::intervention::Intervention;
+use crate::model::ModelArtifact;
 use crate::sim::{self, SimConfig};
 use crate::telemetry::Metrics;
 use crate::time::DAY_MS;
@@ -37,20 +39,36 @@ pub struct DemoOptions {
 
 const EVENTS_TOPIC: &str = "activity";
 
+/// Check what the user typed before starting anything (no broker, no banner, no librdkafka
+/// noise), naming the flag in each error. Returns the loaded model.
+pub fn check_options(opts: &DemoOptions) -> Result<ModelArtifact> {
+    anyhow::ensure!(opts.users > 0, "--users must be at least 1");
+    anyhow::ensure!(opts.days > 0, "--days must be at least 1");
+    anyhow::ensure!(opts.partitions > 0, "--partitions must be at least 1");
+    anyhow::ensure!(
+        opts.day_seconds.is_finite() && opts.day_seconds > 0.0,
+        "--day-seconds must be a positive number of seconds, got {}",
+        opts.day_seconds
+    );
+    let model = ModelArtifact::load(&opts.model).context("--model")?;
+    let addr: SocketAddr = opts
+        .http
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--http {}: not an address; expected IP:PORT, e.g. 127.0.0.1:9464", opts.http))?;
+    // Bind and release: a busy port fails here, before the broker and the simulator start.
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!("--http {addr}: cannot listen there ({e}); pick a free port, e.g. --http 127.0.0.1:0")
+    })?;
+    Ok(model)
+}
+
 pub async fn run(opts: DemoOptions) -> Result<()> {
-    // The mock cluster keeps about 100k messages or 5 MiB per partition: stay well inside it.
-    let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
-    let brokers = mock.bootstrap_servers();
+    let model = check_options(&opts)?;
     let mut cfg = Config::default();
-    cfg.kafka.insert("bootstrap.servers".into(), brokers.clone());
+    cfg.engine.validate(&cfg.policy)?;
     cfg.model.path = opts.model.clone();
     cfg.http.listen = opts.http.clone();
     cfg.source.idle_timeout = crate::time::Span(2_000);
-    cfg.validate()?;
-    mock.create_topic(EVENTS_TOPIC, opts.partitions, 1)?;
-    for t in [&cfg.sink.interventions_topic, &cfg.sink.control_topic, &cfg.sink.dead_letter_topic] {
-        mock.create_topic(t, 2, 1)?;
-    }
 
     let sim_cfg = SimConfig { users: opts.users, days: opts.days, seed: opts.seed, ..SimConfig::default() };
     let mut events = Vec::new();
@@ -68,11 +86,30 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         opts.partitions
     );
 
+    // The mock cluster keeps about 100k messages or 5 MiB per partition: stay well inside it.
+    let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
+    let brokers = mock.bootstrap_servers();
+    cfg.kafka.insert("bootstrap.servers".into(), brokers.clone());
+    cfg.validate()?;
+    mock.create_topic(EVENTS_TOPIC, opts.partitions, 1)?;
+    for t in [&cfg.sink.interventions_topic, &cfg.sink.control_topic, &cfg.sink.dead_letter_topic] {
+        mock.create_topic(t, 2, 1)?;
+    }
+
     let metrics = Arc::new(Metrics::new());
-    println!(
+    crate::outln!(
         "churnguard demo: in-process broker at {brokers}; simulating {} users over {} days ({} events) at {:.2}s per day",
         opts.users, opts.days, sim_summary.events, opts.day_seconds
     );
+    // The service holds its decisions until its features cover the longest window (engine
+    // warm-up): that much history is played at full speed, then the accelerated clock starts.
+    let warm_up = cfg.engine.warm_up.resolve(&model.spec);
+    if warm_up.ms() > 0 {
+        crate::outln!(
+            "warm-up: the first {} (the model's longest window) play at full speed while the service builds state and holds its decisions (engine.warm_up); live decisions follow at {:.2}s per day",
+            warm_up, opts.day_seconds
+        );
+    }
     let producer: FutureProducer =
         ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
     let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -81,11 +118,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         let produced = produced.clone();
         let day_seconds = opts.day_seconds;
         tokio::spawn(async move {
-            let t0 = events.first().map_or(0, |e| e.0);
+            let t0 = events.first().map_or(0, |e| e.0).saturating_add(warm_up.ms());
             let start = Instant::now();
             let mut pending = Vec::new();
             for (i, (ts, user, line)) in events.into_iter().enumerate() {
-                let due = Duration::from_secs_f64((ts - t0) as f64 / DAY_MS as f64 * day_seconds);
+                let due = Duration::from_secs_f64((ts - t0).max(0) as f64 / DAY_MS as f64 * day_seconds);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
                     for d in pending.drain(..) {
                         let _ = d.await;
@@ -122,7 +159,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                println!("-- {}", live_summary(&m, produced.load(std::sync::atomic::Ordering::Relaxed)));
+                crate::outln!("-- {}", live_summary(&m, produced.load(std::sync::atomic::Ordering::Relaxed)));
             }
         })
     };
@@ -136,24 +173,32 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             None => crate::service::shutdown_signal().await,
         }
     };
-    let summary = crate::service::run(cfg, metrics.clone(), shutdown, |addr| {
-        println!("metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz");
+    let result = crate::service::run(cfg, metrics.clone(), shutdown, |addr| {
+        crate::outln!("metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz");
     })
-    .await?;
+    .await;
     feeder.abort();
     printer.abort();
     reporter.abort();
-    // Let the aborted tasks drop their clients before the broker goes away.
+    // Let the aborted tasks drop their clients before the broker goes away, on success and on
+    // error alike, so no client reports the broker's disappearance.
     let _ = tokio::join!(feeder, printer, reporter);
     drop(producer);
-    println!();
-    println!("== demo summary ==");
-    println!("events produced      {}", produced.load(std::sync::atomic::Ordering::Relaxed));
-    println!("events consumed      {}", summary.consumed);
-    println!("dead-lettered        {}", summary.dead_lettered);
-    println!("users tracked        {}", metrics.users_tracked.get());
-    println!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
-    println!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            drop(mock);
+            return Err(e);
+        }
+    };
+    crate::outln!();
+    crate::outln!("== demo summary ==");
+    crate::outln!("events produced      {}", produced.load(std::sync::atomic::Ordering::Relaxed));
+    crate::outln!("events consumed      {}", summary.consumed);
+    crate::outln!("dead-lettered        {}", summary.dead_lettered);
+    crate::outln!("users tracked        {}", metrics.users_tracked.get());
+    crate::outln!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
+    crate::outln!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
     drop(mock);
     Ok(())
 }
@@ -188,6 +233,21 @@ fn live_summary(m: &Metrics, produced: u64) -> String {
     )
 }
 
+/// Printed once, before the first decision line.
+pub const LEGEND: [&str; 11] = [
+    "",
+    "Each line below is one intervention the service published (the control group is not printed):",
+    "  date        event-time day of the decision",
+    "  tier        risk tier whose threshold the score crossed (high, medium)",
+    "  user        user id",
+    "  score       P(churn): the model's probability of no activity within its horizon",
+    "  stage       lifecycle stage: new, active, dormant, churned or reactivated",
+    "  -> action   what the policy asks for (tier x stage, docs/INTERVENTIONS.md)",
+    "  [reasons]   top reasons: what the feature measures, its value, (its push on the risk in log-odds, + raises it)",
+    "  (trigger)   event: the user's own event; silence: rescored while the user was silent",
+    "date       tier   user     score      stage       -> action             [reasons] (trigger)",
+];
+
 async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
     let consumer: StreamConsumer = match ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -206,12 +266,13 @@ async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
         return;
     }
     let (mut second, mut printed, mut skipped) = (Instant::now(), 0u32, 0u64);
+    let mut legend_shown = false;
     loop {
         let Ok(msg) = consumer.recv().await else { continue };
         let Some(Ok(iv)) = msg.payload().map(serde_json::from_slice::<Intervention>) else { continue };
         if second.elapsed() >= Duration::from_secs(1) {
             if skipped > 0 {
-                println!("   (+{skipped} more)");
+                crate::outln!("   (+{skipped} more)");
             }
             (second, printed, skipped) = (Instant::now(), 0, 0);
         }
@@ -220,8 +281,14 @@ async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
             continue;
         }
         printed += 1;
-        let reasons: Vec<String> = iv.reasons.iter().map(|r| format!("{}={:.1}", r.feature, r.value)).collect();
-        println!(
+        if !legend_shown {
+            legend_shown = true;
+            for line in LEGEND {
+                crate::outln!("{line}");
+            }
+        }
+        let reasons: Vec<String> = iv.reasons.iter().map(|r| r.describe()).collect();
+        crate::outln!(
             "{} {:<6} {} score {:.2} {:<11} -> {:<18} [{}] ({})",
             &iv.event_time[..10],
             iv.tier,
@@ -229,7 +296,7 @@ async fn print_interventions(brokers: &str, topic: &str, per_second: u32) {
             iv.score,
             iv.stage.as_str(),
             iv.action,
-            reasons.join(", "),
+            reasons.join("; "),
             format!("{:?}", iv.trigger).to_lowercase()
         );
     }

@@ -29,11 +29,77 @@ pub struct EngineConfig {
     pub rescore_interval: Span,
     /// Users silent this long are forgotten (and counted as churned).
     pub state_ttl: Span,
+    /// Hold back outputs until event time has covered this much since the first event the engine
+    /// saw, so decisions are made on full feature windows rather than on the tail of a history
+    /// (a replay or a service started partway through a topic sees everyone as `new`). State still
+    /// updates; held decisions are counted in [`EngineCounters::held_warm_up`].
+    pub warm_up: WarmUp,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { allowed_lateness: Span::hours(1), rescore_interval: Span::days(1), state_ttl: Span::days(120) }
+        EngineConfig {
+            allowed_lateness: Span::hours(1),
+            rescore_interval: Span::days(1),
+            state_ttl: Span::days(120),
+            warm_up: WarmUp::Auto,
+        }
+    }
+}
+
+/// `engine.warm_up`: `"auto"` (the longest feature window of the model's spec), `"off"`, or a
+/// duration such as `"30d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WarmUp {
+    #[default]
+    Auto,
+    Off,
+    For(Span),
+}
+
+impl WarmUp {
+    /// The warm-up span for a model with this feature spec (zero when off).
+    pub fn resolve(self, spec: &crate::features::FeatureSpec) -> Span {
+        match self {
+            WarmUp::Auto => spec.windows.iter().copied().max().unwrap_or(Span(0)),
+            WarmUp::Off => Span(0),
+            WarmUp::For(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for WarmUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WarmUp::Auto => f.write_str("auto"),
+            WarmUp::Off => f.write_str("off"),
+            WarmUp::For(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for WarmUp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(WarmUp::Auto),
+            "off" => Ok(WarmUp::Off),
+            d => d.parse::<Span>().map(WarmUp::For).map_err(|_| {
+                format!("invalid warm_up {s:?}: expected \"auto\", \"off\" or a duration such as \"30d\"")
+            }),
+        }
+    }
+}
+
+impl Serialize for WarmUp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WarmUp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -51,6 +117,14 @@ impl EngineConfig {
         }
         if self.rescore_interval.ms() < 60_000 {
             return Err(EngineConfigError { key: "rescore_interval", msg: "must be at least 1m".into() });
+        }
+        if let WarmUp::For(w) = self.warm_up {
+            if w > Span::days(366) {
+                return Err(EngineConfigError {
+                    key: "warm_up",
+                    msg: format!("{w} is longer than a year; use \"auto\" (the longest feature window) or \"off\""),
+                });
+            }
         }
         if self.state_ttl <= policy.lifecycle.churned_after {
             return Err(EngineConfigError {
@@ -79,6 +153,8 @@ pub struct EngineCounters {
     pub suppressed_already_sent: u64,
     pub interventions: u64,
     pub control: u64,
+    /// Decisions that would have reached a tier but were held during the warm-up.
+    pub held_warm_up: u64,
     /// Scores computed, in 20 equal-width buckets of P(churn) (flushed into a histogram).
     pub score_buckets: [u64; SCORE_BUCKETS],
     /// Shadow model scores, same buckets.
@@ -115,6 +191,10 @@ pub struct Engine {
     cfg: EngineConfig,
     max_ts: Millis,
     watermark: Millis,
+    /// Resolved `cfg.warm_up` in ms (0: off).
+    warm_up_ms: Millis,
+    /// Decisions at event times before this are held (MIN: none, or no event seen yet).
+    warm_until: Millis,
     vector: Vec<f64>,
     due_scratch: Vec<(Millis, u32)>,
     pub counters: EngineCounters,
@@ -125,6 +205,7 @@ impl Engine {
         let layout = Layout::new(&model.spec, policy.lifecycle.churned_after.ms());
         let n = layout.n_features();
         let policy = Policy::new(policy, &model.thresholds.tiers);
+        let warm_up_ms = cfg.warm_up.resolve(&model.spec).ms();
         Engine {
             store: FeatureStore::new(layout),
             meta: Vec::new(),
@@ -136,6 +217,8 @@ impl Engine {
             cfg,
             max_ts: Millis::MIN,
             watermark: Millis::MIN,
+            warm_up_ms,
+            warm_until: Millis::MIN,
             vector: vec![0.0; n],
             due_scratch: Vec::new(),
             counters: EngineCounters::default(),
@@ -152,6 +235,12 @@ impl Engine {
 
     pub fn max_ts(&self) -> Millis {
         self.max_ts
+    }
+
+    /// Decisions before this event time are held for the warm-up (`Millis::MIN` when warm-up is
+    /// off or no event has been seen yet).
+    pub fn warm_until(&self) -> Millis {
+        self.warm_until
     }
 
     pub fn model_version(&self) -> &str {
@@ -187,6 +276,10 @@ impl Engine {
         if ev.ts < self.watermark {
             self.counters.events_late += 1;
             return Ingested::Late;
+        }
+        if self.max_ts == Millis::MIN && self.warm_up_ms > 0 {
+            // The first event starts the warm-up.
+            self.warm_until = ev.ts.saturating_add(self.warm_up_ms);
         }
         if ev.ts > self.max_ts {
             // Other users' timers due by the new watermark fire first; this user's are handled
@@ -315,6 +408,11 @@ impl Engine {
             }
         }
         let verdict = if score < self.policy.min_threshold() {
+            Verdict::NoTier
+        } else if at < self.warm_until {
+            // Held: the features do not yet cover a full window. The policy's memory is left
+            // alone, so the first decision after the warm-up is judged as on a fresh start.
+            self.counters.held_warm_up += 1;
             Verdict::NoTier
         } else {
             let last_active = self.store.user(idx).last_ts();

@@ -25,6 +25,39 @@ pub struct ReasonRecord {
     pub contribution: f64,
 }
 
+impl ReasonRecord {
+    /// The reason as a reader sees it: what the feature measures, its value, and its push on the
+    /// risk in log-odds (`+` raises it), e.g. `7d/30d activity ratio 2.6 (+0.41)`.
+    pub fn describe(&self) -> String {
+        let v = if self.value.fract() == 0.0 && self.value.abs() < 1e15 {
+            format!("{}", self.value as i64)
+        } else {
+            format!("{:.1}", self.value)
+        };
+        format!("{} {v} ({:+.2})", describe_feature(&self.feature), self.contribution)
+    }
+}
+
+/// What a feature name (docs/FEATURES.md) measures, in words.
+pub fn describe_feature(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["recency"] => "days since last event".into(),
+        ["recency", t] => format!("days since last {t}"),
+        ["tenure"] => "days since first seen".into(),
+        ["count", t, w] => format!("{t} events in {w}"),
+        ["amount", w] => format!("amount in {w}"),
+        ["active_days", w] => format!("active days in {w}"),
+        ["lifetime", "count", t] => format!("{t} events ever"),
+        ["lifetime", "amount"] => "amount ever".into(),
+        ["trend", pair] => match pair.split_once('_') {
+            Some((short, long)) => format!("{short}/{long} activity ratio"),
+            None => name.to_string(),
+        },
+        _ => name.to_string(),
+    }
+}
+
 impl From<Reason> for ReasonRecord {
     fn from(r: Reason) -> Self {
         ReasonRecord { feature: r.feature, value: r.value, contribution: r.contribution }
@@ -63,4 +96,26 @@ pub fn intervention_id(user_id: &str, tier: &str, at: Millis) -> String {
 
 pub fn now_rfc3339() -> String {
     format_rfc3339_ms(chrono::Utc::now().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_on_their_own() {
+        let r = |feature: &str, value: f64, contribution: f64| {
+            ReasonRecord { feature: feature.into(), value, contribution }.describe()
+        };
+        assert_eq!(r("trend.7d_30d", 2.6, 0.4123), "7d/30d activity ratio 2.6 (+0.41)");
+        assert_eq!(r("recency.cancel", 0.0, 1.2), "days since last cancel 0 (+1.20)");
+        assert_eq!(r("count.page_view.7d", 3.0, 0.05), "page_view events in 7d 3 (+0.05)");
+        assert_eq!(r("active_days.90d", 2.0, -0.3), "active days in 90d 2 (-0.30)");
+        assert_eq!(r("lifetime.count.cancel", 1.0, 0.7), "cancel events ever 1 (+0.70)");
+        assert_eq!(r("recency", 4.25, 0.9), "days since last event 4.2 (+0.90)");
+        assert_eq!(r("tenure", 12.0, 0.1), "days since first seen 12 (+0.10)");
+        assert_eq!(r("amount.30d", 19.5, 0.1), "amount in 30d 19.5 (+0.10)");
+        assert_eq!(r("lifetime.amount", 0.0, 0.1), "amount ever 0 (+0.10)");
+        assert_eq!(r("mystery", 1.0, 0.1), "mystery 1 (+0.10)");
+    }
 }

@@ -21,5 +21,6 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod term;
 pub mod time;
 pub mod timers;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub suppressed: IntCounterVec,
     pub scored: IntCounterVec,
     pub users_created: IntCounter,
+    pub held_warm_up: IntCounter,
     pub users_evicted: IntCounter,
     pub users_tracked: IntGauge,
     pub users_by_stage: IntGaugeVec,
@@ -144,6 +145,7 @@ impl Metrics {
             suppressed: counter_vec(&r, "churnguard_suppressed_total", "Decisions not sent, by reason: cooldown (same or lower tier inside the cooldown) or already_sent (same or lower tier already sent and the user silent since).", &["reason"]),
             scored: counter_vec(&r, "churnguard_scored_total", "Risk scores computed, by trigger (event or silence).", &["trigger"]),
             users_created: counter(&r, "churnguard_users_created_total", "Users who started being tracked."),
+            held_warm_up: counter(&r, "churnguard_warm_up_held_total", "Decisions that reached a tier during the engine warm-up and were held back (engine.warm_up)."),
             users_evicted: counter(&r, "churnguard_users_evicted_total", "Users forgotten after state_ttl of silence (counted as churned)."),
             users_tracked: gauge(&r, "churnguard_users_tracked", "Users with feature state in memory."),
             users_by_stage: gauge_vec(&r, "churnguard_users_by_stage", "Users by lifecycle stage at the watermark; churned includes users evicted after state_ttl.", &["stage"]),
@@ -209,6 +211,7 @@ impl Metrics {
         self.scored.with_label_values(&["event"]).inc_by(d(before.scored_on_event, after.scored_on_event));
         self.scored.with_label_values(&["silence"]).inc_by(d(before.scored_on_timer, after.scored_on_timer));
         self.users_created.inc_by(d(before.users_created, after.users_created));
+        self.held_warm_up.inc_by(d(before.held_warm_up, after.held_warm_up));
         self.users_evicted.inc_by(d(before.users_evicted, after.users_evicted));
         // Each bucket's new scores are observed at the bucket's midpoint: the histogram's buckets
         // are exact (they align with these), its _sum is within half a bucket width per score.

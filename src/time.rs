@@ -21,7 +21,9 @@ pub const WEEK_MS: Millis = 7 * DAY_MS;
 pub enum TimeError {
     #[error("invalid duration {0:?}: expected a number followed by ms, s, m, h, d or w (e.g. 30d, 12h, 39w)")]
     BadDuration(String),
-    #[error("invalid timestamp {0:?}: expected RFC3339 (2026-01-31T12:00:00Z) or epoch milliseconds")]
+    #[error(
+        "invalid timestamp {0:?}: expected RFC3339 (2026-01-31T12:00:00Z), a date YYYY-MM-DD (2026-01-31, midnight UTC) or epoch milliseconds (1769860800000)"
+    )]
     BadTimestamp(String),
 }
 

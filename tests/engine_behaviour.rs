@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use churnguard::engine::{Engine, EngineConfig, Ingested};
+use churnguard::engine::{Engine, EngineConfig, Ingested, WarmUp};
 use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
 use churnguard::features::spec::{Aggregates, FeatureSpec};
 use churnguard::intervention::{intervention_id, Intervention, Trigger};
@@ -85,6 +85,12 @@ fn recency_score(days: f64) -> f64 {
 /// sigmoid(-5 + 10 ln 2) = 0.87, otherwise 0.0067.
 fn cancel_model() -> ModelArtifact {
     hand_model(small_spec(), &[("count.cancel.7d", 10.0)], -5.0, &[("high", 0.5)])
+}
+
+/// The default engine without the warm-up: these tests check decision rules from the very first
+/// event (the warm-up has its own tests below).
+fn no_warm_up() -> EngineConfig {
+    EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() }
 }
 
 fn policy_without_control() -> PolicyConfig {
@@ -214,7 +220,7 @@ fn trained() -> &'static Trained {
 #[test]
 fn silent_user_is_flagged_without_an_event_of_their_own() {
     let model = recency_model();
-    let mut engine = Engine::new(&model, policy_without_control(), EngineConfig::default());
+    let mut engine = Engine::new(&model, policy_without_control(), no_warm_up());
     let a_events = burst("A", T0 + HOUR_MS, 3);
     let a_last = a_events.iter().map(|e| e.ts).max().unwrap();
     let events = merge(a_events.clone(), heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS));
@@ -244,7 +250,7 @@ fn silent_user_is_flagged_without_an_event_of_their_own() {
 #[test]
 fn risk_rises_with_silence() {
     let model = recency_model();
-    let mut engine = Engine::new(&model, policy_surfacing_every_score(), EngineConfig::default());
+    let mut engine = Engine::new(&model, policy_surfacing_every_score(), no_warm_up());
     let a_events = burst("A", T0 + HOUR_MS, 3);
     let a_last = a_events.last().unwrap().ts;
     let end = T0 + 20 * DAY_MS;
@@ -336,7 +342,7 @@ fn shuffled_within(
 #[test]
 fn events_within_allowed_lateness_give_the_same_state_in_any_order() {
     let model = hand_model(FeatureSpec::default(), &[("recency", 3.0)], -4.0, &[("high", HIGH), ("medium", MEDIUM)]);
-    let cfg = EngineConfig::default();
+    let cfg = no_warm_up();
     let lateness = cfg.allowed_lateness.ms();
     let names = model.spec.feature_names();
     let mut reordered_somewhere = 0;
@@ -387,7 +393,7 @@ fn events_within_allowed_lateness_give_the_same_state_in_any_order() {
 #[test]
 fn late_events_are_counted_and_not_applied() {
     let model = recency_model();
-    let mut engine = Engine::new(&model, PolicyConfig::default(), EngineConfig::default());
+    let mut engine = Engine::new(&model, PolicyConfig::default(), no_warm_up());
     let mut sink = |_: Intervention| {};
     assert_eq!(engine.ingest(&ev("X", "login", T0), &mut sink), Ingested::Applied);
     assert_eq!(engine.ingest(&ev("Y", "login", T0 + 5 * HOUR_MS), &mut sink), Ingested::Applied);
@@ -422,7 +428,7 @@ fn late_events_are_counted_and_not_applied() {
 #[test]
 fn state_ttl_evicts_silent_users() {
     let model = recency_model();
-    let cfg = EngineConfig { state_ttl: Span::days(40), ..EngineConfig::default() };
+    let cfg = EngineConfig { state_ttl: Span::days(40), ..no_warm_up() };
     cfg.validate(&PolicyConfig::default()).expect("valid config");
     let mut engine = Engine::new(&model, PolicyConfig::default(), cfg);
     let mut sink = |_: Intervention| {};
@@ -498,7 +504,7 @@ fn cooldown_suppresses_repeats_but_escalation_goes_through() {
     let policy = policy_without_control();
     assert_eq!(policy.cooldown, Span::days(7));
     assert!(!policy.resend_while_silent);
-    let mut engine = Engine::new(&model, policy, EngineConfig::default());
+    let mut engine = Engine::new(&model, policy, no_warm_up());
     let ivs = run(&mut engine, &events);
     // A: medium on silent day 3; days 4 and 5 are still medium, in its cooldown: suppressed.
     // Day 6 is high: an escalation, sent although medium's cooldown runs to day 10. Then
@@ -522,7 +528,7 @@ fn cooldown_suppresses_repeats_but_escalation_goes_through() {
 
     // With resend_while_silent, the silent A is sent high again whenever its cooldown ends.
     let resend = PolicyConfig { resend_while_silent: true, ..policy_without_control() };
-    let mut engine = Engine::new(&model, resend, EngineConfig::default());
+    let mut engine = Engine::new(&model, resend, no_warm_up());
     let ivs = run(&mut engine, &events);
     assert_eq!(decisions(&ivs, "A", a_last), expect(&[("medium", 3.0), ("high", 6.0), ("high", 13.0), ("high", 20.0)]));
     assert_eq!(
@@ -556,7 +562,7 @@ fn control_group_share_is_near_control_fraction() {
     let fraction = policy.control_fraction;
     assert_eq!(fraction, 0.1);
     let judge = Policy::new(policy.clone(), &model.thresholds.tiers);
-    let mut engine = Engine::new(&model, policy, EngineConfig::default());
+    let mut engine = Engine::new(&model, policy, no_warm_up());
     let users: Vec<String> = (0..5_000).map(|i| format!("cust-{i:05}")).collect();
     let flags = control_flags(&mut engine, &cancels(&users, T0));
     assert_eq!(flags.len(), users.len(), "every user crosses the threshold once");
@@ -575,19 +581,19 @@ fn control_group_share_is_near_control_fraction() {
 fn control_assignment_is_stable_across_engine_instances() {
     let model = cancel_model();
     let users: Vec<String> = (0..2_000).map(|i| format!("acct-{i}")).collect();
-    let mut first = Engine::new(&model, PolicyConfig::default(), EngineConfig::default());
+    let mut first = Engine::new(&model, PolicyConfig::default(), no_warm_up());
     let a = control_flags(&mut first, &cancels(&users, T0));
     // A second, fresh engine seeing the same ids in another order, at other times.
     let mut reversed = users.clone();
     reversed.reverse();
-    let mut second = Engine::new(&model, PolicyConfig::default(), EngineConfig::default());
+    let mut second = Engine::new(&model, PolicyConfig::default(), no_warm_up());
     let b = control_flags(&mut second, &cancels(&reversed, T0 + 40 * DAY_MS));
     assert_eq!(a.len(), users.len());
     assert_eq!(a, b, "the same user ids must get the same control flags");
     assert!(a.values().any(|c| *c) && a.values().any(|c| !*c));
     // The assignment is keyed by the salt: another salt reshuffles it.
     let salted = PolicyConfig { control_salt: "another-salt".into(), ..PolicyConfig::default() };
-    let mut third = Engine::new(&model, salted, EngineConfig::default());
+    let mut third = Engine::new(&model, salted, no_warm_up());
     let c = control_flags(&mut third, &cancels(&users, T0));
     assert_ne!(a, c);
 }
@@ -600,7 +606,7 @@ fn control_assignment_is_stable_across_engine_instances() {
 fn intervention_ids_are_deterministic() {
     let t = trained();
     let replay_ids = || {
-        let mut engine = Engine::new(&t.model, PolicyConfig::default(), EngineConfig::default());
+        let mut engine = Engine::new(&t.model, PolicyConfig::default(), no_warm_up());
         let ivs = run(&mut engine, &t.events);
         (ivs.iter().map(|iv| iv.intervention_id.clone()).collect::<Vec<_>>(), ivs)
     };
@@ -618,7 +624,7 @@ fn intervention_ids_are_deterministic() {
 }
 
 fn replay_file(model: &ModelArtifact, path: &Path) -> (Vec<Intervention>, Vec<Intervention>) {
-    let mut engine = Engine::new(model, PolicyConfig::default(), EngineConfig::default());
+    let mut engine = Engine::new(model, PolicyConfig::default(), no_warm_up());
     let (mut out, mut control) = (Vec::new(), Vec::new());
     let summary = replay(
         path,
@@ -673,8 +679,8 @@ fn window_amounts_are_bit_identical_in_any_order() {
         ev_amount("A", "purchase", t + 10 * MINUTE_MS, 154.75),
         ev_amount("A", "purchase", t + 20 * MINUTE_MS, 124.40),
     ];
-    let mut in_order = Engine::new(&model, PolicyConfig::default(), EngineConfig::default());
-    let mut reordered = Engine::new(&model, PolicyConfig::default(), EngineConfig::default());
+    let mut in_order = Engine::new(&model, PolicyConfig::default(), no_warm_up());
+    let mut reordered = Engine::new(&model, PolicyConfig::default(), no_warm_up());
     for e in &purchases {
         in_order.ingest(e, &mut |_| {});
     }
@@ -696,7 +702,7 @@ fn window_amounts_are_bit_identical_in_any_order() {
 #[test]
 fn silent_user_keeps_being_rescored_after_the_clock_jumps() {
     let model = recency_model();
-    let mut engine = Engine::new(&model, policy_surfacing_every_score(), EngineConfig::default());
+    let mut engine = Engine::new(&model, policy_surfacing_every_score(), no_warm_up());
     let a_last = T0 + HOUR_MS;
     let events = merge(
         vec![ev("B", "login", T0), ev("A", "login", a_last)],
@@ -722,7 +728,7 @@ fn silent_user_keeps_being_rescored_after_the_clock_jumps() {
 #[test]
 fn silent_user_is_evicted_after_the_ttl_off_the_rescore_grid() {
     let model = cancel_model();
-    let cfg = EngineConfig::default();
+    let cfg = no_warm_up();
     assert_eq!((cfg.state_ttl, cfg.rescore_interval), (Span::days(120), Span::days(1)));
     let mut engine = Engine::new(&model, PolicyConfig::default(), cfg);
     let cancel = T0 + 10 * MINUTE_MS;
@@ -746,9 +752,9 @@ fn shadow_model_scores_the_same_vectors_without_acting() {
     let live = recency_model();
     let opposite = hand_model(small_spec(), &[("recency", 1.5)], -4.0, &[("high", HIGH), ("medium", MEDIUM)]);
 
-    let mut alone = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    let mut alone = Engine::new(&live, policy_without_control(), no_warm_up());
     let plain = run(&mut alone, &events);
-    let mut shadowed = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    let mut shadowed = Engine::new(&live, policy_without_control(), no_warm_up());
     shadowed.set_shadow(&opposite).expect("same spec");
     let with_shadow = run(&mut shadowed, &events);
 
@@ -760,12 +766,94 @@ fn shadow_model_scores_the_same_vectors_without_acting() {
     assert!(c.shadow_disagree > 0 && c.shadow_agree > 0, "{c:?}");
     assert_ne!(c.shadow_buckets, c.score_buckets);
 
-    let mut same = Engine::new(&live, policy_without_control(), EngineConfig::default());
+    let mut same = Engine::new(&live, policy_without_control(), no_warm_up());
     same.set_shadow(&live).expect("same spec");
     run(&mut same, &events);
     assert_eq!(same.counters.shadow_disagree, 0);
     assert_eq!(same.counters.shadow_buckets, same.counters.score_buckets);
 
     let other_spec = hand_model(FeatureSpec::default(), &[("recency", 1.0)], 0.0, &[("high", 0.9)]);
-    assert!(Engine::new(&live, policy_without_control(), EngineConfig::default()).set_shadow(&other_spec).is_err());
+    assert!(Engine::new(&live, policy_without_control(), no_warm_up()).set_shadow(&other_spec).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warm-up
+// ---------------------------------------------------------------------------------------------
+
+/// A goes silent after a burst at the start; B is active every 4 hours for 20 days.
+fn warm_up_events() -> Vec<ActivityEvent<'static>> {
+    merge(burst("A", T0 + HOUR_MS, 3), heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS))
+}
+
+fn key(iv: &Intervention) -> (String, String, String, u64) {
+    (iv.user_id.clone(), iv.event_time.clone(), iv.tier.clone(), iv.score.to_bits())
+}
+
+#[test]
+fn warm_up_holds_outputs_until_the_longest_window_is_covered() {
+    let model = recency_model();
+    let events = warm_up_events();
+    let auto_cfg = EngineConfig::default();
+    assert_eq!(auto_cfg.warm_up, WarmUp::Auto, "the warm-up is on by default");
+    let mut warm = Engine::new(&model, policy_surfacing_every_score(), auto_cfg);
+    let held = run(&mut warm, &events);
+    let mut cold = Engine::new(&model, policy_surfacing_every_score(), no_warm_up());
+    let all = run(&mut cold, &events);
+
+    // auto = the longest window of the model's spec (7d), from the first event (T0).
+    let until = T0 + 7 * DAY_MS;
+    assert_eq!(warm.warm_until(), until);
+    assert!(all.iter().any(|iv| ts_of(iv) < until), "without warm-up there are early outputs");
+    assert!(held.iter().all(|iv| ts_of(iv) >= until), "an output inside the warm-up: {:?}", held.first());
+    assert!(held.iter().any(|iv| iv.user_id == "A") && held.iter().any(|iv| iv.user_id == "B"));
+    // Held decisions are counted, not lost: the cold engine's early outputs are the held ones.
+    let early = all.iter().filter(|iv| ts_of(iv) < until).count() as u64;
+    assert_eq!(warm.counters.held_warm_up, early);
+    assert_eq!(warm.counters.interventions + warm.counters.held_warm_up, cold.counters.interventions);
+    // State kept updating during the warm-up, and the policy starts fresh after it: from the end
+    // of the warm-up on, the outputs are exactly those of an engine without warm-up.
+    let late: Vec<_> = all.iter().filter(|iv| ts_of(iv) >= until).map(key).collect();
+    assert_eq!(held.iter().map(key).collect::<Vec<_>>(), late);
+    // A's first output after the warm-up scores a silence that began during it.
+    let a_first = held.iter().find(|iv| iv.user_id == "A").expect("A is flagged after the warm-up");
+    let a_last = T0 + 3 * HOUR_MS;
+    assert_eq!(a_first.score, recency_score((ts_of(a_first) - a_last) as f64 / DAY_MS as f64));
+}
+
+#[test]
+fn warm_up_off_restores_outputs_from_the_first_event_and_a_duration_sets_the_length() {
+    let model = recency_model();
+    let events = warm_up_events();
+    let mut off = Engine::new(&model, policy_surfacing_every_score(), no_warm_up());
+    let out = run(&mut off, &events);
+    assert_eq!(off.warm_until(), Millis::MIN);
+    assert_eq!(off.counters.held_warm_up, 0);
+    assert_eq!(ts_of(&out[0]), T0, "the first event is decided on at once");
+
+    let cfg = EngineConfig { warm_up: WarmUp::For(Span::days(3)), ..EngineConfig::default() };
+    let mut three = Engine::new(&model, policy_surfacing_every_score(), cfg);
+    let out = run(&mut three, &events);
+    assert!(out.iter().all(|iv| ts_of(iv) >= T0 + 3 * DAY_MS));
+    assert!(out.iter().any(|iv| ts_of(iv) < T0 + 4 * DAY_MS), "outputs resume right after 3d");
+    assert!(three.counters.held_warm_up > 0);
+}
+
+#[test]
+fn warm_up_config_values() {
+    let parse = |s: &str| toml::from_str::<EngineConfig>(s);
+    assert_eq!(parse("").unwrap().warm_up, WarmUp::Auto);
+    assert_eq!(parse("warm_up = \"auto\"").unwrap().warm_up, WarmUp::Auto);
+    assert_eq!(parse("warm_up = \"off\"").unwrap().warm_up, WarmUp::Off);
+    assert_eq!(parse("warm_up = \"30d\"").unwrap().warm_up, WarmUp::For(Span::days(30)));
+    let err = parse("warm_up = \"soon\"").unwrap_err().to_string();
+    assert!(err.contains("auto") && err.contains("off"), "{err}");
+    for w in [WarmUp::Auto, WarmUp::Off, WarmUp::For(Span::days(30))] {
+        let cfg = EngineConfig { warm_up: w, ..EngineConfig::default() };
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(parse(&text).unwrap(), cfg, "{text}");
+    }
+    let too_long = EngineConfig { warm_up: WarmUp::For(Span::days(400)), ..EngineConfig::default() };
+    let e = too_long.validate(&PolicyConfig::default()).unwrap_err();
+    assert_eq!(e.key, "warm_up");
+    assert_eq!(WarmUp::Auto.resolve(&small_spec()), Span::days(7));
 }

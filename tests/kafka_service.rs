@@ -116,6 +116,7 @@ listen = "127.0.0.1:{port}"
 
 [engine]
 allowed_lateness = "1s"
+warm_up = "off"
 {extra}
 "#,
             ev = t.events,

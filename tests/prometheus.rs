@@ -158,6 +158,10 @@ commit_interval = "200ms"
 path = "{}"
 [http]
 listen = "127.0.0.1:{port}"
+[engine]
+# The log covers 75 days, less than the default model's 90-day warm-up: decide from the start so
+# the intervention panels have data.
+warm_up = "off"
 "#,
         topics[0],
         topics[1],

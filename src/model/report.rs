@@ -243,16 +243,17 @@ fn summary_table(m: &Metrics, at: &Confusion, input: &ReportInput) -> String {
     let (best_t, best_f1, _, _) = metrics::best_f1_threshold(input.scores, input.labels);
 
     let rows: [(&str, String, String); 12] = [
-        ("Users", m.n_users.to_string(), String::new()),
+        // Training at several cutoffs gives a user one row per cutoff: these are row counts.
+        ("Rows", m.n_users.to_string(), "one per user and cutoff".to_owned()),
         ("Churn rate", fmt_pct(m.churn_rate), String::new()),
         ("ROC AUC", fmt_num(m.roc_auc, 4), "0.5 = random ranking".to_owned()),
         ("Average precision (PR AUC)", fmt_num(m.pr_auc, 4), format!("base rate {}", fmt_num(m.churn_rate, 4))),
         ("Log loss", fmt_num(m.log_loss, 4), format!("base-rate predictor {}", fmt_num(baseline_log_loss, 4))),
         ("Brier score", fmt_num(m.brier, 4), format!("base-rate predictor {}", fmt_num(baseline_brier, 4))),
-        ("Decision threshold", fmt_num(input.threshold, 4), "flag users with score \u{2265} threshold".to_owned()),
-        ("Flagged at threshold", fmt_pct(at.flagged_share()), format!("{} users", at.tp + at.fp)),
+        ("Decision threshold", fmt_num(input.threshold, 4), "flag rows with score \u{2265} threshold".to_owned()),
+        ("Flagged at threshold", fmt_pct(at.flagged_share()), format!("{} rows", at.tp + at.fp)),
         ("Precision at threshold", fmt_num(at.precision(), 4), format!("{} true / {} false positives", at.tp, at.fp)),
-        ("Recall at threshold", fmt_num(at.recall(), 4), format!("{} churners missed", at.fn_)),
+        ("Recall at threshold", fmt_num(at.recall(), 4), format!("{} churned rows missed", at.fn_)),
         ("F1 at threshold", fmt_num(at.f1(), 4), String::new()),
         ("Best F1 (in-sample)", fmt_num(best_f1, 4), format!("at threshold {}", fmt_num(best_t, 4))),
     ];
@@ -275,10 +276,10 @@ fn summary_table(m: &Metrics, at: &Confusion, input: &ReportInput) -> String {
 
 fn calibration_html(bins: &[CalibrationBin]) -> String {
     if bins.is_empty() {
-        return "<p class=\"note\">No scored users.</p>\n".to_owned();
+        return "<p class=\"note\">No scored rows.</p>\n".to_owned();
     }
     let mut out = String::from(
-        "<table class=\"calibration\">\n<thead><tr><th>Bin</th><th>Users</th>\
+        "<table class=\"calibration\">\n<thead><tr><th>Bin</th><th>Rows</th>\
          <th>Mean predicted</th><th>Observed rate</th><th>Observed \u{2212} predicted</th></tr></thead>\n<tbody>\n",
     );
     for b in bins {
@@ -912,6 +913,11 @@ mod tests {
         // Nothing is fetched when the file is opened.
         assert!(!html.contains("src=\"http") && !html.contains("<link"));
         assert!(!html.contains("NaN"));
+
+        // Counts are rows (a user appears once per cutoff), and say so.
+        assert!(html.contains("<th scope=\"row\">Rows</th><td class=\"num\">5000</td>"), "row count");
+        assert!(html.contains(" rows</td>") && html.contains("churned rows missed"));
+        assert!(!html.contains(">Users<") && !html.contains(" users</td>") && !html.contains("churners missed"));
         Ok(())
     }
 
