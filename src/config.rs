@@ -176,9 +176,16 @@ impl Config {
         origin: &str,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), msg: e.to_string() })?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), msg: syntax_error_message(&e, text) })?;
         apply_env(&mut table, env)?;
+        // Values of secret-looking keys (from the file or the environment) never appear in an
+        // error, whatever produced it.
+        let secrets = secret_values(&table);
+        Self::from_table(table, origin).map_err(|e| scrub(e, &secrets))
+    }
+
+    fn from_table(mut table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
         // librdkafka properties are strings; accept `"linger.ms" = 5` as well as `"5"`.
         if let Some(toml::Value::Table(kafka)) = table.get_mut("kafka") {
             for (_, v) in kafka.iter_mut() {
@@ -191,7 +198,13 @@ impl Config {
         // The path of a wrong value ("policy.lifecycle.new_for") goes into the message.
         let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let msg = e.into_inner().message().to_string();
+            let msg = if is_secret(&key) {
+                // serde quotes the offending value ("invalid type: string \"...\""): say only
+                // what was expected.
+                "has a value of the wrong type or format (not shown: the key looks like a secret)".to_string()
+            } else {
+                e.into_inner().message().to_string()
+            };
             if key.is_empty() || key == "." {
                 ConfigError::Parse { path: origin.to_string(), msg }
             } else {
@@ -266,14 +279,126 @@ impl Config {
     }
 }
 
-/// librdkafka keys that carry credentials.
+/// Keys whose values may be credentials: librdkafka's (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.config`, ...) and anything that looks like one, misspellings
+/// included (`sasl.passwd`, `ssl.keystore.pasword`, `api_secret`, `access.key`). It over-redacts
+/// on purpose: a key file's *location* (`ssl.key.location`) is not a secret, but hiding it is
+/// harmless, while printing a mistyped password is not.
 pub fn is_secret(key: &str) -> bool {
+    const WORDS: [&str; 11] = [
+        "pass",
+        "pasw",
+        "pwd",
+        "secret",
+        "token",
+        "credential",
+        "jaas",
+        "private",
+        "signature",
+        "oauthbearer.config",
+        "oauthbearer.extensions",
+    ];
     let k = key.to_ascii_lowercase();
-    k.contains("password")
-        || k.contains("secret")
-        || k.ends_with(".key.pem")
-        || k.contains("token")
-        || k.contains("sasl.oauthbearer.config")
+    WORDS.iter().any(|w| k.contains(w))
+        // `key` as (part of) a dotted, underscored or dashed segment: `ssl.key.pem`, `access.key`,
+        // `api_key`, `apikey`, `ssl.keystore.password`.
+        || k.split(|c: char| !c.is_ascii_alphanumeric()).any(|seg| seg.contains("key"))
+}
+
+/// A TOML syntax error as `line N, column M: <what the reader expected>`. toml's own `Display`
+/// quotes the offending source line, which may hold a password (`"sasl.password" = "hunter2`
+/// without its closing quote), so only the position and the reader's description are used, and
+/// the description is dropped too when the error is on a line with a secret-looking key or the
+/// description repeats any part of a secret-looking value.
+fn syntax_error_message(e: &toml::de::Error, text: &str) -> String {
+    let desc: String = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let Some(span) = e.span() else {
+        return if leaks_secret_line(&desc, text) { "invalid TOML".to_string() } else { desc };
+    };
+    let start = floor_char_boundary(text, span.start.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    // The error may be reported at the end of the line it is about, or at the start of the next.
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    let prev_line = text[..line_start].trim_end_matches(['\n', '\r']).lines().next_back().unwrap_or("");
+    let on_secret_line = secret_value_of_line(this_line).is_some() || secret_value_of_line(prev_line).is_some();
+    if on_secret_line || leaks_secret_line(&desc, text) {
+        format!(
+            "line {line_no}, column {column}: invalid TOML (the line's key looks like a secret, so neither \
+             the line nor the reader's description is shown; check its quoting)"
+        )
+    } else {
+        format!("line {line_no}, column {column}: {desc}")
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// For a line that assigns a secret-looking key (`"sasl.password" = "..."`, also inside an inline
+/// table), the text after its first `=`; `None` for other lines.
+fn secret_value_of_line(line: &str) -> Option<&str> {
+    let (keys, _) = line.rsplit_once('=')?;
+    let (_, value) = line.split_once('=')?;
+    keys.split('=').any(is_secret).then_some(value)
+}
+
+/// Does `msg` repeat four or more consecutive characters of the value of any secret-looking key in
+/// `text`?
+fn leaks_secret_line(msg: &str, text: &str) -> bool {
+    text.lines().filter_map(secret_value_of_line).any(|v| {
+        let value: Vec<char> = v.trim().trim_matches(['"', '\'']).chars().collect();
+        value.windows(4).any(|w| msg.contains(&w.iter().collect::<String>()))
+    })
+}
+
+/// The values of every secret-looking key in the parsed config (nested tables and arrays
+/// included), as they would be printed.
+fn secret_values(table: &toml::Table) -> Vec<String> {
+    fn collect(v: &toml::Value, secret: bool, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    collect(v, secret || is_secret(k), out);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| collect(v, secret, out)),
+            toml::Value::String(s) if secret => out.push(s.clone()),
+            other if secret => out.push(other.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in table {
+        collect(v, is_secret(k), &mut out);
+    }
+    // Longest first, so a value that contains another is replaced whole. Values under 3
+    // characters would blank out ordinary words and are not credentials anyway.
+    out.retain(|s| s.chars().count() >= 3);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// Replace every secret value in an error's message (and key) with `<redacted>`.
+fn scrub(e: ConfigError, secrets: &[String]) -> ConfigError {
+    let clean = |mut s: String| {
+        for secret in secrets {
+            if s.contains(secret.as_str()) {
+                s = s.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        s
+    };
+    match e {
+        ConfigError::Parse { path, msg } => ConfigError::Parse { path, msg: clean(msg) },
+        ConfigError::Invalid { key, msg } => ConfigError::Invalid { key: clean(key), msg: clean(msg) },
+        read @ ConfigError::Read { .. } => read,
+    }
 }
 
 fn apply_env(table: &mut toml::Table, env: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
@@ -363,6 +488,118 @@ mod tests {
         assert_eq!(c.source.group_id, "eu");
         assert_eq!(c.policy.control_fraction, 0.25);
         assert_eq!(c.source.topics, vec!["a", "b"]);
+    }
+
+    /// `needle` nowhere in the error's Display or Debug.
+    fn assert_hidden(e: &ConfigError, needle: &str) {
+        let (shown, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(!shown.contains(needle) && !debug.contains(needle), "{needle:?} leaked: {shown}");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_position_but_never_a_secret_line() {
+        let broken = [
+            "[kafka]\n\"sasl.password\" = \"hunter2\n",
+            "[kafka]\n\"sasl.password\" = \"hunter2",
+            "[kafka]\n\"sasl.password\" = hunter2\n",
+            "[kafka]\n\"sasl.password\" = 'hunter2\n",
+            "[kafka]\n\"sasl.password\" = \"\"\"hunter2\n",
+            "[kafka]\n\"sasl.password\" = \"hunter2\" trailing\n",
+            "[kafka]\n\"sasl.password\" = \"hun\\qter2\"\n",
+            "[kafka]\n\"sasl.passwd\" = \"hunter2\n",
+            "[kafka]\nsasl.jaas.config = \"org.apache.kafka.common.security.plain.PlainLoginModule required password=hunter2\n",
+            "kafka = { \"sasl.password\" = \"hunter2 }\n",
+            "[kafka]\n\"sasl.password\" = \"hunter2\"\n\"sasl.password\" = \"hunter2\"\n",
+            "[kafka]\n\"sasl.password\" = \"hunter2\"\nthis line is broken\n",
+        ];
+        for text in broken {
+            let e = load(text, &[]).unwrap_err();
+            assert!(matches!(e, ConfigError::Parse { .. }), "{text:?}: {e}");
+            for needle in ["hunter2", "hunter", "unter", "qter", "PlainLoginModule"] {
+                assert_hidden(&e, needle);
+            }
+            let shown = e.to_string();
+            assert!(shown.contains("line ") && shown.contains(", column "), "{text:?}: {shown}");
+        }
+        // A line without a secret keeps the reader's description, but not the line itself.
+        let e = load(&format!("{MIN}\"client.id\" = \"billing-eu\n"), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config test.toml: line 3, column "), "{e}");
+        assert!(!e.contains("billing-eu") && !e.contains("not shown"), "{e}");
+        let e = load("[source\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 1, column ") && !e.contains("[source"), "{e}");
+    }
+
+    #[test]
+    fn misspelled_and_unusual_secret_keys_are_redacted() {
+        let keys = [
+            "sasl.password",
+            "sasl.passwd",
+            "ssl.keystore.pasword",
+            "ssl.key.pem",
+            "ssl.key.password",
+            "sasl.jaas.config",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+            "api_secret",
+            "access.key",
+            "apikey",
+            "private_key",
+            "sasl.credentials",
+            "auth.token",
+            "db.pwd",
+        ];
+        let mut text = MIN.to_string();
+        for (i, k) in keys.iter().enumerate() {
+            assert!(is_secret(k), "{k}");
+            text.push_str(&format!("\"{k}\" = \"hunter2-{i:02}\"\n"));
+        }
+        text.push_str("\"client.id\" = \"churn-eu\"\n\"security.protocol\" = \"SASL_SSL\"\n");
+        let out = load(&text, &[]).unwrap().redacted_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert_eq!(out.matches("<redacted>").count(), keys.len(), "{out}");
+        assert!(out.contains("churn-eu") && out.contains("SASL_SSL") && out.contains("localhost:9092"), "{out}");
+        for k in
+            ["bootstrap.servers", "client.id", "security.protocol", "sasl.mechanisms", "sasl.username", "linger.ms"]
+        {
+            assert!(!is_secret(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn invalid_value_errors_never_show_a_secret_value() {
+        // A secret-looking key with a value of the wrong type: serde would quote the value.
+        for bad in ["[\"hunter2\"]", "{ x = \"hunter2\" }", "[1979-05-27T07:32:00Z]"] {
+            let e = load(&format!("{MIN}\"sasl.password\" = {bad}\n"), &[]).unwrap_err();
+            assert!(matches!(&e, ConfigError::Invalid { key, .. } if key.contains("sasl.password")), "{e}");
+            for needle in ["hunter2", "1979-05-27"] {
+                assert_hidden(&e, needle);
+            }
+        }
+        // The same through an environment override of the [kafka] map...
+        let e = load("", &[("CHURNGUARD__KAFKA__SASL_PASSWORD", "hunter2"), ("CHURNGUARD__HTTP__LISTEN", "hunter2")])
+            .unwrap_err();
+        assert_hidden(&e, "hunter2");
+        // ...and a secret value echoed by another key's check is replaced, wherever it came from.
+        let e =
+            load(&format!("{MIN}\"ssl.key.password\" = \"hunter2\"\n[http]\nlisten = \"hunter2\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("http.listen") && e.to_string().contains("<redacted>"), "{e}");
+        assert_hidden(&e, "hunter2");
+        let e = load(
+            &format!("{MIN}[http]\nlisten = \"hunter2\"\n"),
+            &[("CHURNGUARD__KAFKA__SASL_PASSWORD", "hunter2"), ("CHURNGUARD__POLICY__CONTROL_FRACTION", "2")],
+        )
+        .unwrap_err();
+        assert_hidden(&e, "hunter2");
+        let e = load(&format!("{MIN}[source]\napi_secret = \"hunter2\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("api_secret"), "{e}");
+        assert_hidden(&e, "hunter2");
+        // A malformed override names the variable, not its value.
+        let e = load(MIN, &[("CHURNGUARD__KAFKA__SASL__PASSWORD", "hunter2")]).unwrap_err();
+        assert!(e.to_string().contains("CHURNGUARD__KAFKA__SASL__PASSWORD"), "{e}");
+        assert_hidden(&e, "hunter2");
+        // Values of ordinary keys are still quoted: they are what the reader needs to fix.
+        let e = load(&format!("{MIN}[http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("nowhere"), "{e}");
     }
 
     #[test]

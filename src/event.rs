@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::time::{self, Millis};
 
@@ -103,7 +104,8 @@ pub struct ActivityEvent<'a> {
 enum Scalar<'a> {
     Str(Cow<'a, str>),
     Int(i64),
-    Float(f64),
+    /// A number that is not an `i64`: a fraction, an exponent or beyond `i64::MAX`.
+    Float,
     Null,
     Other(&'static str),
 }
@@ -129,10 +131,10 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
                 Ok(Scalar::Int(v))
             }
             fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+                Ok(i64::try_from(v).map_or(Scalar::Float, Scalar::Int))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Float(v))
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float)
             }
             fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(Scalar::Other("boolean"))
@@ -157,12 +159,20 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
 }
 
 impl Scalar<'_> {
-    fn type_name(&self) -> &'static str {
+    /// The JSON type and size of a value, never its content: `string of 17 bytes`,
+    /// `integer of 10 digits`. This is what rejection details say about a field, because they
+    /// go to logs and dead-letter headers and a field may hold personal data.
+    fn describe(&self) -> String {
         match self {
-            Scalar::Str(_) => "string",
-            Scalar::Int(_) | Scalar::Float(_) => "number",
-            Scalar::Null => "null",
-            Scalar::Other(t) => t,
+            Scalar::Str(s) => format!("string of {} bytes", s.len()),
+            Scalar::Int(i) => {
+                let digits = i.unsigned_abs().checked_ilog10().unwrap_or(0) + 1;
+                let sign = if *i < 0 { "negative " } else { "" };
+                format!("{sign}integer of {digits} digits")
+            }
+            Scalar::Float => "number that is not a 64-bit integer".to_string(),
+            Scalar::Null => "null".to_string(),
+            Scalar::Other(t) => (*t).to_string(),
         }
     }
 }
@@ -173,7 +183,9 @@ struct RawFields<'a> {
     user_id: Option<Scalar<'a>>,
     event_type: Option<Scalar<'a>>,
     ts: Option<Scalar<'a>>,
-    amount: Option<Scalar<'a>>,
+    /// Kept as its JSON text: a number beyond `f64` (`1e400`) would fail the whole parse as
+    /// `not_json` if serde_json converted it, and it is a `bad_amount`.
+    amount: Option<&'a RawValue>,
 }
 
 /// A field name, matched without allocating (serde's `Cow<str>` would always own it).
@@ -227,7 +239,10 @@ impl<'de> Deserialize<'de> for Top<'de> {
                         Key::UserId => &mut raw.user_id,
                         Key::EventType => &mut raw.event_type,
                         Key::Ts => &mut raw.ts,
-                        Key::Amount => &mut raw.amount,
+                        Key::Amount => {
+                            raw.amount = Some(a.next_value()?);
+                            continue;
+                        }
                         Key::Other => {
                             a.next_value::<IgnoredAny>()?;
                             continue;
@@ -277,75 +292,110 @@ pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<ActivityEvent<'_>, 
         Ok(Top::NotObject(kind)) => {
             return Err(Rejection::new(RejectReason::NotObject, format!("expected a JSON object, got {kind}")))
         }
-        Err(e) => return Err(Rejection::new(RejectReason::NotJson, e.to_string())),
+        Err(e) => return Err(Rejection::new(RejectReason::NotJson, json_error_detail(&e))),
     };
     validate(raw)
 }
 
-fn required_str<'a>(field: &str, v: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
+/// serde_json's syntax messages are fixed texts with a position ("EOF while parsing a string at
+/// line 1 column 13"); only a `Data` error can carry a custom message, which might quote input,
+/// so that one is replaced.
+fn json_error_detail(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            format!("invalid JSON value at line {} column {}", e.line(), e.column())
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// What `ts` accepts (see [`time::parse_rfc3339`]).
+const TS_EXPECTED: &str = "expected integer epoch milliseconds or an RFC3339 date-time string with a UTC offset \
+     (e.g. 2026-03-01T10:05:00.000Z), between 2000-01-01 and 2200-01-01";
+const AMOUNT_EXPECTED: &str = "expected a finite JSON number (or null)";
+
+fn required_str<'a>(field: &str, v: Option<Scalar<'a>>, limit: usize) -> Result<Cow<'a, str>, Rejection> {
     match v {
         None | Some(Scalar::Null) => Err(Rejection::new(RejectReason::MissingField, format!("`{field}` is required"))),
         Some(Scalar::Str(s)) => Ok(s),
-        Some(other) => {
-            Err(Rejection::new(RejectReason::BadType, format!("`{field}` must be a string, got {}", other.type_name())))
-        }
+        Some(other) => Err(Rejection::new(
+            RejectReason::BadType,
+            format!("`{field}`: {}, expected a string of 1..={limit} bytes", other.describe()),
+        )),
     }
 }
 
 fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
-    let user_id = required_str("user_id", raw.user_id)?;
+    let user_id = required_str("user_id", raw.user_id, MAX_USER_ID_BYTES)?;
     if user_id.is_empty() || user_id.len() > MAX_USER_ID_BYTES {
         return Err(Rejection::new(
             RejectReason::BadUserId,
-            format!("`user_id` must be 1..={MAX_USER_ID_BYTES} bytes, got {}", user_id.len()),
+            format!("`user_id`: string of {} bytes, expected 1..={MAX_USER_ID_BYTES} bytes", user_id.len()),
         ));
     }
-    let event_type = required_str("event_type", raw.event_type)?;
+    let event_type = required_str("event_type", raw.event_type, MAX_EVENT_TYPE_BYTES)?;
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
         return Err(Rejection::new(
             RejectReason::BadEventType,
-            format!("`event_type` must be 1..={MAX_EVENT_TYPE_BYTES} bytes, got {}", event_type.len()),
+            format!("`event_type`: string of {} bytes, expected 1..={MAX_EVENT_TYPE_BYTES} bytes", event_type.len()),
         ));
     }
+    let bad_ts =
+        |v: &Scalar<'_>| Rejection::new(RejectReason::BadTimestamp, format!("`ts`: {}, {TS_EXPECTED}", v.describe()));
     let ts = match raw.ts {
         None | Some(Scalar::Null) => return Err(Rejection::new(RejectReason::MissingField, "`ts` is required")),
-        Some(Scalar::Int(ms)) => ms,
-        Some(Scalar::Str(s)) => time::parse_rfc3339(&s)
-            .ok_or_else(|| Rejection::new(RejectReason::BadTimestamp, format!("`ts` {s:?} is not RFC3339")))?,
-        Some(Scalar::Float(f)) => {
-            return Err(Rejection::new(
-                RejectReason::BadTimestamp,
-                format!("`ts` must be integer epoch milliseconds, got {f}"),
-            ))
-        }
+        Some(Scalar::Int(ms)) if (MIN_TS..MAX_TS).contains(&ms) => ms,
+        Some(Scalar::Str(s)) => match time::parse_rfc3339(&s) {
+            Some(ms) if (MIN_TS..MAX_TS).contains(&ms) => ms,
+            _ => return Err(bad_ts(&Scalar::Str(s))),
+        },
+        Some(v @ (Scalar::Int(_) | Scalar::Float)) => return Err(bad_ts(&v)),
         Some(other) => {
-            return Err(Rejection::new(
-                RejectReason::BadType,
-                format!("`ts` must be an RFC3339 string or epoch milliseconds, got {}", other.type_name()),
-            ))
+            return Err(Rejection::new(RejectReason::BadType, format!("`ts`: {}, {TS_EXPECTED}", other.describe())))
         }
     };
-    if !(MIN_TS..MAX_TS).contains(&ts) {
-        return Err(Rejection::new(
-            RejectReason::BadTimestamp,
-            format!("`ts` {ts} is outside 2000-01-01..2200-01-01 (epoch milliseconds expected)"),
-        ));
-    }
-    let amount = match raw.amount {
-        None | Some(Scalar::Null) => None,
-        Some(Scalar::Int(i)) => Some(i as f64),
-        Some(Scalar::Float(f)) if f.is_finite() => Some(f),
-        Some(Scalar::Float(f)) => {
-            return Err(Rejection::new(RejectReason::BadAmount, format!("`amount` must be finite, got {f}")))
-        }
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectReason::BadType,
-                format!("`amount` must be a number, got {}", other.type_name()),
-            ))
-        }
-    };
+    let amount = parse_amount(raw.amount)?;
     Ok(ActivityEvent { user_id, event_type, ts, amount })
+}
+
+/// `amount` from its JSON text. Negative amounts are valid (refunds). A number beyond the range
+/// of `f64` (`1e400`), or a string that spells a non-finite number (`"NaN"`, `"Infinity"`, as some
+/// serializers write them), is a `bad_amount`; any other non-number is a `bad_type`.
+fn parse_amount(raw: Option<&RawValue>) -> Result<Option<f64>, Rejection> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => {
+            // Already checked as JSON number syntax, which Rust's float syntax includes; a value
+            // beyond f64 parses as infinity.
+            match text.parse::<f64>() {
+                Ok(f) if f.is_finite() => Ok(Some(f)),
+                _ => Err(Rejection::new(
+                    RejectReason::BadAmount,
+                    format!(
+                        "`amount`: number of {} bytes, beyond the range of a 64-bit float; {AMOUNT_EXPECTED}",
+                        text.len()
+                    ),
+                )),
+            }
+        }
+        Some(b'n') => Ok(None),
+        _ => {
+            // Not a number: decode it once more (rare) to name its type.
+            let v: Scalar<'_> =
+                serde_json::from_str(text).map_err(|e| Rejection::new(RejectReason::NotJson, json_error_detail(&e)))?;
+            let spells_non_finite =
+                matches!(&v, Scalar::Str(s) if s.trim().parse::<f64>().is_ok_and(|f| !f.is_finite()));
+            if spells_non_finite {
+                Err(Rejection::new(
+                    RejectReason::BadAmount,
+                    format!("`amount`: {} spelling a non-finite number; {AMOUNT_EXPECTED}", v.describe()),
+                ))
+            } else {
+                Err(Rejection::new(RejectReason::BadType, format!("`amount`: {}, {AMOUNT_EXPECTED}", v.describe())))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -376,36 +426,174 @@ mod tests {
 
     #[test]
     fn every_reject_reason_is_reachable() {
-        assert_eq!(reason("{not json"), Some(RejectReason::NotJson));
-        assert_eq!(reason("[1,2]"), Some(RejectReason::NotObject));
-        assert_eq!(reason(r#"{"event_type":"login","ts":1767225601500}"#), Some(RejectReason::MissingField));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"login"}"#), Some(RejectReason::MissingField));
-        assert_eq!(
-            reason(r#"{"user_id":null,"event_type":"login","ts":1767225601500}"#),
-            Some(RejectReason::MissingField)
-        );
-        assert_eq!(reason(r#"{"user_id":7,"event_type":"login","ts":1767225601500}"#), Some(RejectReason::BadType));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":true}"#), Some(RejectReason::BadType));
-        assert_eq!(
-            reason(r#"{"user_id":"u","event_type":"login","ts":"yesterday"}"#),
-            Some(RejectReason::BadTimestamp)
-        );
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1767225601}"#), Some(RejectReason::BadTimestamp));
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#), Some(RejectReason::BadTimestamp));
-        assert_eq!(reason(r#"{"user_id":"","event_type":"login","ts":1767225601500}"#), Some(RejectReason::BadUserId));
         let long = "x".repeat(MAX_USER_ID_BYTES + 1);
-        assert_eq!(
-            reason(&format!(r#"{{"user_id":"{long}","event_type":"login","ts":1767225601500}}"#)),
-            Some(RejectReason::BadUserId)
-        );
-        assert_eq!(reason(r#"{"user_id":"u","event_type":"","ts":1767225601500}"#), Some(RejectReason::BadEventType));
-        assert_eq!(
-            reason(r#"{"user_id":"u","event_type":"purchase","ts":1767225601500,"amount":"12"}"#),
-            Some(RejectReason::BadType)
-        );
+        let long_user = format!(r#"{{"user_id":"{long}","event_type":"login","ts":1767225601500}}"#);
+        let long_type = format!(r#"{{"user_id":"u","event_type":"{}","ts":1767225601500}}"#, "t".repeat(129));
+        let with_amount =
+            |a: &str| format!(r#"{{"user_id":"u","event_type":"purchase","ts":1767225601500,"amount":{a}}}"#);
+        let cases: Vec<(String, RejectReason)> = vec![
+            ("{not json".into(), RejectReason::NotJson),
+            ("{\"user_id\":\"u9".into(), RejectReason::NotJson),
+            (with_amount("NaN"), RejectReason::NotJson), // not JSON at all
+            (with_amount("-Infinity"), RejectReason::NotJson),
+            ("[1,2]".into(), RejectReason::NotObject),
+            ("\"event\"".into(), RejectReason::NotObject),
+            (r#"{"event_type":"login","ts":1767225601500}"#.into(), RejectReason::MissingField),
+            (r#"{"user_id":"u","event_type":"login"}"#.into(), RejectReason::MissingField),
+            (r#"{"user_id":null,"event_type":"login","ts":1767225601500}"#.into(), RejectReason::MissingField),
+            (r#"{"user_id":7,"event_type":"login","ts":1767225601500}"#.into(), RejectReason::BadType),
+            (r#"{"user_id":"u","event_type":"login","ts":true}"#.into(), RejectReason::BadType),
+            (r#"{"user_id":"u","event_type":"login","ts":{"ms":1}}"#.into(), RejectReason::BadType),
+            (with_amount("\"12\""), RejectReason::BadType),
+            (with_amount("[1]"), RejectReason::BadType),
+            (with_amount("false"), RejectReason::BadType),
+            (r#"{"user_id":"u","event_type":"login","ts":"yesterday"}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":1767225601}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":-1767225601500}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":"1990-01-01T00:00:00Z"}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"","event_type":"login","ts":1767225601500}"#.into(), RejectReason::BadUserId),
+            (long_user, RejectReason::BadUserId),
+            (r#"{"user_id":"u","event_type":"","ts":1767225601500}"#.into(), RejectReason::BadEventType),
+            (long_type, RejectReason::BadEventType),
+            (with_amount("1e400"), RejectReason::BadAmount),
+            (with_amount("-1e400"), RejectReason::BadAmount),
+            (with_amount("123456789e999"), RejectReason::BadAmount),
+            (with_amount("\"NaN\""), RejectReason::BadAmount),
+            (with_amount("\"Infinity\""), RejectReason::BadAmount),
+            (with_amount("\"-inf\""), RejectReason::BadAmount),
+        ];
+        let mut produced = std::collections::BTreeSet::new();
+        for (input, want) in &cases {
+            let r = parse_event(input.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect_err(input);
+            assert_eq!(r.reason, *want, "{input}: {r}");
+            produced.insert(r.reason);
+        }
         let big = format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"pad":"{}"}}"#, "p".repeat(200));
-        assert_eq!(parse_event(big.as_bytes(), 100).err().map(|r| r.reason), Some(RejectReason::TooLarge));
+        let r = parse_event(big.as_bytes(), 100).expect_err("too large");
+        assert_eq!(r.reason, RejectReason::TooLarge);
+        produced.insert(r.reason);
+        let all: std::collections::BTreeSet<_> = RejectReason::ALL.into_iter().collect();
+        assert_eq!(produced, all, "every RejectReason must be produced by some input");
         assert_eq!(reason(r#"{"user_id":"u","event_type":"login","ts":1767225601500}"#), None);
+    }
+
+    #[test]
+    fn amounts_may_be_negative_tiny_null_or_integers() {
+        let amount = |a: &str| {
+            let text = format!(r#"{{"user_id":"u","event_type":"purchase","ts":1767225601500,"amount":{a}}}"#);
+            parse_event(text.as_bytes(), 1024).map(|e| e.amount)
+        };
+        assert_eq!(amount("-12.5"), Ok(Some(-12.5)), "refunds are negative");
+        assert_eq!(amount("19.99"), Ok(Some(19.99)));
+        assert_eq!(amount("7"), Ok(Some(7.0)));
+        assert_eq!(amount("1e-400"), Ok(Some(0.0)), "underflow is zero, not an error");
+        assert_eq!(amount("1.7976931348623157e308"), Ok(Some(f64::MAX)));
+        assert_eq!(amount("null"), Ok(None));
+        assert_eq!(amount(" 3 "), Ok(Some(3.0)));
+        let r = amount("1e400").unwrap_err();
+        assert_eq!(
+            r.detail,
+            "`amount`: number of 5 bytes, beyond the range of a 64-bit float; expected a finite JSON number (or null)"
+        );
+    }
+
+    #[test]
+    fn details_name_the_field_type_and_length_but_not_the_content() {
+        let detail = |s: &str| parse_event(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap_err().detail;
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":"jane.doe@example.com"}"#);
+        assert_eq!(
+            d,
+            "`ts`: string of 20 bytes, expected integer epoch milliseconds or an RFC3339 date-time string with a UTC \
+             offset (e.g. 2026-03-01T10:05:00.000Z), between 2000-01-01 and 2200-01-01"
+        );
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1767225601}"#);
+        assert!(d.starts_with("`ts`: integer of 10 digits, expected integer epoch milliseconds"), "{d}");
+        assert!(!d.contains("1767225601"), "{d}");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":-42}"#);
+        assert!(d.starts_with("`ts`: negative integer of 2 digits,"), "{d}");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#);
+        assert!(d.starts_with("`ts`: number that is not a 64-bit integer,") && !d.contains("1.5"), "{d}");
+        let d = detail(r#"{"user_id":12345678,"event_type":"login","ts":1767225601500}"#);
+        assert_eq!(d, "`user_id`: integer of 8 digits, expected a string of 1..=256 bytes");
+        let d = detail(&format!(r#"{{"user_id":"u","event_type":"{}","ts":1767225601500}}"#, "secretive".repeat(20)));
+        assert_eq!(d, "`event_type`: string of 180 bytes, expected 1..=128 bytes");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1767225601500,"amount":"jane@example.com"}"#);
+        assert_eq!(d, "`amount`: string of 16 bytes, expected a finite JSON number (or null)");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1767225601500,"amount":"NaN"}"#);
+        assert_eq!(
+            d,
+            "`amount`: string of 3 bytes spelling a non-finite number; expected a finite JSON number (or null)"
+        );
+        let d = detail(r#"{"user_id":"jane@example.com"#);
+        assert!(d.starts_with("EOF while parsing a string at line 1 column "), "{d}");
+    }
+
+    /// Events with `content` in every field (and as a key, and in broken JSON), inside quotes.
+    /// For letters-only contents the rejection must be the same as for any other content of the
+    /// same length: then it cannot carry the content in any form.
+    fn templates(content: &str) -> Vec<String> {
+        let c = content;
+        vec![
+            format!(r#"{{"user_id":"{c}","event_type":"login","ts":1767225601500}}"#),
+            format!(r#"{{"user_id":"{c}","event_type":"login"}}"#),
+            format!(r#"{{"user_id":"u","event_type":"{c}","ts":1767225601500}}"#),
+            format!(r#"{{"user_id":"u","event_type":"{c}","ts":"{c}"}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":"{c}"}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":"2026-01-01T00:00:00Z","amount":"{c}"}}"#),
+            format!(r#"{{"user_id":"{c}","event_type":"{c}","ts":"{c}","amount":"{c}"}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"amount":["{c}"]}}"#),
+            format!(r#"{{"user_id":["{c}"],"event_type":"login","ts":1767225601500}}"#),
+            format!(r#"{{"user_id":{{"{c}":1}},"event_type":"login","ts":1767225601500}}"#),
+            format!(r#"{{"{c}":"{c}","event_type":"login","ts":1767225601500}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"note":"{c}"}}"#),
+            format!(r#"{{"user_id":"{c}"#),
+            format!(r#"{{"user_id":"u\x{c}"}}"#),
+            format!(r#""{c}""#),
+            format!(r#"["{c}"]"#),
+        ]
+    }
+
+    /// Content outside quotes: serde_json's message depends on the letters (`nul...` starts a
+    /// `null`), so only its absence is checked.
+    fn bare_templates(content: &str) -> Vec<String> {
+        let c = content;
+        vec![
+            format!(r#"{{"user_id":{c}}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":{c}}}"#),
+            format!(r#"{{"user_id":"u","event_type":"login","ts":1767225601500,"amount":{c}}}"#),
+            c.to_string(),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rejection_details_never_contain_field_contents(content in "[a-zA-Z]{4,300}") {
+            let filler = "Q".repeat(content.len());
+            for (input, same_length) in templates(&content).into_iter().zip(templates(&filler)) {
+                let got = parse_event(input.as_bytes(), DEFAULT_MAX_EVENT_BYTES);
+                let with_filler = parse_event(same_length.as_bytes(), DEFAULT_MAX_EVENT_BYTES);
+                match (&got, &with_filler) {
+                    (Err(r), Err(f)) => {
+                        let shown = r.to_string();
+                        proptest::prop_assert!(!shown.contains(&content), "{input}: {shown}");
+                        proptest::prop_assert_eq!(r, f, "the detail depends on more than the length: {}", input);
+                    }
+                    (Ok(_), Ok(_)) => {}
+                    _ => proptest::prop_assert!(false, "{input}: {got:?} but {same_length}: {with_filler:?}"),
+                }
+            }
+            for input in bare_templates(&content) {
+                let r = parse_event(input.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect_err(&input);
+                proptest::prop_assert!(!r.to_string().contains(&content), "{input}: {r}");
+            }
+            // The field's own content is always the cause in these, so each is a real rejection.
+            for (i, want) in [(4, RejectReason::BadTimestamp), (5, RejectReason::BadType), (12, RejectReason::NotJson)] {
+                let input = &templates(&content)[i];
+                let r = parse_event(input.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect_err(input);
+                proptest::prop_assert_eq!(r.reason, want);
+            }
+        }
     }
 
     #[test]

@@ -345,10 +345,12 @@ fn events_within_allowed_lateness_give_the_same_state_in_any_order() {
     let cfg = no_warm_up();
     let lateness = cfg.allowed_lateness.ms();
     let names = model.spec.feature_names();
+    assert!(names.len() > 10, "{names:?}");
     let mut reordered_somewhere = 0;
     for seed in 0..16 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let in_order = mixed_events(&mut rng);
+        assert!(in_order.len() > 100, "seed {seed}: {} events", in_order.len());
         let shuffled = shuffled_within(&in_order, lateness, &mut rng);
         if shuffled.iter().zip(&in_order).any(|(a, b)| a != b) {
             reordered_somewhere += 1;
@@ -715,6 +717,7 @@ fn silent_user_keeps_being_rescored_after_the_clock_jumps() {
         .map(|iv| (ts_of(iv) - a_last) / DAY_MS)
         .collect();
     let expected: Vec<i64> = (1..=(engine.watermark() - a_last) / DAY_MS).collect();
+    assert!(expected.len() >= 18, "the clock must run ~20 days past A's last event: {expected:?}");
     assert_eq!(silent_days, expected, "A must be rescored every day of its silence");
 }
 
@@ -760,6 +763,7 @@ fn shadow_model_scores_the_same_vectors_without_acting() {
 
     let ids =
         |v: &[Intervention]| v.iter().map(|i| (i.intervention_id.clone(), i.model_version.clone())).collect::<Vec<_>>();
+    assert!(!plain.is_empty(), "the live model flags the silent user");
     assert_eq!(ids(&plain), ids(&with_shadow), "the shadow never changes what is published");
     let c = &shadowed.counters;
     assert_eq!(c.shadow_agree + c.shadow_disagree, c.scored_on_event + c.scored_on_timer, "every score is shadowed");

@@ -136,9 +136,12 @@ proptest! {
             past.swap(i, (s % (i as u64 + 1)) as usize);
         }
         // Query at the cut and later (silence grows recency and empties windows).
+        let names = spec.feature_names();
+        prop_assert!(!names.is_empty());
         for t in [t_cut, t_cut + later] {
             let got = engine_vector(&spec, &past, t);
-            for (i, name) in spec.feature_names().iter().enumerate() {
+            prop_assert_eq!(got.len(), names.len());
+            for (i, name) in names.iter().enumerate() {
                 let want = naive(&spec, &past, t, name);
                 prop_assert!(close(got[i], want), "{name} at t={t}: engine {} naive {want}", got[i]);
             }
