@@ -267,6 +267,25 @@ impl Config {
         Ok(())
     }
 
+    /// `msg` with the value of every secret-looking `[kafka]` key replaced by `<redacted>`. For
+    /// errors that quote configured values, such as rdkafka's client-config error, whose
+    /// `Display` ends with the property's value (`No such configuration property: "sasl.passwd"
+    /// sasl.passwd <value>`).
+    pub fn redact_secrets(&self, msg: &str) -> String {
+        let mut secrets: Vec<&str> = self
+            .kafka
+            .iter()
+            .filter(|(k, v)| is_secret(k) && v.chars().count() >= 3)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = msg.to_string();
+        for s in secrets {
+            out = out.replace(s, "<redacted>");
+        }
+        out
+    }
+
     /// The config as TOML with secrets redacted, for `config check` and the start-up log.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
@@ -600,6 +619,16 @@ mod tests {
         // Values of ordinary keys are still quoted: they are what the reader needs to fix.
         let e = load(&format!("{MIN}[http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn redact_secrets_cleans_messages_that_quote_kafka_values() {
+        let c = load(&format!("{MIN}\"sasl.passwd\" = \"hunter2\"\n\"client.id\" = \"churn-eu\"\n"), &[]).unwrap();
+        // The shape of rdkafka's KafkaError::ClientConfig Display for a misspelled property.
+        let msg = "Client config error: No such configuration property: \"sasl.passwd\" sasl.passwd hunter2";
+        let out = c.redact_secrets(msg);
+        assert_eq!(out, "Client config error: No such configuration property: \"sasl.passwd\" sasl.passwd <redacted>");
+        assert_eq!(c.redact_secrets("client.id churn-eu"), "client.id churn-eu");
     }
 
     #[test]
