@@ -134,7 +134,7 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 20)]
         latency_seconds: u64,
         /// Worker counts to measure the service at (comma-separated).
-        #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1,2")]
+        #[arg(long, value_name = "N", value_delimiter = ',', default_value = "1,2")]
         workers: Vec<usize>,
         /// Rounds; every figure is reported as min and median.
         #[arg(long, value_name = "N", default_value_t = 3)]
@@ -625,10 +625,13 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     let cfg: ReplayConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("parsing {}: {}", p.display(), crate::config::syntax_error_message(&e, &text))
+            })?;
             // Replay reads a service config's [engine] and [policy]; a misspelt section must not
             // silently fall back to defaults.
-            const SECTIONS: [&str; 8] = ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown"];
+            const SECTIONS: [&str; 9] =
+                ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown", "runtime"];
             if let Some(bad) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
                 bail!("{}: unknown section [{bad}] (known: {})", p.display(), SECTIONS.join(", "));
             }

@@ -329,7 +329,9 @@ pub fn is_secret(key: &str) -> bool {
 /// without its closing quote), so only the position and the reader's description are used, and
 /// the description is dropped too when the error is on a line with a secret-looking key or the
 /// description repeats any part of a secret-looking value.
-fn syntax_error_message(e: &toml::de::Error, text: &str) -> String {
+/// A TOML syntax error as `line N, column M: <description>`, never quoting the text (a secret's
+/// line in particular).
+pub fn syntax_error_message(e: &toml::de::Error, text: &str) -> String {
     let desc: String = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
     let Some(span) = e.span() else {
         return if leaks_secret_line(&desc, text) { "invalid TOML".to_string() } else { desc };

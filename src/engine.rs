@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{Decision, ReasonRef};
 use crate::event::ActivityEvent;
 use crate::features::{FeatureStore, Layout};
-use crate::intervention::{intervention_id, now_rfc3339, Intervention, ReasonRecord, Trigger};
+use crate::intervention::{Intervention, Trigger};
 use crate::model::{ModelArtifact, Scorer};
 use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
-use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
+use crate::time::{Millis, Span, DAY_MS};
 use crate::timers::TimerWheel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +198,9 @@ pub struct Engine {
     warm_until: Millis,
     vector: Vec<f64>,
     due_scratch: Vec<(Millis, u32)>,
+    /// Scratch for a decision's reasons: reused, so deciding allocates nothing.
+    ranked: Vec<(f64, usize)>,
+    reasons: Vec<ReasonRef>,
     pub counters: EngineCounters,
 }
 
@@ -221,6 +225,8 @@ impl Engine {
             warm_until: Millis::MIN,
             vector: vec![0.0; n],
             due_scratch: Vec::new(),
+            ranked: Vec::new(),
+            reasons: Vec::new(),
             counters: EngineCounters::default(),
         }
     }
@@ -272,7 +278,22 @@ impl Engine {
     }
 
     /// Apply one valid event, emitting any interventions it or the advanced clock causes.
+    /// Apply one valid event; `emit` receives every decision it or the advanced clock causes, as
+    /// owned records (built per decision: for file sinks and tests).
     pub fn ingest(&mut self, ev: &ActivityEvent<'_>, emit: &mut dyn FnMut(Intervention)) -> Ingested {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.ingest_decisions(ev, &mut |d| emit(d.to_intervention(now)))
+    }
+
+    /// Move the clock forward, as [`Engine::advance_watermark_decisions`], with owned records.
+    pub fn advance_watermark(&mut self, to: Millis, emit: &mut dyn FnMut(Intervention)) {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.advance_watermark_decisions(to, &mut |d| emit(d.to_intervention(now)))
+    }
+
+    /// Apply one valid event. `emit` receives each decision as a typed value borrowed from the
+    /// engine: nothing is allocated to make it.
+    pub fn ingest_decisions(&mut self, ev: &ActivityEvent<'_>, emit: &mut dyn FnMut(&Decision<'_>)) -> Ingested {
         if ev.ts < self.watermark {
             self.counters.events_late += 1;
             return Ingested::Late;
@@ -285,7 +306,7 @@ impl Engine {
             // Other users' timers due by the new watermark fire first; this user's are handled
             // by catch-up below, so the order cannot change any decision.
             self.max_ts = ev.ts;
-            self.advance_watermark(ev.ts.saturating_sub(self.cfg.allowed_lateness.ms()), emit);
+            self.advance_watermark_decisions(ev.ts.saturating_sub(self.cfg.allowed_lateness.ms()), emit);
         }
         let type_idx = self.store.layout().spec().type_index(&ev.event_type);
         let mut idx = self.lookup_or_create(&ev.user_id, ev.ts);
@@ -309,7 +330,7 @@ impl Engine {
 
     /// Move the clock forward (never back) and fire every timer due by then. Used per event, for
     /// idle partitions (wall clock), and at the end of a file.
-    pub fn advance_watermark(&mut self, to: Millis, emit: &mut dyn FnMut(Intervention)) {
+    pub fn advance_watermark_decisions(&mut self, to: Millis, emit: &mut dyn FnMut(&Decision<'_>)) {
         if to <= self.watermark {
             return;
         }
@@ -367,7 +388,7 @@ impl Engine {
 
     /// A rescore timer at `due`: evict the user if silent past the TTL, else score them.
     /// Returns false if the user was evicted.
-    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(Intervention)) -> bool {
+    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
         let last = self.store.user(idx).last_ts();
@@ -392,7 +413,7 @@ impl Engine {
         }
     }
 
-    fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(Intervention)) {
+    fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(&Decision<'_>)) {
         self.store.vector_at(idx, at, &mut self.vector);
         let score = self.scorer.score(&self.vector);
         let bucket = |s: f64| ((s * SCORE_BUCKETS as f64) as usize).min(SCORE_BUCKETS - 1);
@@ -455,26 +476,20 @@ impl Engine {
         } else {
             self.counters.interventions += 1;
         }
-        emit(Intervention {
-            schema: crate::intervention::SCHEMA.to_string(),
-            intervention_id: intervention_id(user_id, &tier.name, at),
-            user_id: user_id.to_string(),
+        self.scorer.explain_into(&self.vector, self.policy.cfg.top_reasons, &mut self.ranked, &mut self.reasons);
+        emit(&Decision {
+            user_id,
             score,
             threshold: tier.min_score,
-            tier: tier.name.clone(),
+            tier: &tier.name,
             stage,
-            action: self.policy.action(&tier.name, stage).to_string(),
-            reasons: self
-                .scorer
-                .explain(&self.vector, self.policy.cfg.top_reasons)
-                .into_iter()
-                .map(ReasonRecord::from)
-                .collect(),
-            model_version: self.scorer.version().to_string(),
-            event_time: format_rfc3339_ms(at),
-            watermark: format_rfc3339_ms(self.watermark.max(0)),
+            action: self.policy.action(&tier.name, stage),
+            reasons: &self.reasons,
+            feature_names: self.scorer.names(),
+            model_version: self.scorer.version(),
+            at,
+            watermark: self.watermark,
             trigger,
-            emitted_at: now_rfc3339(),
             control,
         });
     }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod demo;
 pub mod engine;
 pub mod event;

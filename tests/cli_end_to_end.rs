@@ -257,9 +257,21 @@ fn replay_survives_bad_lines_and_reports_reject_codes() {
     std::fs::write(&mixed, text).unwrap();
     let model = p.path("model.json");
     let out = dir.path().join("iv.jsonl");
+    // The log is shorter than the warm-up: decide from the first event on.
+    std::fs::write(dir.path().join("no-warm-up.toml"), "[engine]\nwarm_up = \"off\"\n").unwrap();
     let o = ok(
         dir.path(),
-        &["replay", "--model", model.to_str().unwrap(), "--events", "mixed.jsonl", "--out", out.to_str().unwrap()],
+        &[
+            "replay",
+            "--model",
+            model.to_str().unwrap(),
+            "--events",
+            "mixed.jsonl",
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            "no-warm-up.toml",
+        ],
     );
     let err = stderr(&o);
     for code in ["not_json", "missing_field", "bad_timestamp", "too_large"] {
@@ -333,4 +345,20 @@ fn config_check_never_prints_a_secret() {
     assert!(!out.contains("hunter") && !out.contains("PlainLoginModule"), "{out}");
     assert_eq!(out.matches("<redacted>").count(), 3, "{out}");
     assert!(out.contains("localhost:9092"), "{out}");
+}
+
+/// librdkafka's own config errors quote the property's value: `run` must not pass a misspelled
+/// secret's value through (no broker is needed: the client fails to be created).
+#[test]
+fn run_never_prints_the_value_of_a_misspelled_secret_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
+    let config = format!(
+        "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:1\"\n\"sasl.passwd\" = \"hunter2-leak\"\n\n[model]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        model.display()
+    );
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    let err = fails(dir.path(), &["run", "--config", "c.toml"]);
+    assert!(err.contains("sasl.passwd"), "the error names the key: {err}");
+    assert!(!err.contains("hunter2-leak"), "the secret's value leaked: {err}");
 }

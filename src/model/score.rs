@@ -115,22 +115,48 @@ impl Scorer {
 
     /// The `top` features by contribution to the logit, largest first: the ones pushing the
     /// score up the most (when fewer push up, the least negative follow).
-    pub fn explain(&self, raw: &[f64], top: usize) -> Vec<Reason> {
-        let mut all: Vec<(f64, usize)> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (self.coef[i] * (transform(self.transforms[i], *x) - self.mean[i]) * self.inv_std[i], i))
-            .filter(|(c, _)| *c != 0.0)
-            .collect();
+    /// Feature names, in vector order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// [`Scorer::explain`] into reused buffers (`ranked` is scratch): the serving path's form,
+    /// which allocates nothing once the buffers have grown.
+    pub fn explain_into(
+        &self,
+        raw: &[f64],
+        top: usize,
+        ranked: &mut Vec<(f64, usize)>,
+        out: &mut Vec<crate::decision::ReasonRef>,
+    ) {
+        ranked.clear();
+        ranked.extend(
+            raw.iter()
+                .enumerate()
+                .map(|(i, x)| (self.coef[i] * (transform(self.transforms[i], *x) - self.mean[i]) * self.inv_std[i], i))
+                .filter(|(c, _)| *c != 0.0),
+        );
         let by_contribution = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        if all.len() > top && top > 0 {
-            all.select_nth_unstable_by(top - 1, by_contribution);
-            all.truncate(top);
+        if ranked.len() > top && top > 0 {
+            ranked.select_nth_unstable_by(top - 1, by_contribution);
+            ranked.truncate(top);
         }
-        all.sort_by(by_contribution);
-        all.truncate(top);
-        all.into_iter()
-            .map(|(contribution, i)| Reason { feature: self.names[i].clone(), value: raw[i], contribution })
+        ranked.sort_by(by_contribution);
+        ranked.truncate(top);
+        out.clear();
+        out.extend(ranked.iter().map(|&(contribution, feature)| crate::decision::ReasonRef {
+            feature,
+            value: raw[feature],
+            contribution,
+        }));
+    }
+
+    pub fn explain(&self, raw: &[f64], top: usize) -> Vec<Reason> {
+        let mut reasons = Vec::new();
+        self.explain_into(raw, top, &mut Vec::new(), &mut reasons);
+        reasons
+            .into_iter()
+            .map(|r| Reason { feature: self.names[r.feature].clone(), value: r.value, contribution: r.contribution })
             .collect()
     }
 }

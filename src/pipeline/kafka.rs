@@ -189,6 +189,18 @@ impl Service {
         Ok(self)
     }
 
+    /// librdkafka's config errors end with the property's value: never let a secret's through.
+    fn redacted(&self, e: KafkaError) -> KafkaError {
+        match e {
+            KafkaError::ClientConfig(res, desc, key, value) => {
+                let value =
+                    if crate::config::is_secret(&key) { "<redacted>".into() } else { self.cfg.redact_secrets(&value) };
+                KafkaError::ClientConfig(res, self.cfg.redact_secrets(&desc), key, value)
+            }
+            other => other,
+        }
+    }
+
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in &self.cfg.kafka {
@@ -230,7 +242,7 @@ impl Service {
             .get("message.max.bytes")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
-        let producer: FutureProducer = producer_settings.create()?;
+        let producer: FutureProducer = producer_settings.create().map_err(|e| self.redacted(e))?;
         let (model_tx, model_rx) = watch::channel(Arc::new(self.model.clone()));
         let shared = Arc::new(Shared {
             cfg: self.cfg.clone(),
@@ -265,7 +277,8 @@ impl Service {
             &self.cfg.source.topics,
             workers.clone() as Arc<dyn RebalanceListener>,
             self.metrics.clone(),
-        )?;
+        )
+        .map_err(|e| self.redacted(e))?;
         let stop_polling = Arc::new(AtomicBool::new(false));
         let poller = source::spawn_poller(consumer.clone(), stop_polling.clone())?;
         let prober = tokio::spawn(probe_loop(

@@ -20,7 +20,6 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::engine::{Engine, EngineCounters, Population};
 use crate::event::parse_event;
-use crate::intervention::Intervention;
 use crate::model::ModelArtifact;
 use crate::pipeline::events::{
     Backpressured, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged, MessageTimed, MessagesConsumed,
@@ -29,7 +28,7 @@ use crate::pipeline::events::{
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
 use crate::pipeline::restore;
-use crate::sink::kafka::{KafkaSink, OutRecord, Pending, Settled};
+use crate::sink::kafka::{KafkaSink, Settled, Staging};
 use crate::source::kafka::{GroupConsumer, PartitionId, PartitionQueue};
 use crate::telemetry::Metrics;
 use crate::time::Millis;
@@ -114,7 +113,8 @@ pub struct PartitionWorker {
     consumed: u64,
     consumed_flushed: u64,
     flushed: EngineCounters,
-    outputs: Vec<Intervention>,
+    /// Decisions of the message at hand, encoded for sending (reused).
+    staging: Staging,
     last_message: Instant,
     seq: u64,
     ticks: u64,
@@ -150,7 +150,7 @@ impl PartitionWorker {
             consumed: 0,
             consumed_flushed: 0,
             flushed: EngineCounters::default(),
-            outputs: Vec::new(),
+            staging: Staging::default(),
             last_message: Instant::now(),
             seq: 0,
             ticks: 0,
@@ -351,26 +351,42 @@ impl PartitionWorker {
         self.last_message = now;
         let offset = m.offset();
         let payload = m.payload().unwrap_or(&[]);
-        let mut outputs = std::mem::take(&mut self.outputs);
+        let mut staging = std::mem::take(&mut self.staging);
+        staging.clear();
         let mut scoring = None;
         match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
             Ok(ev) => {
                 let t = started.map(|_| Instant::now());
-                self.engine.ingest(&ev, &mut |iv| outputs.push(iv));
+                let emitted_at = chrono::Utc::now().timestamp_millis();
+                self.engine.ingest_decisions(&ev, &mut |d| staging.push(d, emitted_at));
                 scoring = t.map(|t| t.elapsed().as_secs_f64());
             }
             Err(r) => {
                 EventRejected { partition: &self.id, offset, rejection: &r }.emit(self.metrics());
                 let (record, pending) = self.sink.dead_letter(&self.id, offset, m.key(), payload, &r);
-                self.send(record, pending, stop).await?;
+                let mut pending = Some(pending);
+                self.send(Some(offset), stop, |sink| {
+                    let p = pending.take().expect("taken once per attempt");
+                    sink.try_send(record.as_ref(), p).map_err(|p| pending = Some(p))
+                })
+                .await?;
             }
         }
         let source_ts = m.timestamp().to_millis();
-        for iv in outputs.drain(..) {
-            let (record, pending) = self.sink.intervention(iv, Some(offset), source_ts);
-            self.send(record, pending, stop).await?;
+        let mut result = Ok(());
+        for i in 0..staging.len() {
+            result = self
+                .send(Some(offset), stop, |sink| {
+                    let (control, key, payload, pending) = staging.get(i, Some(offset), source_ts);
+                    sink.try_send_decision(control, key, payload, pending).map_err(drop)
+                })
+                .await;
+            if result.is_err() {
+                break;
+            }
         }
-        self.outputs = outputs;
+        self.staging = staging;
+        result?;
         self.offsets.processed(offset);
         if let Some(s) = started {
             MessageTimed { processing_seconds: s.elapsed().as_secs_f64(), scoring_seconds: scoring }
@@ -379,35 +395,35 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Hand a record to the producer; while its queue is full, settle acknowledgements first.
-    async fn send(&mut self, mut record: OutRecord, mut pending: Pending, stop: &mut StopRx) -> Result<(), Stopped> {
-        let offset = pending.offset;
+    /// Hand a record to the producer through `attempt`; while its queue is full, settle
+    /// acknowledgements first. Stops waiting when the worker is told to stop.
+    async fn send(
+        &mut self,
+        offset: Option<i64>,
+        stop: &mut StopRx,
+        mut attempt: impl FnMut(&mut KafkaSink) -> Result<(), ()>,
+    ) -> Result<(), Stopped> {
         loop {
-            match self.sink.try_send(record, pending) {
-                Ok(()) => {
-                    if let Some(o) = offset {
-                        self.offsets.output_sent(o);
-                    }
-                    InFlightChanged { delta: 1 }.emit(self.metrics());
-                    return Ok(());
+            if attempt(&mut self.sink).is_ok() {
+                if let Some(o) = offset {
+                    self.offsets.output_sent(o);
                 }
-                Err(back) => {
-                    (record, pending) = *back;
-                    Backpressured.emit(self.metrics());
-                    tokio::select! {
-                        biased;
-                        r = stop.changed() => {
-                            if let (Ok(()), Some(d)) = (r, *stop.borrow()) {
-                                return Err(Stopped::Drain(d));
-                            }
-                            if stop.has_changed().is_err() {
-                                return Err(Stopped::Drain(tokio::time::Instant::now()));
-                            }
-                        }
-                        s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                InFlightChanged { delta: 1 }.emit(self.metrics());
+                return Ok(());
+            }
+            Backpressured.emit(self.metrics());
+            tokio::select! {
+                biased;
+                r = stop.changed() => {
+                    if let (Ok(()), Some(d)) = (r, *stop.borrow()) {
+                        return Err(Stopped::Drain(d));
+                    }
+                    if stop.has_changed().is_err() {
+                        return Err(Stopped::Drain(tokio::time::Instant::now()));
                     }
                 }
+                s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
         }
     }
@@ -508,20 +524,22 @@ impl PartitionWorker {
         if !idle || self.engine.watermark() == Millis::MIN {
             return;
         }
-        let mut outputs = std::mem::take(&mut self.outputs);
-        self.engine.advance_watermark(target, &mut |iv| outputs.push(iv));
-        for iv in outputs.drain(..) {
-            let (record, pending) = self.sink.intervention(iv, None, None);
+        let mut staging = std::mem::take(&mut self.staging);
+        staging.clear();
+        let emitted_at = chrono::Utc::now().timestamp_millis();
+        self.engine.advance_watermark_decisions(target, &mut |d| staging.push(d, emitted_at));
+        for i in 0..staging.len() {
+            let (control, key, payload, pending) = staging.get(i, None, None);
             // The queue is full only under heavy load, when the partition is not idle; the
             // decision is made again after a restart.
-            match self.sink.try_send(record, pending) {
+            match self.sink.try_send_decision(control, key, payload, pending) {
                 Ok(()) => InFlightChanged { delta: 1 }.emit(self.metrics()),
                 Err(_) => {
                     tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent")
                 }
             }
         }
-        self.outputs = outputs;
+        self.staging = staging;
     }
 
     fn flush_counts(&mut self) {

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::decision::Decision;
 use crate::engine::{Engine, EngineCounters, Ingested};
-use crate::intervention::Intervention;
 use crate::source::{self, RejectTally, SourceError};
 
 #[derive(Debug, Default, Clone)]
@@ -60,18 +60,21 @@ pub fn replay(
     let mut write_err: Option<std::io::Error> = None;
     let ReplaySink { interventions, mut control } = sink;
     let mut line = Vec::with_capacity(512);
-    let mut emit = |iv: Intervention| {
-        let tally = if iv.control { &mut summary.control_by_tier } else { &mut summary.interventions_by_tier };
-        *tally.entry(iv.tier.clone()).or_default() += 1;
+    let mut emit = |d: &Decision<'_>| {
+        let tally = if d.control { &mut summary.control_by_tier } else { &mut summary.interventions_by_tier };
+        match tally.get_mut(d.tier) {
+            Some(n) => *n += 1,
+            None => {
+                tally.insert(d.tier.to_string(), 1);
+            }
+        }
         let target: Option<&mut dyn Write> =
-            if iv.control { control.as_mut().map(|w| &mut **w as &mut dyn Write) } else { Some(&mut *interventions) };
+            if d.control { control.as_mut().map(|w| &mut **w as &mut dyn Write) } else { Some(&mut *interventions) };
         if let (Some(w), None) = (target, write_err.as_ref()) {
             line.clear();
-            let res = serde_json::to_writer(&mut line, &iv).map_err(std::io::Error::other).and_then(|_| {
-                line.push(b'\n');
-                w.write_all(&line)
-            });
-            if let Err(e) = res {
+            d.write_json(chrono::Utc::now().timestamp_millis(), &mut line);
+            line.push(b'\n');
+            if let Err(e) = w.write_all(&line) {
                 write_err = Some(e);
             }
         }
@@ -81,11 +84,11 @@ pub fn replay(
     let mut rejected = RejectTally::default();
     let lines = source::for_each_event(path, max_event_bytes, &mut rejected, |ev| {
         valid += 1;
-        if engine.ingest(&ev, &mut emit) == Ingested::Late {
+        if engine.ingest_decisions(&ev, &mut emit) == Ingested::Late {
             late += 1;
         }
     })?;
-    engine.advance_watermark(engine.max_ts(), &mut emit);
+    engine.advance_watermark_decisions(engine.max_ts(), &mut emit);
     if let Some(e) = write_err {
         return Err(ReplayError::Write(e));
     }

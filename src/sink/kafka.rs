@@ -21,7 +21,6 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 
 use crate::event::Rejection;
-use crate::intervention::Intervention;
 use crate::pipeline::events::OutputKind;
 use crate::source::kafka::{kafka_error_code, PartitionId};
 
@@ -83,8 +82,8 @@ pub struct Pending {
     pub offset: Option<i64>,
     pub kind: OutputKind,
     /// Tier (interventions, control) or reason code (dead letters).
-    pub label: Box<str>,
-    pub action: Box<str>,
+    pub label: Arc<str>,
+    pub action: Arc<str>,
     /// The triggering message's timestamp, for the event-to-intervention latency.
     pub source_ts_ms: Option<i64>,
     /// Set when a dead letter had to be truncated: (original bytes, sent bytes).
@@ -97,6 +96,97 @@ pub enum Settled {
     Failed(Pending, String),
     /// A transient error; the output was scheduled to be sent again.
     Retrying(OutputKind, String),
+}
+
+/// A record to send, borrowed: the producer copies it.
+#[derive(Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    pub headers: &'a OwnedHeaders,
+}
+
+impl OutRecord {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef { topic: &self.topic, key: &self.key, payload: &self.payload, headers: &self.headers }
+    }
+}
+
+/// Decisions encoded for sending, in one reused buffer: staging a decision allocates nothing once
+/// the buffers have grown, and the producer copies each record out of it.
+#[derive(Default)]
+pub struct Staging {
+    buf: Vec<u8>,
+    items: Vec<Staged>,
+    /// Tier and action names as metric labels, interned: a handful per model.
+    labels: Vec<Arc<str>>,
+}
+
+struct Staged {
+    key: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+    control: bool,
+    caused_by_event: bool,
+    tier: Arc<str>,
+    action: Arc<str>,
+}
+
+impl Staging {
+    /// Encode `d` as its record (key: user id; value: `churnguard.intervention.v1` JSON).
+    pub fn push(&mut self, d: &crate::decision::Decision<'_>, emitted_at: crate::time::Millis) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(d.user_id.as_bytes());
+        let key = start..self.buf.len();
+        d.write_json(emitted_at, &mut self.buf);
+        let payload = key.end..self.buf.len();
+        let tier = self.intern(d.tier);
+        let action = self.intern(d.action);
+        self.items.push(Staged {
+            key,
+            payload,
+            control: d.control,
+            caused_by_event: d.trigger == crate::intervention::Trigger::Event,
+            tier,
+            action,
+        });
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(l) = self.labels.iter().find(|l| &***l == s) {
+            return l.clone();
+        }
+        let l: Arc<str> = Arc::from(s);
+        self.labels.push(l.clone());
+        l
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The `i`th staged record: (control, key, payload) and what it settles.
+    pub fn get(&self, i: usize, offset: Option<i64>, source_ts_ms: Option<i64>) -> (bool, &[u8], &[u8], Pending) {
+        let it = &self.items[i];
+        let pending = Pending {
+            offset,
+            kind: if it.control { OutputKind::Control } else { OutputKind::Intervention },
+            label: it.tier.clone(),
+            action: it.action.clone(),
+            source_ts_ms: if it.caused_by_event { source_ts_ms } else { None },
+            truncated: None,
+        };
+        (it.control, &self.buf[it.key.clone()], &self.buf[it.payload.clone()], pending)
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
 }
 
 /// A record ready for the producer.
@@ -115,11 +205,13 @@ pub struct Topics {
     pub dead_letter: Arc<str>,
 }
 
-type Delivery = Pin<Box<dyn Future<Output = (Pending, Result<(), (KafkaError, OwnedMessage)>)> + Send>>;
+/// A delivery's outcome: the broker's error and the record back, or `None` when the producer went away.
+type Delivery = Pin<Box<dyn Future<Output = (Pending, Result<(), Option<(KafkaError, OwnedMessage)>>)> + Send>>;
 
 pub struct KafkaSink {
     producer: FutureProducer,
     topics: Topics,
+    schema_headers: OwnedHeaders,
     deliveries: FuturesUnordered<Delivery>,
     /// The largest dead-letter payload sent whole.
     max_payload: usize,
@@ -131,6 +223,8 @@ impl KafkaSink {
         KafkaSink {
             producer,
             topics,
+            schema_headers: OwnedHeaders::new()
+                .insert(Header { key: "churnguard.schema", value: Some(crate::intervention::SCHEMA) }),
             deliveries: FuturesUnordered::new(),
             max_payload: message_max_bytes.saturating_sub(RECORD_OVERHEAD).max(MIN_TRUNCATED),
             retry_backoff: Duration::from_millis(500),
@@ -139,30 +233,6 @@ impl KafkaSink {
 
     pub fn in_flight(&self) -> usize {
         self.deliveries.len()
-    }
-
-    /// The record of an intervention or control decision, and what it settles.
-    pub fn intervention(
-        &self,
-        iv: Intervention,
-        offset: Option<i64>,
-        source_ts_ms: Option<i64>,
-    ) -> (OutRecord, Pending) {
-        let control = iv.control;
-        let topic = if control { self.topics.control.clone() } else { self.topics.interventions.clone() };
-        // An Intervention is plain data (strings and numbers): serialising it cannot fail.
-        let payload = serde_json::to_vec(&iv).unwrap_or_default();
-        let headers =
-            OwnedHeaders::new().insert(Header { key: "churnguard.schema", value: Some(crate::intervention::SCHEMA) });
-        let pending = Pending {
-            offset,
-            kind: if control { OutputKind::Control } else { OutputKind::Intervention },
-            source_ts_ms: if iv.trigger == crate::intervention::Trigger::Event { source_ts_ms } else { None },
-            label: iv.tier.into_boxed_str(),
-            action: iv.action.into_boxed_str(),
-            truncated: None,
-        };
-        (OutRecord { topic, key: iv.user_id.into_bytes(), payload, headers }, pending)
     }
 
     /// The rejected message byte for byte (cut to fit if it is larger than the producer takes),
@@ -193,8 +263,8 @@ impl KafkaSink {
         let mut pending = Pending {
             offset: Some(offset),
             kind: OutputKind::DeadLetter,
-            label: r.reason.code().into(),
-            action: "".into(),
+            label: Arc::from(r.reason.code()),
+            action: Arc::from(""),
             source_ts_ms: None,
             truncated: None,
         };
@@ -208,29 +278,62 @@ impl KafkaSink {
         (record, pending)
     }
 
-    /// Hand a record to the producer. `Err` gives it back when the producer's queue is full:
-    /// wait for [`KafkaSink::next`] and try again.
-    pub fn try_send(&mut self, record: OutRecord, pending: Pending) -> Result<(), Box<(OutRecord, Pending)>> {
-        let fr =
-            FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(record.headers.clone());
+    /// Hand a record to the producer (librdkafka copies it). `Err` gives `pending` back when the
+    /// producer's queue is full: wait for [`KafkaSink::next`] and try again.
+    pub fn try_send(&mut self, record: RecordRef<'_>, pending: Pending) -> Result<(), Pending> {
+        self.send_parts(record.topic, record.key, record.payload, record.headers.clone(), pending)
+    }
+
+    /// As [`KafkaSink::try_send`], for a staged decision (see [`Staging::get`]).
+    pub fn try_send_decision(
+        &mut self,
+        control: bool,
+        key: &[u8],
+        payload: &[u8],
+        pending: Pending,
+    ) -> Result<(), Pending> {
+        let topic = if control { self.topics.control.clone() } else { self.topics.interventions.clone() };
+        // librdkafka takes ownership of a record's headers: each record needs its own.
+        let headers = self.schema_headers.clone();
+        self.send_parts(&topic, key, payload, headers, pending)
+    }
+
+    fn send_parts(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+        pending: Pending,
+    ) -> Result<(), Pending> {
+        let fr = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         match self.producer.send_result(fr) {
             Ok(delivery) => {
                 self.deliveries.push(Box::pin(async move {
                     let r = match delivery.await {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, m))) => Err((e, m)),
-                        Err(_cancelled) => Err((KafkaError::Canceled, owned(record))),
+                        Ok(Err((e, m))) => Err(Some((e, m))),
+                        // The producer was dropped (shutting down): nothing left to send with.
+                        Err(_cancelled) => Err(None),
                     };
                     (pending, r)
                 }));
                 Ok(())
             }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(Box::new((record, pending))),
-            Err((e, _)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(pending),
+            Err((e, fr)) => {
                 // Refused before it reached the queue (e.g. larger than message.max.bytes): the
                 // same handling as a refusal by the broker.
-                let err = e;
-                self.deliveries.push(Box::pin(async move { (pending, Err((err, owned(record)))) }));
+                let msg = OwnedMessage::new(
+                    fr.payload.map(<[u8]>::to_vec),
+                    fr.key.map(<[u8]>::to_vec),
+                    topic.to_string(),
+                    rdkafka::Timestamp::NotAvailable,
+                    0,
+                    0,
+                    fr.headers,
+                );
+                self.deliveries.push(Box::pin(async move { (pending, Err(Some((e, msg)))) }));
                 Ok(())
             }
         }
@@ -245,7 +348,8 @@ impl KafkaSink {
             };
             let (err, msg) = match result {
                 Ok(()) => return Settled::Acked(pending),
-                Err(e) => e,
+                Err(Some(e)) => e,
+                Err(None) => return Settled::Failed(pending, "Canceled".into()),
             };
             let code = kafka_error_code(&err);
             match classify(&err) {
@@ -284,7 +388,7 @@ impl KafkaSink {
                 .headers(record.headers.clone());
             let r = match producer.send(fr, Timeout::After(Duration::from_secs(5))).await {
                 Ok(_) => Ok(()),
-                Err((e, m)) => Err((e, m)),
+                Err((e, m)) => Err(Some((e, m))),
             };
             (pending, r)
         }));
@@ -296,18 +400,6 @@ fn truncation_headers(headers: OwnedHeaders, original: usize) -> OwnedHeaders {
     headers
         .insert(Header { key: dlq_headers::TRUNCATED, value: Some("true") })
         .insert(Header { key: dlq_headers::ORIGINAL_BYTES, value: Some(original.as_str()) })
-}
-
-fn owned(record: OutRecord) -> OwnedMessage {
-    OwnedMessage::new(
-        Some(record.payload),
-        Some(record.key),
-        record.topic.to_string(),
-        rdkafka::Timestamp::NotAvailable,
-        0,
-        0,
-        Some(record.headers),
-    )
 }
 
 fn from_message(m: &OwnedMessage) -> OutRecord {
