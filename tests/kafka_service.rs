@@ -942,3 +942,46 @@ async fn ten_sigkills_at_random_points_lose_nothing() {
         missing.first()
     );
 }
+
+/// With one worker thread, a partition with a backlog must not starve the thread's timers: counts
+/// reach /metrics while the backlog is being read. (Before partition workers yielded after each
+/// batch, nothing moved until the backlog was done.)
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_every_partition_during_a_backlog() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "oneworker", 2).await;
+    let h = Harness::new(&brokers, &t, "[runtime]\nworkers = 1\n");
+    const N: i64 = 300_000;
+    let backlog: Vec<(i32, String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let (k, v) = event(&format!("b{}", i % 3000), "login", T0 + i * 1000);
+            (0, k, v)
+        })
+        .collect();
+    for chunk in backlog.chunks(50_000) {
+        produce_to(&brokers, &t.events, chunk).await;
+    }
+    let few: Vec<(i32, String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            let (k, v) = event("other", "login", T0 + i * 1000);
+            (1, k, v)
+        })
+        .collect();
+    produce_to(&brokers, &t.events, &few).await;
+    let child = h.start();
+    let mut seen_partial = false;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let consumed = h.metric_sum("churnguard_events_consumed_total", "");
+        if consumed > 0.0 && consumed < (N + 10) as f64 {
+            seen_partial = true;
+        }
+        if consumed >= (N + 10) as f64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stop(child, "-TERM").success());
+    assert!(seen_partial, "counts only appeared when the backlog was done: the worker thread's ticks starved");
+}
