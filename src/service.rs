@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::model::ModelArtifact;
+use crate::pipeline::events::ServiceStarting;
 use crate::pipeline::health::Health;
 use crate::pipeline::http::{self, HttpState};
 use crate::pipeline::kafka::{RunSummary, Service};
@@ -23,12 +24,13 @@ pub async fn run(
 ) -> Result<RunSummary> {
     let model =
         ModelArtifact::load(&cfg.model.path).with_context(|| format!("model.path = {}", cfg.model.path.display()))?;
-    metrics
-        .model_info
-        .with_label_values(&[&model.model_version, &model.created_at, &model.feature_names.len().to_string()])
-        .set(1);
-    metrics.model_loaded.set(1);
-    metrics.workers.set(cfg.runtime.worker_threads() as i64);
+    ServiceStarting {
+        model_version: &model.model_version,
+        trained_at: &model.created_at,
+        features: model.feature_names.len(),
+        workers: cfg.runtime.worker_threads(),
+    }
+    .emit(&metrics);
     let health = Arc::new(Health::new());
     health.set_model_loaded(true);
     let addr: SocketAddr = cfg.http.listen.parse().context("http.listen")?;

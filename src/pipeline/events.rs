@@ -362,6 +362,23 @@ impl MessageTimed {
     }
 }
 
+/// The service loaded its model and is about to start its workers.
+pub struct ServiceStarting<'a> {
+    pub model_version: &'a str,
+    pub trained_at: &'a str,
+    pub features: usize,
+    pub workers: usize,
+}
+
+impl ServiceStarting<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.model_info.with_label_values(&[self.model_version, self.trained_at, &self.features.to_string()]).set(1);
+        m.model_loaded.set(1);
+        m.workers.set(self.workers as i64);
+        tracing::info!(model = self.model_version, workers = self.workers, "model loaded");
+    }
+}
+
 pub struct ModelReloaded<'a> {
     pub reason: &'a str,
     pub from: &'a str,
@@ -426,5 +443,35 @@ impl PopulationMeasured<'_> {
         }
         m.producer_queue.set(self.producer_queue);
         m.uptime.set(self.uptime_seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_partition_leaves_no_gauge_behind() {
+        let m = Metrics::new();
+        let (kept, gone) = (PartitionId::new("events", 0), PartitionId::new("events", 1));
+        for p in [&kept, &gone] {
+            PartitionClock { partition: p, watermark_ms: 1_000, now_ms: 2_000 }.emit(&m);
+            ConsumerLag { topic: p.topic(), partition: p.partition(), messages: 5 }.emit(&m);
+        }
+        PartitionRevoked { partition: &gone }.emit(&m);
+        let text = m.render();
+        for name in
+            ["churnguard_watermark_seconds", "churnguard_event_time_lag_seconds", "churnguard_consumer_lag_messages"]
+        {
+            assert!(
+                text.contains(&format!("{name}{{partition=\"0\",topic=\"events\"}}")),
+                "{name} of the kept partition:\n{text}"
+            );
+            assert!(
+                !text.contains(&format!("{name}{{partition=\"1\",topic=\"events\"}}")),
+                "{name} of the revoked partition:\n{text}"
+            );
+        }
+        assert!(text.contains("churnguard_rebalances_total{kind=\"revoke\"} 1"), "{text}");
     }
 }
