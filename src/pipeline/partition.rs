@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
@@ -174,6 +174,8 @@ impl PartitionWorker {
         let mut tick = tokio::time::interval(period);
         let max_in_flight = self.shared.cfg.sink.max_in_flight;
         let mut was_full = false;
+        // One stream for the worker's life: each `recv()` would register and drop a waker.
+        let mut messages = queue.stream();
         let deadline = loop {
             let full = self.sink.in_flight() >= max_in_flight;
             if full && !was_full {
@@ -192,7 +194,7 @@ impl PartitionWorker {
                 }
                 s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
                 _ = tick.tick() => self.on_tick(),
-                m = queue.recv(), if !full => {
+                Some(m) = messages.next(), if !full => {
                     let now = Instant::now();
                     if self.model.has_changed().unwrap_or(false) {
                         self.swap_model();
@@ -200,7 +202,7 @@ impl PartitionWorker {
                     let mut stopped = self.on_received(m, now, &mut stop).await.err();
                     let mut taken = 1;
                     while stopped.is_none() && taken < BATCH && self.sink.in_flight() < max_in_flight {
-                        let Some(m) = queue.recv().now_or_never() else { break };
+                        let Some(Some(m)) = messages.next().now_or_never() else { break };
                         stopped = self.on_received(m, now, &mut stop).await.err();
                         taken += 1;
                     }
