@@ -98,6 +98,7 @@ fn typed_decisions_and_their_encoding_allocate_nothing_per_decision() {
     });
     assert!(decisions >= 200, "silent users were decided again after the cooldown ({decisions})");
     assert!(staging.len() <= grown * 2, "staging reused");
+    eprintln!("typed path: {allocs} allocations for {decisions} decisions");
     assert!(allocs * 4 < decisions, "{allocs} allocations for {decisions} decisions");
 }
 
@@ -109,5 +110,6 @@ fn owned_records_cost_allocations_that_the_typed_path_avoids() {
     let mut n = 0u64;
     let (_, allocs) = counted(|| e.advance_watermark(T0 + 20 * DAY_MS, &mut |_iv| n += 1));
     assert!(n >= 200);
+    eprintln!("owned records: {allocs} allocations for {n} decisions");
     assert!(allocs >= 10 * n, "{allocs} allocations for {n} owned records");
 }

@@ -985,3 +985,32 @@ async fn one_worker_thread_serves_every_partition_during_a_backlog() {
     assert!(stop(child, "-TERM").success());
     assert!(seen_partial, "counts only appeared when the backlog was done: the worker thread's ticks starved");
 }
+
+/// zstd-compressed input is read, and the service's own outputs go out lz4-compressed
+/// (`compression.type` in [kafka]), through a real broker.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_input_and_lz4_output_flow_through_the_broker() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "codecs", 2).await;
+    let h = Harness::new(&brokers, &t, "");
+    h.kafka_setting("compression.type", "lz4");
+    let producer: rdkafka::producer::FutureProducer = common::client_config(&brokers)
+        .set("compression.type", "zstd")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .create()
+        .expect("a zstd producer");
+    let evs = silent_user_stream(40);
+    common::produce_all(&producer, &t.events, &evs).await;
+    let child = h.start();
+    let mut all =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let consumed = h.metric_sum("churnguard_events_consumed_total", "");
+    let st = stop(child, "-TERM");
+    assert!(st.success(), "log:\n{}", h.log());
+    assert_eq!(consumed, evs.len() as f64, "every zstd-compressed event was read");
+    assert!(all.iter().any(|i| i.user_id == "quiet"), "the lz4-compressed outputs arrived; log:\n{}", h.log());
+    assert!(!h.log().contains("ERROR"), "no errors:\n{}", h.log());
+}
