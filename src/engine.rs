@@ -18,6 +18,7 @@ use crate::features::{FeatureStore, Layout};
 use crate::intervention::{Intervention, Trigger};
 use crate::model::{ModelArtifact, Scorer};
 use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
+use crate::population::PopulationIndex;
 use crate::time::{Millis, Span, DAY_MS};
 use crate::timers::TimerWheel;
 
@@ -202,6 +203,8 @@ pub struct Engine {
     ranked: Vec<(f64, usize)>,
     reasons: Vec<ReasonRef>,
     pub counters: EngineCounters,
+    /// Lifecycle and activity figures, kept as users change (no scan).
+    population: PopulationIndex,
 }
 
 impl Engine {
@@ -210,6 +213,9 @@ impl Engine {
         let n = layout.n_features();
         let policy = Policy::new(policy, &model.thresholds.tiers);
         let warm_up_ms = cfg.warm_up.resolve(&model.spec).ms();
+        // Cohorts reach back no further than the state TTL, so every member is still in memory.
+        let cohort_span = Span::days(90).min(cfg.state_ttl).ms();
+        let population = PopulationIndex::new(policy.cfg.lifecycle.clone(), cohort_span);
         Engine {
             store: FeatureStore::new(layout),
             meta: Vec::new(),
@@ -228,7 +234,13 @@ impl Engine {
             ranked: Vec::new(),
             reasons: Vec::new(),
             counters: EngineCounters::default(),
+            population,
         }
+    }
+
+    /// The moment the population figures describe: the watermark.
+    fn population_clock(&self) -> Millis {
+        self.watermark.max(self.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()))
     }
 
     pub fn store(&self) -> &FeatureStore {
@@ -322,6 +334,8 @@ impl Engine {
             self.counters.events_out_of_order += 1;
         }
         self.counters.events_applied += 1;
+        let clock = self.population_clock();
+        self.population.update(idx, self.store.user(idx), clock);
         let at = self.store.user(idx).last_ts();
         self.counters.scored_on_event += 1;
         self.score_and_decide(idx, at, Trigger::Event, emit);
@@ -394,6 +408,7 @@ impl Engine {
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
             self.store.evict(idx);
+            self.population.remove(idx);
             self.meta[idx as usize].next_due = NO_DUE;
             self.counters.users_evicted += 1;
             return false;
@@ -494,16 +509,19 @@ impl Engine {
         });
     }
 
-    /// Users per lifecycle stage at the current watermark (a scan; call it per metrics scrape,
-    /// not per event).
-    pub fn stage_counts(&self) -> [(Stage, u64); 5] {
-        let p = self.population();
-        Stage::ALL.map(|s| (s, p.stages[s as usize]))
+    /// Lifecycle, activity and retention figures over every tracked user at the watermark, kept
+    /// incrementally (crate::population): no scan over the users.
+    pub fn population(&mut self) -> Population {
+        let at = self.population_clock();
+        if at == Millis::MIN {
+            return Population::default();
+        }
+        self.population.at(at).clone()
     }
 
-    /// Lifecycle, activity and retention figures over every tracked user at the watermark, in one
-    /// scan (per metrics refresh, not per event).
-    pub fn population(&self) -> Population {
+    /// The same figures as [`Engine::population`], by a scan over every user: the reference the
+    /// incremental figures are tested against.
+    pub fn population_by_scan(&self) -> Population {
         let mut out = Population::default();
         let at = self.watermark.max(self.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()));
         if at == Millis::MIN {
@@ -536,19 +554,4 @@ impl Engine {
     }
 }
 
-/// Windows of the active-user counts (DAU, WAU, MAU), in days.
-pub const ACTIVE_WINDOWS_DAYS: [i64; 3] = [1, 7, 30];
-/// Day-N retention horizons, in days.
-pub const RETENTION_DAYS: [i64; 3] = [1, 7, 30];
-
-/// Figures over the tracked population; see [`Engine::population`].
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Population {
-    pub stages: [u64; 5],
-    /// Users with an event in the last 1, 7 and 30 days of event time.
-    pub active: [u64; 3],
-    /// New users first seen within the cohort span whose day 1, 7, 30 has passed...
-    pub cohort: [u64; 3],
-    /// ...and of those, the ones with an event on or after that day.
-    pub retained: [u64; 3],
-}
+pub use crate::population::{Population, ACTIVE_WINDOWS_DAYS, RETENTION_DAYS};

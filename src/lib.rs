@@ -16,6 +16,7 @@ pub mod intervention;
 pub mod model;
 pub mod pipeline;
 pub mod policy;
+pub mod population;
 pub mod progress;
 pub mod service;
 pub mod sim;

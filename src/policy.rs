@@ -60,14 +60,19 @@ impl Default for LifecycleConfig {
 
 impl LifecycleConfig {
     pub fn stage(&self, u: UserRef<'_>, at: Millis) -> Stage {
-        let silent = at - u.last_ts();
+        self.stage_of(u.first_ts(), u.last_ts(), u.returned_at(), at)
+    }
+
+    /// The stage from a user's first, last and return times.
+    pub fn stage_of(&self, first: Millis, last: Millis, returned: Option<Millis>, at: Millis) -> Stage {
+        let silent = at - last;
         if silent >= self.churned_after.ms() {
             Stage::Churned
         } else if silent >= self.dormant_after.ms() {
             Stage::Dormant
-        } else if u.returned_at().is_some_and(|r| at - r < self.reactivated_for.ms()) {
+        } else if returned.is_some_and(|r| at - r < self.reactivated_for.ms()) {
             Stage::Reactivated
-        } else if at - u.first_ts() < self.new_for.ms() {
+        } else if at - first < self.new_for.ms() {
             Stage::New
         } else {
             Stage::Active

@@ -67,6 +67,11 @@ impl TimerWheel {
         self.base != i64::MIN && self.base < (watermark + 1).div_euclid(self.granularity)
     }
 
+    /// Entries of the first bucket not drained yet (the one the clock is in, once drained up to it).
+    pub fn front(&self) -> &[u32] {
+        self.buckets.front().map_or(&[], Vec::as_slice)
+    }
+
     pub fn drain_until(&mut self, watermark: Millis, mut f: impl FnMut(i64, &[u32])) {
         if self.base == i64::MIN {
             return;
