@@ -315,6 +315,8 @@ impl Service {
         self.health.set_stopping();
         ReadinessChanged { ready: false }.emit(&self.metrics);
         prober.abort();
+        // The last figures, before the workers stop and withdraw theirs.
+        refresh_gauges(&shared, &producer, started);
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown.timeout.ms().max(1) as u64);
         let all = workers.all();
@@ -343,7 +345,6 @@ impl Service {
         let p = producer.clone();
         let _ = tokio::task::spawn_blocking(move || p.flush(remaining)).await;
         consumer.unsubscribe();
-        refresh_gauges(&shared, &producer, started);
         let summary = RunSummary::from_metrics(&self.metrics);
         tracing::info!(summary = ?summary, "stopped");
         Ok(summary)
