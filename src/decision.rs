@@ -150,12 +150,10 @@ fn write_hex16(out: &mut Vec<u8>, v: u64) {
     }
 }
 
-/// As serde_json writes an f64: shortest round-trip digits, `null` when not finite.
+/// Exactly as serde_json writes an f64 (its own float format, `null` when not finite), straight
+/// into the buffer.
 fn write_f64(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        let mut b = ryu::Buffer::new();
-        out.extend_from_slice(b.format_finite(v).as_bytes());
-    } else {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
         out.extend_from_slice(b"null");
     }
 }
