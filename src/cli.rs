@@ -67,6 +67,11 @@ pub enum Command {
         after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl"
     )]
     Replay(ReplayArgs),
+    /// Measure what interventions changed: treated vs control retention, uplift, cost-benefit.
+    #[command(
+        after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl --control-out control.jsonl\n  churnguard uplift --events events.jsonl --interventions interventions.jsonl --control control.jsonl --horizon 30d --costs costs.toml --report uplift/"
+    )]
+    Uplift(UpliftArgs),
     /// Run the streaming service: Kafka in, interventions out (stops on SIGTERM/SIGINT).
     #[command(
         after_help = "Example:\n  churnguard run --config churnguard.toml\n  churnguard run --config churnguard.toml --log-format json\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml"
@@ -304,12 +309,38 @@ pub struct ReplayArgs {
     pub config: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct UpliftArgs {
+    /// Event log (JSON lines) that the records' outcomes are read from.
+    #[arg(long, value_name = "FILE")]
+    pub events: PathBuf,
+    /// Treated intervention records (JSON lines, `replay --out`).
+    #[arg(long, value_name = "FILE")]
+    pub interventions: PathBuf,
+    /// Control records (JSON lines, `replay --control-out`).
+    #[arg(long, value_name = "FILE")]
+    pub control: PathBuf,
+    /// Retained = any event in (t, t + horizon] after the record's event time t.
+    #[arg(long, value_name = "DUR", default_value = "30d")]
+    pub horizon: Span,
+    /// Costs TOML: cost per action, value per retained user (docs/INTERVENTIONS.md).
+    #[arg(long, value_name = "FILE")]
+    pub costs: Option<PathBuf>,
+    /// Write an HTML report (retention by group, uplift per action, cost-benefit) to this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate(a),
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Replay(a) => replay_cmd(a),
+        Command::Uplift(a) => crate::uplift::run_cli(&a),
         Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
         Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {

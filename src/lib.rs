@@ -24,3 +24,4 @@ pub mod telemetry;
 pub mod term;
 pub mod time;
 pub mod timers;
+pub mod uplift;
