@@ -43,7 +43,7 @@ impl Default for CostConfig {
             default_cost: 0.0,
             actions: BTreeMap::new(),
             value_per_retained: None,
-            value_window: Span::days(30),
+            value_window: Span::days(90),
             bootstrap: 1000,
             seed: 42,
         }
@@ -108,7 +108,12 @@ pub struct CostLine {
     pub net_value: Estimate,
     /// net value / cost; `None` when the cost is 0.
     pub roi: Option<Estimate>,
+    /// Fewer than [`MIN_CONTROL_USERS`] users in the control arm: the bootstrap cannot show how
+    /// uncertain so small an arm is, and its intervals come out too narrow.
+    pub few_control_users: bool,
 }
+
+pub const MIN_CONTROL_USERS: usize = 30;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CostBenefit {
@@ -189,6 +194,7 @@ fn line(group: &str, records: &[&Outcome], cfg: &CostConfig, rng: &mut ChaCha8Rn
         cost: est(2),
         net_value: est(3),
         roi: (tt.cost > 0.0).then(|| est(4)),
+        few_control_users: c.len() < MIN_CONTROL_USERS,
     })
 }
 
@@ -226,6 +232,7 @@ pub fn format_text(cb: &CostBenefit) -> String {
         "{:<20} {:>7} {:>7} {:>22} {:>24} {:>22} {:>24} {:>22}",
         "action", "treated", "control", "incr. retained", "incr. value", "cost", "net value", "ROI"
     );
+    let few = cb.lines.iter().any(|l| l.few_control_users);
     for l in &cb.lines {
         let inc = format!(
             "{:.1} [{:.1}, {:.1}]",
@@ -236,7 +243,7 @@ pub fn format_text(cb: &CostBenefit) -> String {
         let _ = writeln!(
             s,
             "{:<20} {:>7} {:>7} {:>22} {:>24} {:>22} {:>24} {:>22}",
-            l.group,
+            if l.few_control_users { format!("{} *", l.group) } else { l.group.clone() },
             l.n_treated,
             l.n_control,
             inc,
@@ -244,6 +251,12 @@ pub fn format_text(cb: &CostBenefit) -> String {
             money(&l.cost),
             money(&l.net_value),
             roi
+        );
+    }
+    if few {
+        let _ = writeln!(
+            s,
+            "*: fewer than {MIN_CONTROL_USERS} users in the control arm; the bootstrap intervals are too narrow there"
         );
     }
     s
