@@ -1,0 +1,1 @@
+//! Treatment effects in a closed loop (below).
