@@ -219,6 +219,21 @@ pub struct SimulateArgs {
     /// Ground truth CSV: user_id,signup_ts,churn_ts,reactivated_ts,segment.
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
+    /// Treatment effect of an action (repeatable; `*` for every other action): closes the loop,
+    /// running the engine on the events as they are generated; a treated user's churn is reduced
+    /// (docs/INTERVENTIONS.md#simulated-treatment-effects). Without it the output is unchanged.
+    #[arg(long = "effect", value_name = "ACTION=EFFECT", value_parser = crate::sim::treatment::Effects::parse_pair)]
+    pub effects: Vec<(String, f64)>,
+    /// How long a treated active user's churn hazard stays reduced.
+    #[arg(long, value_name = "DUR", default_value = "30d", requires = "effects")]
+    pub effect_duration: Span,
+    /// Model the closed loop scores with (with --effect).
+    #[arg(long, value_name = "FILE", default_value = "models/default.json", requires = "effects")]
+    pub model: PathBuf,
+    /// Config TOML whose [engine] and [policy] the closed loop uses (with --effect); use the same
+    /// for `replay`.
+    #[arg(long, value_name = "FILE", requires = "effects")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_time(s: &str) -> Result<Millis, crate::time::TimeError> {
@@ -465,6 +480,9 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
+    if !a.effects.is_empty() {
+        return crate::sim::treatment::simulate_cli(&a);
+    }
     let cfg = SimConfig { users: a.users, days: a.days, seed: a.seed, start_ms: a.start };
     let started = std::time::Instant::now();
     let mut out = create(&a.out)?;

@@ -153,8 +153,7 @@ impl UserSim<'_> {
         {
             return false;
         }
-        let bucket = ((ts - self.win.start) / DAY_MS) as usize;
-        self.buckets[bucket].push(Rec { ts, user_kind: self.idx << 3 | kind.code(), cents });
+        self.out.push(Rec { ts, user_kind: self.idx << 3 | kind.code(), cents });
         self.today += 1;
         self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
         if self.returning {

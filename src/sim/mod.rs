@@ -269,8 +269,11 @@ pub fn simulate<W: Write, T: Write>(
     events: &mut W,
     truth: Option<&mut T>,
 ) -> Result<SimSummary, SimError> {
+    write_run(run(cfg)?, events, truth)
+}
+
+fn write_run<W: Write, T: Write>(run: Run, events: &mut W, truth: Option<&mut T>) -> Result<SimSummary, SimError> {
     const FLUSH_AT: usize = 1 << 20;
-    let run = run(cfg)?;
     let mut buf = Vec::with_capacity(FLUSH_AT + 256);
     for rec in run.buckets.iter().flatten() {
         write_event_json(&mut buf, &rec.event());
@@ -314,12 +317,19 @@ fn run(cfg: &SimConfig) -> Result<Run, SimError> {
     for idx in 0..cfg.users {
         let mut rng = base_rng.clone();
         rng.set_stream(idx);
-        let user = UserSim::new(idx as u32, rng, &window, &tables, &mut buckets);
-        truth.push(user.simulate());
+        let mut user = UserSim::new(idx as u32, rng, &window, &tables);
+        user.simulate();
+        user.drain_into(&mut buckets);
+        truth.push(user.truth());
     }
+    Ok(finish(cfg, buckets, truth))
+}
+
+/// Sorts the buckets and counts the run.
+fn finish(cfg: &SimConfig, mut buckets: Vec<Vec<Rec>>, truth: Vec<TruthRow>) -> Run {
     let mut events = 0u64;
     for b in &mut buckets {
-        b.sort_unstable_by_key(|r| (r.ts, r.user_kind, r.cents));
+        sort_bucket(b);
         events += b.len() as u64;
     }
     let first_ts = buckets.iter().find_map(|b| b.first()).map_or(cfg.start_ms, |r| r.ts);
@@ -332,7 +342,12 @@ fn run(cfg: &SimConfig) -> Result<Run, SimError> {
         first_ts,
         last_ts,
     };
-    Ok(Run { buckets, truth, summary })
+    Run { buckets, truth, summary }
+}
+
+/// The output order: ts, then user, then kind (and amount, for identical twins).
+fn sort_bucket(b: &mut [Rec]) {
+    b.sort_unstable_by_key(|r| (r.ts, r.user_kind, r.cents));
 }
 
 struct Window {

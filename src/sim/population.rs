@@ -141,7 +141,8 @@ pub(super) struct UserSim<'a> {
     pub(super) rng: ChaCha8Rng,
     pub(super) win: &'a Window,
     pub(super) tables: &'a Tables,
-    pub(super) buckets: &'a mut [Vec<Rec>],
+    /// Events emitted and not yet collected by the driver ([`UserSim::drain_into`]).
+    pub(super) out: Vec<Rec>,
     pub(super) segment: Segment,
     pub(super) prof: &'static Profile,
     pub(super) signup_ms: i64,
@@ -167,16 +168,14 @@ pub(super) struct UserSim<'a> {
     /// Set on the day a churned user comes back: that day's earliest event is reactivated_ts.
     pub(super) returning: bool,
     pub(super) reactivated_ts: Option<i64>,
+    /// Treatment (closed loop only): the churn-onset hazard is multiplied by `hazard_factor`
+    /// on days before `treated_until`. 1 and 0 without treatment, which leaves every draw as is.
+    pub(super) hazard_factor: f64,
+    pub(super) treated_until: u32,
 }
 
 impl<'a> UserSim<'a> {
-    pub(super) fn new(
-        idx: u32,
-        mut rng: ChaCha8Rng,
-        win: &'a Window,
-        tables: &'a Tables,
-        buckets: &'a mut [Vec<Rec>],
-    ) -> Self {
+    pub(super) fn new(idx: u32, mut rng: ChaCha8Rng, win: &'a Window, tables: &'a Tables) -> Self {
         let (segment, prof) = pick_profile(rng.random());
         let existing = rng.random_bool(EXISTING_SHARE);
         let tz_ms = pick_timezone(rng.random()) * HOUR_MS;
@@ -213,7 +212,7 @@ impl<'a> UserSim<'a> {
             rng,
             win,
             tables,
-            buckets,
+            out: Vec::new(),
             segment,
             prof,
             signup_ms,
@@ -234,12 +233,23 @@ impl<'a> UserSim<'a> {
             churn_ts: None,
             returning: false,
             reactivated_ts: None,
+            hazard_factor: 1.0,
+            treated_until: 0,
         }
     }
 
-    pub(super) fn simulate(mut self) -> TruthRow {
-        let signup_day =
-            if self.signup_ms < self.win.start { 0 } else { ((self.signup_ms - self.win.start) / DAY_MS) as u32 };
+    /// The first day worth simulating.
+    pub(super) fn signup_day(&self) -> u32 {
+        if self.signup_ms < self.win.start {
+            0
+        } else {
+            ((self.signup_ms - self.win.start) / DAY_MS) as u32
+        }
+    }
+
+    /// Simulates every day of the window, one user at a time.
+    pub(super) fn simulate(&mut self) {
+        let signup_day = self.signup_day();
         let mut day = signup_day;
         while day < self.win.days {
             day = match self.simulate_day(day, signup_day) {
@@ -247,6 +257,16 @@ impl<'a> UserSim<'a> {
                 None => break,
             };
         }
+    }
+
+    /// Moves the emitted events into the per-day buckets.
+    pub(super) fn drain_into(&mut self, buckets: &mut [Vec<Rec>]) {
+        for rec in self.out.drain(..) {
+            buckets[((rec.ts - self.win.start) / DAY_MS) as usize].push(rec);
+        }
+    }
+
+    pub(super) fn truth(&self) -> TruthRow {
         TruthRow {
             user_id: user_id_string(u64::from(self.idx) + 1),
             signup_ts: self.signup_ms,
@@ -330,7 +350,8 @@ impl<'a> UserSim<'a> {
     /// abruptly today (the day is then complete).
     pub(super) fn onset(&mut self, day: u32, day_start: i64, tenure: f64) -> bool {
         let early = 1.0 + 6.0 * (-tenure / 12.0).exp();
-        if self.rng.random_bool((self.hazard * early).min(1.0)) {
+        let treated = if day < self.treated_until { self.hazard_factor } else { 1.0 };
+        if self.rng.random_bool((self.hazard * early * treated).min(1.0)) {
             if self.subscribed && !self.reactivated && self.rng.random_bool(self.prof.abrupt) {
                 let start = day_start + self.local_time(is_weekend(day_start));
                 if self.closing_session(start, true) {

@@ -61,7 +61,8 @@ pub struct GroupResult {
     pub uplift: Option<Difference>,
     pub p_value: Option<f64>,
     pub test: Option<Test>,
-    /// Interval excludes zero.
+    /// The interval excludes zero and p < 0.05 (near the boundary, with Fisher's test on small
+    /// cells, the two can disagree; then the result is not called significant).
     pub significant: bool,
     /// Records per arm for 80% power at alpha 0.05 at the observed rates and the current
     /// treated:control allocation; `None` when the rates are equal (no effect to detect).
@@ -83,7 +84,7 @@ pub fn compare(dimension: &str, group: &str, records: &[&Outcome]) -> GroupResul
     GroupResult {
         dimension: dimension.into(),
         group: group.into(),
-        significant: uplift.is_some_and(|d| d.lower > 0.0 || d.upper < 0.0),
+        significant: uplift.is_some_and(|d| d.lower > 0.0 || d.upper < 0.0) && pv.is_some_and(|p| p.0 < 0.05),
         uplift,
         p_value: pv.map(|p| p.0),
         test: pv.map(|p| p.1),
