@@ -321,6 +321,7 @@ fn groups_table(groups: &[GroupResult]) -> String {
         };
         let p = match (g.p_value, g.test) {
             (Some(p), Some(super::stats::Test::Fisher)) => format!("{p:.3} (Fisher)"),
+            (Some(p), _) if p < 0.001 => "&lt;0.001".into(),
             (Some(p), _) => format!("{p:.3}"),
             _ => "n/a".into(),
         };
@@ -332,7 +333,7 @@ fn groups_table(groups: &[GroupResult]) -> String {
         let _ = writeln!(
             s,
             "<tr><td>{}</td><th scope=\"row\">{}</th><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            escape(&g.dimension.replace('_', " ")),
+            if g.dimension.starts_with("overall") { "overall" } else { g.dimension.as_str() },
             escape(&g.group),
             g.treated.n,
             g.control.n,
@@ -456,7 +457,7 @@ figure { margin: 0 0 16px; }
 figure svg { display: block; max-width: 100%; height: auto; margin: 0 auto; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; text-align: center; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 thead th { font-size: 12px; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); border-bottom: 2px solid var(--line); }
 tbody th { font-weight: 600; }
 tbody tr:nth-child(even) { background: #fafbfc; }
