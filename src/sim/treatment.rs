@@ -250,3 +250,44 @@ pub fn simulate_cli(a: &crate::cli::SimulateArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effects_parse_and_fall_back_to_the_wildcard() {
+        assert_eq!(Effects::parse_pair("coupon=0.3"), Ok(("coupon".to_string(), 0.3)));
+        assert!(Effects::parse_pair("coupon").is_err());
+        assert!(Effects::parse_pair("coupon=1.5").is_err());
+        assert!(Effects::parse_pair("=0.2").is_err());
+        assert!(Effects::parse_pair("coupon=x").is_err());
+        let e =
+            Effects { per_action: [("coupon".to_string(), 0.3), ("*".to_string(), 0.1)].into(), ..Effects::default() };
+        assert_eq!(e.of("coupon"), 0.3);
+        assert_eq!(e.of("care_call"), 0.1);
+        assert_eq!(Effects::default().of("coupon"), 0.0);
+    }
+
+    #[test]
+    fn a_treatment_turns_a_fade_a_churn_or_lowers_the_hazard() {
+        let win = Window {
+            start: super::super::DEFAULT_START_MS,
+            end: super::super::DEFAULT_START_MS + 100 * crate::time::DAY_MS,
+            days: 100,
+        };
+        let tables = Tables::new();
+        let mut u = UserSim::new(0, ChaCha8Rng::seed_from_u64(1), &win, &tables);
+        assert_eq!(u.treat(10, 0.3, 0.0, 30), (false, None));
+        assert_eq!((u.hazard_factor, u.treated_until), (0.7, 40));
+        u.phase = Phase::Fading { start: 5, len: 20, recover: false };
+        assert_eq!(u.treat(10, 0.3, 0.5, 30), (false, None), "draw above the effect: no change");
+        assert_eq!(u.treat(10, 0.3, 0.2, 30), (true, None));
+        assert!(matches!(u.phase, Phase::Fading { recover: true, .. }));
+        u.phase = Phase::Churned { back: None };
+        assert_eq!(u.treat(12, 0.3, 0.1, 30), (true, Some(12)));
+        assert!(matches!(u.phase, Phase::Churned { back: Some(12) }));
+        u.phase = Phase::Churned { back: Some(11) };
+        assert_eq!(u.treat(12, 0.3, 0.1, 30), (false, None), "already coming back sooner");
+    }
+}
