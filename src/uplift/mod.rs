@@ -209,6 +209,8 @@ pub fn format_text(r: &UpliftResult) -> String {
         };
         let more = if g.significant {
             "significant".to_string()
+        } else if g.control.n == 0 || g.treated.n == 0 {
+            format!("no {} records", if g.control.n == 0 { "control" } else { "treated" })
         } else {
             match g.extra_needed {
                 Some((a, b)) => format!("+{a}/+{b}"),
@@ -265,6 +267,12 @@ pub fn run_cli(a: &crate::cli::UpliftArgs) -> anyhow::Result<()> {
         crate::term::warn(&format!(
             "{treated_flagged} record(s) in {} say control: true and {control_unflagged} in {} say control: false; each record is counted by its own `control` field",
             a.interventions.display(),
+            a.control.display()
+        ));
+    }
+    if control.is_empty() {
+        crate::term::warn(&format!(
+            "{} holds no control records: nothing to compare with (write them with `replay --control-out`; policy.control_fraction must be above 0)",
             a.control.display()
         ));
     }

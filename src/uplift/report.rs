@@ -327,6 +327,8 @@ fn groups_table(groups: &[GroupResult]) -> String {
         };
         let more = if g.significant {
             "significant".to_string()
+        } else if g.control.n == 0 || g.treated.n == 0 {
+            format!("no {} records", if g.control.n == 0 { "control" } else { "treated" })
         } else {
             g.extra_needed.map_or("no difference observed".into(), |(a, b)| format!("+{a} / +{b}"))
         };
