@@ -67,6 +67,11 @@ pub enum Command {
         after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl"
     )]
     Replay(ReplayArgs),
+    /// Measure what interventions changed: treated vs control retention, uplift, cost-benefit.
+    #[command(
+        after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl --control-out control.jsonl\n  churnguard uplift --events events.jsonl --interventions interventions.jsonl --control control.jsonl --horizon 30d --costs costs.toml --report uplift/"
+    )]
+    Uplift(UpliftArgs),
     /// Run the streaming service: Kafka in, interventions out (stops on SIGTERM/SIGINT).
     #[command(
         after_help = "Example:\n  churnguard run --config churnguard.toml\n  churnguard run --config churnguard.toml --log-format json\n  CHURNGUARD__KAFKA__BOOTSTRAP_SERVERS=broker:9092 churnguard run --config churnguard.toml"
@@ -214,6 +219,21 @@ pub struct SimulateArgs {
     /// Ground truth CSV: user_id,signup_ts,churn_ts,reactivated_ts,segment.
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
+    /// Treatment effect of an action (repeatable; `*` for every other action): closes the loop,
+    /// running the engine on the events as they are generated; a treated user's churn is reduced
+    /// (docs/INTERVENTIONS.md#simulated-treatment-effects). Without it the output is unchanged.
+    #[arg(long = "effect", value_name = "ACTION=EFFECT", value_parser = crate::sim::treatment::Effects::parse_pair)]
+    pub effects: Vec<(String, f64)>,
+    /// How long a treated active user's churn hazard stays reduced.
+    #[arg(long, value_name = "DUR", default_value = "30d", requires = "effects")]
+    pub effect_duration: Span,
+    /// Model the closed loop scores with (with --effect).
+    #[arg(long, value_name = "FILE", default_value = "models/default.json", requires = "effects")]
+    pub model: PathBuf,
+    /// Config TOML whose [engine] and [policy] the closed loop uses (with --effect); use the same
+    /// for `replay`.
+    #[arg(long, value_name = "FILE", requires = "effects")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_time(s: &str) -> Result<Millis, crate::time::TimeError> {
@@ -304,12 +324,38 @@ pub struct ReplayArgs {
     pub config: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct UpliftArgs {
+    /// Event log (JSON lines) that the records' outcomes are read from.
+    #[arg(long, value_name = "FILE")]
+    pub events: PathBuf,
+    /// Treated intervention records (JSON lines, `replay --out`).
+    #[arg(long, value_name = "FILE")]
+    pub interventions: PathBuf,
+    /// Control records (JSON lines, `replay --control-out`).
+    #[arg(long, value_name = "FILE")]
+    pub control: PathBuf,
+    /// Retained = any event in (t, t + horizon] after the record's event time t.
+    #[arg(long, value_name = "DUR", default_value = "30d")]
+    pub horizon: Span,
+    /// Costs TOML: cost per action, value per retained user (docs/INTERVENTIONS.md).
+    #[arg(long, value_name = "FILE")]
+    pub costs: Option<PathBuf>,
+    /// Write an HTML report (retention by group, uplift per action, cost-benefit) to this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate(a),
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Replay(a) => replay_cmd(a),
+        Command::Uplift(a) => crate::uplift::run_cli(&a),
         Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
         Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
@@ -434,6 +480,9 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
+    if !a.effects.is_empty() {
+        return crate::sim::treatment::simulate_cli(&a);
+    }
     let cfg = SimConfig { users: a.users, days: a.days, seed: a.seed, start_ms: a.start };
     let started = std::time::Instant::now();
     let mut out = create(&a.out)?;

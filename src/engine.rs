@@ -157,6 +157,9 @@ pub struct EngineCounters {
     pub control: u64,
     /// Decisions that would have reached a tier but were held during the warm-up.
     pub held_warm_up: u64,
+    /// Decisions the value rule (`[policy.value]`) dropped: no action had a positive expected
+    /// net value.
+    pub suppressed_value: u64,
     /// Scores computed, in 20 equal-width buckets of P(churn) (flushed into a histogram).
     pub score_buckets: [u64; SCORE_BUCKETS],
     /// Shadow model scores, same buckets.
@@ -202,6 +205,8 @@ pub struct Engine {
     /// Scratch for a decision's reasons: reused, so deciding allocates nothing.
     ranked: Vec<(f64, usize)>,
     reasons: Vec<ReasonRef>,
+    /// Index in the feature vector of `policy.value.value_feature`, when the rule is set.
+    value_idx: Option<usize>,
     pub counters: EngineCounters,
     /// Lifecycle and activity figures, kept as users change (no scan).
     population: PopulationIndex,
@@ -211,6 +216,13 @@ impl Engine {
     pub fn new(model: &ModelArtifact, policy: PolicyConfig, cfg: EngineConfig) -> Engine {
         let layout = Layout::new(&model.spec, policy.lifecycle.churned_after.ms());
         let n = layout.n_features();
+        let value_idx = policy.value.as_ref().and_then(|v| {
+            let idx = model.spec.feature_names().iter().position(|n| *n == v.value_feature);
+            if idx.is_none() && !v.value_feature.is_empty() {
+                tracing::warn!(feature = %v.value_feature, "policy.value.value_feature is not a feature of the model: user value is base_value only");
+            }
+            idx
+        });
         let policy = Policy::new(policy, &model.thresholds.tiers);
         let warm_up_ms = cfg.warm_up.resolve(&model.spec).ms();
         // Cohorts reach back no further than the state TTL, so every member is still in memory.
@@ -233,6 +245,7 @@ impl Engine {
             due_scratch: Vec::new(),
             ranked: Vec::new(),
             reasons: Vec::new(),
+            value_idx,
             counters: EngineCounters::default(),
             population,
         }
@@ -443,6 +456,7 @@ impl Engine {
                 self.counters.shadow_disagree += 1;
             }
         }
+        let memory_before = self.meta[idx as usize].memory;
         let verdict = if score < self.policy.min_threshold() {
             Verdict::NoTier
         } else if at < self.warm_until {
@@ -453,6 +467,27 @@ impl Engine {
         } else {
             let last_active = self.store.user(idx).last_ts();
             self.policy.judge(score, at, last_active, &mut self.meta[idx as usize].memory)
+        };
+        // The value rule (optional) picks the action, or drops the decision as if no tier had
+        // been reached: the policy's memory is restored, so no cooldown starts.
+        let mut value_action: Option<String> = None;
+        let verdict = match (verdict, &self.policy.cfg.value) {
+            (Verdict::Send(rank), Some(rule)) => {
+                let stage = self.policy.cfg.lifecycle.stage(self.store.user(idx), at);
+                let value = rule.base_value + self.value_idx.map_or(0.0, |i| self.vector[i]);
+                match self.policy.value_choice(rank as usize, stage, score, value) {
+                    Some(a) => {
+                        value_action = Some(a);
+                        verdict
+                    }
+                    None => {
+                        self.meta[idx as usize].memory = memory_before;
+                        self.counters.suppressed_value += 1;
+                        Verdict::NoTier
+                    }
+                }
+            }
+            (v, _) => v,
         };
         // Rescores that cannot send anything are skipped: after the top tier was sent there is
         // no escalation left, so a silent user waits for the cooldown to end, or (unless
@@ -498,7 +533,7 @@ impl Engine {
             threshold: tier.min_score,
             tier: &tier.name,
             stage,
-            action: self.policy.action(&tier.name, stage),
+            action: value_action.as_deref().unwrap_or_else(|| self.policy.action(&tier.name, stage)),
             reasons: &self.reasons,
             feature_names: self.scorer.names(),
             model_version: self.scorer.version(),

@@ -26,3 +26,4 @@ pub mod telemetry;
 pub mod term;
 pub mod time;
 pub mod timers;
+pub mod uplift;

@@ -103,6 +103,53 @@ pub struct PolicyConfig {
     /// the last intervention. Off: a user who has gone silent gets each tier once per silence
     /// (escalation still goes through), instead of a win-back every cooldown until eviction.
     pub resend_while_silent: bool,
+    /// Optional value-aware decision rule (`[policy.value]`); unset: the threshold tiers decide
+    /// alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueRule>,
+}
+
+/// `[policy.value]`: intervene only where the expected net value is positive, with the action
+/// that has the highest one. Expected net value of action `a` for a user with risk `p`:
+/// `p x uplift(a) x value - cost(a)`, where `value = base_value + value_feature` of the user.
+/// The candidates are the actions of the judged tier and of every lower tier at the user's
+/// stage; the record keeps the judged tier (see docs/INTERVENTIONS.md#value-aware-decisions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValueRule {
+    /// Expected absolute uplift in retention per action (0.06 = 6 points), e.g. from the action
+    /// rows of `churnguard uplift --json`. An action not listed has no uplift.
+    pub uplift: BTreeMap<String, f64>,
+    /// Cost of one record per action.
+    pub cost: BTreeMap<String, f64>,
+    /// Cost of an action not listed in `cost`.
+    pub default_cost: f64,
+    /// The model feature (raw value) that measures the user's value, e.g. `amount.90d`; empty:
+    /// `base_value` only. It must be one of the model's features.
+    pub value_feature: String,
+    /// Added to every user's value.
+    pub base_value: f64,
+}
+
+impl Default for ValueRule {
+    fn default() -> Self {
+        ValueRule {
+            uplift: BTreeMap::new(),
+            cost: BTreeMap::new(),
+            default_cost: 0.0,
+            value_feature: "amount.90d".to_string(),
+            base_value: 0.0,
+        }
+    }
+}
+
+impl ValueRule {
+    /// Expected net value of `action` for risk `p` and user value `value`.
+    pub fn net_value(&self, action: &str, p: f64, value: f64) -> f64 {
+        let uplift = self.uplift.get(action).copied().unwrap_or(0.0);
+        let cost = self.cost.get(action).copied().unwrap_or(self.default_cost);
+        p * uplift * value - cost
+    }
 }
 
 /// The built-in tier x stage action table.
@@ -144,6 +191,7 @@ impl Default for PolicyConfig {
             actions: BTreeMap::new(),
             default_action: "review".to_string(),
             resend_while_silent: false,
+            value: None,
         }
     }
 }
@@ -175,6 +223,14 @@ impl PolicyConfig {
         let l = &self.lifecycle;
         if l.dormant_after >= l.churned_after {
             return err("lifecycle.dormant_after", "must be shorter than lifecycle.churned_after".into());
+        }
+        if let Some(v) = &self.value {
+            if !v.uplift.values().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)) {
+                return err("value.uplift", "uplifts must be finite, in -1..=1 (absolute retention)".into());
+            }
+            if !v.cost.values().chain([&v.default_cost, &v.base_value]).all(|x| x.is_finite() && *x >= 0.0) {
+                return err("value.cost", "costs and base_value must be finite and non-negative".into());
+            }
         }
         Ok(())
     }
@@ -255,6 +311,24 @@ impl Policy {
             .unwrap_or(self.cfg.default_action.as_str())
     }
 
+    /// The value-aware choice among the actions of tier `rank` and every lower tier at `stage`:
+    /// the action with the highest expected net value if it is positive, `None` otherwise (or
+    /// `Some` of the table's action when no value rule is set).
+    pub fn value_choice(&self, rank: usize, stage: Stage, p: f64, value: f64) -> Option<String> {
+        let Some(rule) = &self.cfg.value else {
+            return Some(self.action(&self.tiers[rank].name, stage).to_string());
+        };
+        let mut best: Option<(f64, &str)> = None;
+        for t in &self.tiers[rank..] {
+            let a = self.action(&t.name, stage);
+            let v = rule.net_value(a, p, value);
+            if best.is_none_or(|(b, _)| v > b) {
+                best = Some((v, a));
+            }
+        }
+        best.filter(|(v, _)| *v > 0.0).map(|(_, a)| a.to_string())
+    }
+
     /// Whether a user's interventions go to the control record. Depends only on the salt and the
     /// user id, so it is stable across restarts and instances.
     pub fn in_control(&self, user_id: &str) -> bool {
@@ -318,6 +392,32 @@ mod tests {
         assert_eq!(p.action("high", Stage::Active), "care_call", "untouched pairs keep the built-in action");
         assert_eq!(p.action("medium", Stage::New), "onboarding_email");
         assert_eq!(p.action("vip", Stage::New), "review");
+    }
+
+    #[test]
+    fn value_rule_picks_the_best_positive_action_or_none() {
+        let mut p = policy();
+        assert_eq!(p.value_choice(0, Stage::Dormant, 0.9, 0.0).as_deref(), Some("coupon"), "no rule: the table");
+        p.cfg.value = Some(ValueRule {
+            uplift: [("coupon".to_string(), 0.10), ("reminder_email".to_string(), 0.02)].into(),
+            cost: [("coupon".to_string(), 5.0), ("reminder_email".to_string(), 0.1)].into(),
+            ..ValueRule::default()
+        });
+        // Value 100 at risk 0.9: coupon 0.9 x 0.10 x 100 - 5 = 4; email 0.9 x 0.02 x 100 - 0.1 = 1.7.
+        assert_eq!(p.value_choice(0, Stage::Dormant, 0.9, 100.0).as_deref(), Some("coupon"));
+        // Value 20: coupon 1.8 - 5 < 0; email 0.36 - 0.1 = 0.26 > 0.
+        assert_eq!(p.value_choice(0, Stage::Dormant, 0.9, 20.0).as_deref(), Some("reminder_email"));
+        // Value 1: nothing pays.
+        assert_eq!(p.value_choice(0, Stage::Dormant, 0.9, 1.0), None);
+        // The medium tier cannot pick the high tier's coupon.
+        assert_eq!(p.value_choice(1, Stage::Dormant, 0.9, 100.0).as_deref(), Some("reminder_email"));
+        // An action without uplift only costs.
+        assert_eq!(p.value_choice(0, Stage::Active, 0.9, 1000.0), None);
+        let bad = PolicyConfig {
+            value: Some(ValueRule { default_cost: -1.0, ..ValueRule::default() }),
+            ..PolicyConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "value.cost");
     }
 
     #[test]

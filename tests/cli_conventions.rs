@@ -7,8 +7,21 @@ use clap::{CommandFactory, Parser};
 use churnguard::cli::Cli;
 
 /// The value names `--help` may show: what kind of value, never the field's name.
-const VALUE_NAMES: [&str; 12] =
-    ["FILE", "DIR", "DUR", "N", "TIME", "ADDR", "ADDRS", "TYPE", "FORMAT", "SECS", "FRACTION", "KEY=VALUE"];
+const VALUE_NAMES: [&str; 13] = [
+    "FILE",
+    "DIR",
+    "DUR",
+    "N",
+    "TIME",
+    "ADDR",
+    "ADDRS",
+    "TYPE",
+    "FORMAT",
+    "SECS",
+    "FRACTION",
+    "KEY=VALUE",
+    "ACTION=EFFECT",
+];
 
 fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
