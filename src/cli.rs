@@ -474,7 +474,20 @@ fn load_log(path: &Path) -> Result<EventLog> {
     if !report.is_empty() {
         crate::errln!("{}: {report}", path.display());
     }
+    warn_if_seconds(path, log.last_ts());
     Ok(log)
+}
+
+/// Every event before 1973-03-03 (epoch 1e11 ms) is valid, but it is what epoch seconds sent as
+/// milliseconds look like, so say so.
+fn warn_if_seconds(path: &Path, last_ts: Millis) {
+    if last_ts < 100_000_000_000 {
+        crate::term::warn(&format!(
+            "{}: every event is before 1973-03-03 (the last at {}); if `ts` holds epoch seconds, multiply by 1000",
+            path.display(),
+            format_rfc3339_ms(last_ts)
+        ));
+    }
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
@@ -655,6 +668,14 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     if let Some(c) = control.as_mut() {
         c.flush()?;
     }
+    if s.valid == 0 {
+        bail!(
+            "no valid events in {}: {}; wrote no interventions to {}",
+            a.events.display(),
+            dataset::no_events_why(&s.rejected),
+            a.out.display()
+        );
+    }
     let report = s.rejected.report();
     if !report.is_empty() {
         crate::errln!("{}: {report}", a.events.display());
@@ -680,5 +701,12 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         s.counters.held_warm_up,
         a.out.display()
     );
+    if s.counters.interventions == 0 && s.counters.control == 0 {
+        crate::errln!(
+            "no user reached a tier over {} valid events: {} is empty (lower the model's tier thresholds or check the events' time range)",
+            s.valid,
+            a.out.display()
+        );
+    }
     Ok(())
 }

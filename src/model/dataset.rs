@@ -15,8 +15,10 @@ use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
 pub enum DatasetError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("no valid events in {0}")]
-    Empty(String),
+    /// Every line was rejected (the breakdown by reason and the first examples follow), or the
+    /// file has no lines at all.
+    #[error("no valid events in {path}: {why}")]
+    Empty { path: String, why: String },
     #[error("cutoff {cutoff} + horizon {horizon} ends after the last event ({last}); labels would be censored. Use an earlier --cutoff or a shorter --horizon")]
     Censored { cutoff: String, horizon: String, last: String },
     #[error("cutoff {cutoff} is before the first event ({first})")]
@@ -77,7 +79,7 @@ impl EventLog {
             recs.push(Rec { ts: ev.ts, user, ty, amount: ev.amount.unwrap_or(0.0) });
         })?;
         if recs.is_empty() {
-            return Err(DatasetError::Empty(path.display().to_string()));
+            return Err(DatasetError::Empty { path: path.display().to_string(), why: no_events_why(&rejected) });
         }
         recs.sort_by_key(|r| r.ts);
         Ok(EventLog { recs, users, types, type_counts, rejected, path: path.display().to_string() })
@@ -111,6 +113,16 @@ impl EventLog {
     /// Event types with their counts, for deriving a spec from the data.
     pub fn type_counts(&self) -> Vec<(String, u64)> {
         self.types.iter().cloned().zip(self.type_counts.iter().copied()).collect()
+    }
+}
+
+/// Why a file gave no valid events: its rejections (by reason, with the first examples by line
+/// number and reason, never the content), or that it has no lines.
+pub fn no_events_why(rejected: &RejectTally) -> String {
+    if rejected.total() == 0 {
+        "the file has no event lines".to_string()
+    } else {
+        rejected.report()
     }
 }
 

@@ -1,0 +1,199 @@
+//! The data scientist's workbench (issue 10), through the real binary: historical data,
+//! censoring against the data's end, labels that never mislead, per-user output.
+//!
+//! One simulated log starting 1997-03-01 (before the old 2000-01-01 floor) and one model trained
+//! on it are built once per test binary and shared.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn churnguard(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_churnguard")).args(args).current_dir(dir).output().expect("run churnguard")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let o = churnguard(dir, args);
+    assert!(
+        o.status.success(),
+        "churnguard {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Run and require exit status 1 (an error, not a usage error), returning stderr.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = churnguard(dir, args);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "churnguard {} should have failed with 1:\nstderr: {}",
+        args.join(" "),
+        stderr(&o)
+    );
+    stderr(&o)
+}
+
+struct Workbench {
+    dir: tempfile::TempDir,
+}
+
+impl Workbench {
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// 1997 data: simulate 2000 users over 150 days from 1997-03-01 and train on it.
+fn bench() -> &'static Workbench {
+    static W: OnceLock<Workbench> = OnceLock::new();
+    W.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        ok(
+            d,
+            &[
+                "simulate",
+                "--users",
+                "2000",
+                "--days",
+                "150",
+                "--seed",
+                "5",
+                "--start",
+                "1997-03-01",
+                "--out",
+                "ev.jsonl",
+                "--truth",
+                "truth.csv",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "train",
+                "--events",
+                "ev.jsonl",
+                "--cutoff",
+                "1997-06-15",
+                "--horizon",
+                "30d",
+                "--cutoffs",
+                "2",
+                "--every",
+                "14d",
+                "--out",
+                "model.json",
+            ],
+        );
+        Workbench { dir }
+    })
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_1997_simulation_is_accepted_by_every_command() {
+    let w = bench();
+    let first = std::fs::read_to_string(w.path("ev.jsonl")).unwrap();
+    assert!(first.lines().next().unwrap().contains("\"ts\":\"1997-03-0"), "{}", first.lines().next().unwrap());
+    let o = ok(
+        w.d(),
+        &[
+            "evaluate",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--cutoff",
+            "1997-06-25",
+            "--horizon",
+            "30d",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let auc = v["roc_auc"].as_f64().unwrap();
+    assert!(auc > 0.6 && auc < 1.0, "{v}");
+    let o = ok(w.d(), &["replay", "--model", "model.json", "--events", "ev.jsonl", "--out", "iv.jsonl"]);
+    let err = stderr(&o);
+    assert!(!err.contains("rejected 1") && err.contains(" 0 rejected"), "{err}");
+    let ivs = std::fs::read_to_string(w.path("iv.jsonl")).unwrap();
+    assert!(ivs.lines().count() > 10, "{err}");
+    assert!(ivs.contains("\"1997-"), "interventions carry 1997 event times");
+}
+
+/// Every line rejected: the error gives the breakdown by reason and the first examples (line
+/// numbers and reasons), never a line's content.
+#[test]
+fn a_file_of_only_rejected_lines_says_why_for_every_command() {
+    let w = bench();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "jane.doe@example.com";
+    let text = format!(
+        "{{\"user_id\":\"{secret}\",\"event_type\":\"purchase\",\"ts\":\"1969-12-31T00:00:00Z\"}}\n\
+         {{\"user_id\":\"{secret}\",\"event_type\":\"purchase\",\"ts\":\"{secret}\"}}\n\
+         not json {secret}\n\
+         {{\"user_id\":\"{secret}\",\"event_type\":\"purchase\",\"ts\":-5}}\n"
+    );
+    write(dir.path(), "bad.jsonl", &text);
+    let model = w.path("model.json");
+    let model = model.to_str().unwrap();
+    for args in [
+        vec!["train", "--events", "bad.jsonl", "--cutoff", "1997-06-01", "--horizon", "30d", "--out", "m.json"],
+        vec!["evaluate", "--model", model, "--events", "bad.jsonl", "--cutoff", "1997-06-01", "--horizon", "30d"],
+        vec!["replay", "--model", model, "--events", "bad.jsonl", "--out", "iv.jsonl"],
+    ] {
+        let err = fails(dir.path(), &args);
+        assert!(err.contains("no valid events in bad.jsonl"), "{}: {err}", args[0]);
+        assert!(err.contains("rejected 4 line(s): not_json=1 bad_timestamp=3"), "{}: {err}", args[0]);
+        assert!(
+            err.contains("line 1: bad_timestamp: `ts`: string of 20 bytes, an RFC3339 date-time out of range"),
+            "{err}"
+        );
+        assert!(err.contains("line 2: bad_timestamp: `ts`: string of 20 bytes, not an RFC3339 date-time"), "{err}");
+        assert!(err.contains("line 3: not_json"), "{err}");
+        assert!(err.contains("from 1970-01-01"), "{err}");
+        assert!(!err.contains(secret) && !err.contains("1969"), "{}: {err}", args[0]);
+    }
+    write(dir.path(), "empty.jsonl", "\n\n");
+    let err = fails(dir.path(), &["replay", "--model", model, "--events", "empty.jsonl", "--out", "iv.jsonl"]);
+    assert!(err.contains("no valid events in empty.jsonl: the file has no event lines"), "{err}");
+}
+
+/// Valid events that flag no one: replay exits 0 but says that the output is empty.
+#[test]
+fn replay_says_when_it_wrote_nothing() {
+    let w = bench();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "one.jsonl",
+        "{\"user_id\":\"u1\",\"event_type\":\"login\",\"ts\":\"1997-03-01T10:00:00Z\"}\n\
+         {\"user_id\":\"u1\",\"event_type\":\"login\",\"ts\":\"1997-03-01T11:00:00Z\"}\n",
+    );
+    let model = w.path("model.json");
+    let o =
+        ok(dir.path(), &["replay", "--model", model.to_str().unwrap(), "--events", "one.jsonl", "--out", "iv.jsonl"]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("iv.jsonl")).unwrap(), "");
+    assert!(stderr(&o).contains("no user reached a tier over 2 valid events: iv.jsonl is empty"), "{}", stderr(&o));
+}
