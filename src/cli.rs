@@ -226,9 +226,14 @@ pub struct LabelArgs {
     /// Score users as of this time (RFC3339, YYYY-MM-DD or epoch ms).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub cutoff: Millis,
-    /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d.
+    /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d. Required unless --labels is
+    /// given (explicit labels need no horizon).
     #[arg(long, value_name = "DUR")]
-    pub horizon: Span,
+    pub horizon: Option<Span>,
+    /// The data covers event time up to here, for the censoring check (cutoff + horizon must not
+    /// pass it). Default: the end of the UTC day of the last event.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub data_end: Option<Millis>,
     /// Only users with an event in (cutoff - DUR, cutoff].
     #[arg(long, value_name = "DUR")]
     pub active_within: Option<Span>,
@@ -238,18 +243,45 @@ pub struct LabelArgs {
     /// Explicit labels CSV: user_id,churned[,cutoff].
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// With --labels, refuse when fewer than this share of population members have a label.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    pub min_label_match: f64,
 }
 
-#[derive(Args, Debug)]
-pub struct TrainArgs {
+impl LabelArgs {
+    /// The horizon, checked: more than zero, and required unless labels are explicit (then
+    /// `None` when not given).
+    fn horizon(&self) -> Result<Option<Span>> {
+        match self.horizon {
+            Some(h) if h.ms() <= 0 => bail!("--horizon must be longer than 0 (got {h})"),
+            Some(h) => Ok(Some(h)),
+            None if self.labels.is_some() => Ok(None),
+            None => bail!("--horizon is required (unless labels come from --labels)"),
+        }
+    }
+
+    fn build_options(&self) -> Result<dataset::BuildOptions> {
+        if !(0.0..=1.0).contains(&self.min_label_match) {
+            bail!("--min-label-match must be a share between 0 and 1 (got {})", self.min_label_match);
+        }
+        Ok(dataset::BuildOptions { data_end: self.data_end, min_label_match: self.min_label_match })
+    }
+
+    /// The horizon as recorded in a model ("none" with explicit labels and no --horizon).
+    fn horizon_text(&self) -> String {
+        self.horizon.map_or_else(|| "none (explicit labels)".to_string(), |h| h.to_string())
+    }
+}
+
+/// Which rows training fits: the events, the feature spec, the cutoffs and the labelling.
+/// Shared by `train` and `dataset`, so that both produce the very same rows.
+#[derive(Args, Debug, Clone)]
+pub struct RowArgs {
     /// Event log to train on (JSON lines, as written by `simulate` or exported from Kafka).
     #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
     #[command(flatten)]
     pub label: LabelArgs,
-    /// Where to write the model (JSON).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
     /// Feature spec TOML; default: derived from the event types in the data.
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
@@ -259,6 +291,15 @@ pub struct TrainArgs {
     /// Spacing of the cutoffs when --cutoffs is more than 1.
     #[arg(long, value_name = "DUR", default_value = "14d")]
     pub every: Span,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub rows: RowArgs,
+    /// Where to write the model (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
     /// Seed of the train/validation split and the class rebalancing.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
@@ -460,12 +501,32 @@ fn simulate(a: SimulateArgs) -> Result<()> {
 }
 
 fn labelling(l: &LabelArgs, cutoffs: Vec<Millis>) -> Result<Labelling> {
+    // Explicit labels ignore the horizon; 0 stands for "none" there.
+    let horizon = l.horizon()?.unwrap_or(Span(0));
     let source = match (&l.churn_event, &l.labels) {
         (Some(t), _) => LabelSource::ChurnEvent(t.clone()),
         (None, Some(p)) => LabelSource::Explicit(ExplicitLabels::load(p)?),
         (None, None) => LabelSource::Silence,
     };
-    Ok(Labelling { cutoffs, horizon: l.horizon, active_within: l.active_within, source })
+    Ok(Labelling { cutoffs, horizon, active_within: l.active_within, source })
+}
+
+/// What a built dataset says about its labels, on stderr: the end of data the censoring check
+/// used, and with explicit labels, who had none and which labels matched no one.
+fn report_labels(lab: &Labelling, data: &dataset::Dataset) {
+    if let LabelSource::Explicit(l) = &lab.source {
+        crate::errln!(
+            "labels {}: {} of {} population members labelled, {} without a label (left out); {} of {} label row(s) matched no one",
+            l.path,
+            data.rows(),
+            data.population,
+            data.unlabelled,
+            data.labels_unmatched,
+            l.len()
+        );
+    } else {
+        crate::errln!("labels complete up to {} ({})", format_rfc3339_ms(data.data_end.0), data.data_end.1);
+    }
 }
 
 fn load_log(path: &Path) -> Result<EventLog> {
@@ -490,20 +551,41 @@ fn warn_if_seconds(path: &Path, last_ts: Millis) {
     }
 }
 
-fn train_cmd(a: TrainArgs) -> Result<()> {
+/// The rows `train` fits, built from the command's flags; `dataset` writes exactly these.
+pub struct TrainingSet {
+    pub log: EventLog,
+    pub spec: FeatureSpec,
+    pub labelling: Labelling,
+    pub cutoffs: Vec<Millis>,
+    pub data: dataset::Dataset,
+}
+
+/// Load the events, choose the spec, label and build the rows: the one code path of `train` and
+/// `dataset`.
+pub fn training_set(a: &RowArgs) -> Result<TrainingSet> {
     if a.cutoffs == 0 {
         bail!("--cutoffs must be at least 1");
     }
+    if a.every.ms() <= 0 {
+        bail!("--every must be longer than 0 (got {}): cutoffs would coincide", a.every);
+    }
+    let opts = a.label.build_options()?;
     let cutoff = a.label.cutoff;
     let cutoffs: Vec<Millis> = (0..a.cutoffs as i64).map(|i| cutoff - i * a.every.ms()).collect();
+    let lab = labelling(&a.label, cutoffs.clone())?;
     let log = load_log(&a.events)?;
     let spec = match &a.spec {
         Some(p) => FeatureSpec::from_file(p)?,
         None => FeatureSpec::derive_from_counts(&log.type_counts(), 0.0005, 16),
     };
     spec.validate()?;
-    let lab = labelling(&a.label, cutoffs.clone())?;
-    let data = dataset::build(&log, &spec, &lab)?;
+    let data = dataset::build_with(&log, &spec, &lab, &opts)?;
+    report_labels(&lab, &data);
+    Ok(TrainingSet { log, spec, labelling: lab, cutoffs, data })
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let TrainingSet { log, spec, labelling: lab, cutoffs, data } = training_set(&a.rows)?;
     crate::errln!(
         "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features",
         data.rows(),
@@ -513,12 +595,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         data.n_features
     );
     let ctx = TrainContext {
-        events_file: a.events.display().to_string(),
+        events_file: a.rows.events.display().to_string(),
         data_from: format_rfc3339_ms(log.first_ts()),
         data_to: format_rfc3339_ms(log.last_ts()),
         cutoffs: cutoffs.iter().map(|c| format_rfc3339_ms(*c)).collect(),
-        horizon: a.label.horizon.to_string(),
-        active_within: a.label.active_within.map(|s| s.to_string()),
+        horizon: a.rows.label.horizon_text(),
+        active_within: a.rows.label.active_within.map(|s| s.to_string()),
         label_source: lab.source.describe(),
     };
     let opt = TrainOptions { seed: a.seed, ..TrainOptions::default() };
@@ -584,18 +666,27 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
 fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let art = ModelArtifact::load(&a.model)?;
     let cutoff = a.label.cutoff;
-    if let Some(w) = horizon_mismatch(&art, a.label.horizon) {
+    let opts = a.label.build_options()?;
+    let lab = labelling(&a.label, vec![cutoff])?;
+    if let Some(w) = a.label.horizon.and_then(|h| horizon_mismatch(&art, h)) {
         crate::term::warn(&w);
     }
     let log = load_log(&a.events)?;
-    let lab = labelling(&a.label, vec![cutoff])?;
-    let data = dataset::build(&log, &art.spec, &lab)?;
+    let data = dataset::build_with(&log, &art.spec, &lab, &opts)?;
+    report_labels(&lab, &data);
     let (m, scores) = train::evaluate(&art, &data);
+    if data.y.iter().all(|y| *y) || data.y.iter().all(|y| !*y) {
+        crate::term::warn(&format!(
+            "every one of the {} labelled users is {}: ROC AUC and PR AUC are undefined (NaN)",
+            data.rows(),
+            if data.y.first() == Some(&true) { "churned" } else { "retained" }
+        ));
+    }
     if a.json {
         crate::outln!("{}", serde_json::to_string(&m)?);
     } else {
         crate::outln!("model        {}", art.model_version);
-        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon);
+        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon_text());
         crate::outln!("users        {}", m.n_users);
         crate::outln!("churn rate   {:.4}", m.churn_rate);
         crate::outln!("ROC AUC      {:.4}", m.roc_auc);

@@ -197,3 +197,158 @@ fn replay_says_when_it_wrote_nothing() {
     assert_eq!(std::fs::read_to_string(dir.path().join("iv.jsonl")).unwrap(), "");
     assert!(stderr(&o).contains("no user reached a tier over 2 valid events: iv.jsonl is empty"), "{}", stderr(&o));
 }
+
+fn evaluate(w: &Workbench, extra: &[&str]) -> Output {
+    let mut args = vec!["evaluate", "--model", "model.json", "--events", "ev.jsonl", "--json"];
+    args.extend_from_slice(extra);
+    churnguard(w.d(), &args)
+}
+
+/// The simulated log's last event is on 1997-07-28, so by default the data covers up to
+/// 1997-07-29T00:00Z, however early in that day the last event was.
+#[test]
+fn censoring_is_judged_against_the_end_of_the_data() {
+    let w = bench();
+    let o = evaluate(w, &["--cutoff", "1997-06-29", "--horizon", "30d"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "labels complete up to 1997-07-29T00:00:00.000Z (the end of the UTC day of the last event, 1997-07-28T"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = evaluate(w, &["--cutoff", "1997-06-29", "--horizon", "31d"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("ends at 1997-07-30T00:00:00.000Z, after the end of the data 1997-07-29T00:00:00.000Z (the end of the UTC day of the last event"), "{err}");
+    assert!(err.contains("censored") && err.contains("--data-end"), "{err}");
+    let o = evaluate(w, &["--cutoff", "1997-06-29", "--horizon", "31d", "--data-end", "1997-08-01"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("labels complete up to 1997-08-01T00:00:00.000Z (set by --data-end)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = evaluate(w, &["--cutoff", "1997-06-29", "--horizon", "30d", "--data-end", "1997-07-20"]);
+    assert!(
+        stderr(&o).contains("after the end of the data 1997-07-20T00:00:00.000Z (set by --data-end)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn truth_users(w: &Workbench) -> Vec<String> {
+    std::fs::read_to_string(w.path("truth.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect()
+}
+
+/// Numbers in the `labels FILE: A of B population members labelled, C without a label (left
+/// out); D of E label row(s) matched no one` line.
+fn label_counts(err: &str) -> [usize; 5] {
+    let line = err.lines().find(|l| l.contains("population members labelled")).unwrap_or_else(|| panic!("{err}"));
+    let nums: Vec<usize> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    let n = nums.len();
+    [nums[n - 5], nums[n - 4], nums[n - 3], nums[n - 2], nums[n - 1]]
+}
+
+#[test]
+fn explicit_labels_say_who_was_left_out_and_refuse_a_poor_match() {
+    let w = bench();
+    let users = truth_users(w);
+    let mut partial = String::from("user_id,churned\n");
+    for (i, u) in users.iter().take(100).enumerate() {
+        partial.push_str(&format!("{u},{}\n", i % 3 == 0));
+    }
+    for g in 1..=5 {
+        partial.push_str(&format!("ghost{g},1\n"));
+    }
+    let labels = write(w.d(), "partial_labels.csv", &partial);
+    let labels = labels.to_str().unwrap();
+    // No --horizon: explicit labels need none.
+    let o = evaluate(w, &["--cutoff", "1997-06-01", "--labels", labels]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--labels ") && err.contains("population members") && err.contains("below --min-label-match 0.5"),
+        "{err}"
+    );
+    assert!(err.contains("matched no one"), "{err}");
+    assert!(stdout(&o).is_empty(), "no metrics printed for a refused evaluation");
+
+    let o = evaluate(w, &["--cutoff", "1997-06-01", "--labels", labels, "--min-label-match", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let [labelled, population, unlabelled, unmatched, rows] = label_counts(&stderr(&o));
+    assert_eq!(rows, 105);
+    assert_eq!(labelled + unlabelled, population);
+    assert!(unmatched >= 5 && labelled <= 100 && labelled + unmatched == 105, "{}", stderr(&o));
+    assert!(unlabelled > 1000, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["n_users"].as_u64(), Some(labelled as u64));
+
+    // Every user labelled: accepted at the default share, nobody left out.
+    let mut full = String::from("user_id,churned\n");
+    for (i, u) in users.iter().enumerate() {
+        full.push_str(&format!("{u},{}\n", i % 4 == 0));
+    }
+    let full = write(w.d(), "full_labels.csv", &full);
+    let o = evaluate(w, &["--cutoff", "1997-06-01", "--labels", full.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let [labelled, population, unlabelled, _, rows] = label_counts(&stderr(&o));
+    assert_eq!((labelled, unlabelled, rows), (population, 0, 2000));
+}
+
+#[test]
+fn zero_durations_and_unknown_churn_events_are_refused_naming_the_flag() {
+    let w = bench();
+    let err = stderr(&evaluate(w, &["--cutoff", "1997-06-01", "--horizon", "0d"]));
+    assert!(err.contains("--horizon must be longer than 0"), "{err}");
+    let err = stderr(&evaluate(w, &["--cutoff", "1997-06-01"]));
+    assert!(err.contains("--horizon is required"), "{err}");
+    let err = stderr(&evaluate(w, &["--cutoff", "1997-06-01", "--horizon", "30d", "--churn-event", "cancle"]));
+    assert!(err.contains("--churn-event \"cancle\": no event of this type in ev.jsonl"), "{err}");
+    assert!(err.contains("\"login\""), "the message lists the types present: {err}");
+    let err = fails(
+        w.d(),
+        &[
+            "train",
+            "--events",
+            "ev.jsonl",
+            "--cutoff",
+            "1997-06-01",
+            "--horizon",
+            "30d",
+            "--cutoffs",
+            "3",
+            "--every",
+            "0d",
+            "--out",
+            "never.json",
+        ],
+    );
+    assert!(err.contains("--every must be longer than 0"), "{err}");
+    assert!(!w.path("never.json").exists());
+    for args in [
+        vec!["evaluate", "--model", "model.json", "--events", "ev.jsonl", "--cutoff", "1997-06-01", "--horizon", "0d"],
+        vec![
+            "evaluate",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--cutoff",
+            "1997-06-01",
+            "--horizon",
+            "9d",
+            "--churn-event",
+            "cancle",
+        ],
+    ] {
+        fails(w.d(), &args);
+    }
+}
