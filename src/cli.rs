@@ -62,6 +62,16 @@ pub enum Command {
         after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json"
     )]
     Evaluate(EvaluateArgs),
+    /// Write the exact rows `train` fits (user, cutoff, every feature, label) as CSV.
+    #[command(
+        after_help = "Takes train's flags for events, spec, cutoffs and labels; the rows are the ones train would fit.\n\nExample:\n  churnguard dataset --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out rows.csv"
+    )]
+    Dataset(DatasetArgs),
+    /// Write each user's P(churn), tier, stage and top reasons at given times as CSV.
+    #[command(
+        after_help = "Example:\n  churnguard score --model models/default.json --events events.jsonl --at 2026-05-01 --every 1d --until 2026-05-31 --out scores.csv"
+    )]
+    Score(ScoreArgs),
     /// Replay an event log through the full scoring path; write interventions as JSON lines.
     #[command(
         after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl"
@@ -309,6 +319,40 @@ pub struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct DatasetArgs {
+    #[command(flatten)]
+    pub rows: RowArgs,
+    /// Where to write the rows (.csv).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Model file (JSON) to score with.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Event log (JSON lines); each score uses the events up to and including its time.
+    #[arg(long, value_name = "FILE")]
+    pub events: PathBuf,
+    /// Score at this time (RFC3339, YYYY-MM-DD or epoch ms).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Millis,
+    /// Also score every DUR after --at, up to --until.
+    #[arg(long, value_name = "DUR", requires = "until")]
+    pub every: Option<Span>,
+    /// Last time to score at with --every (inclusive).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "every")]
+    pub until: Option<Millis>,
+    /// Reasons (features by contribution to the score) per row.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub top_reasons: usize,
+    /// Where to write the scores (.csv).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct EvaluateArgs {
     /// Model file (JSON) to evaluate.
     #[arg(long, value_name = "FILE")]
@@ -350,6 +394,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate(a),
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
+        Command::Dataset(a) => dataset_cmd(a),
+        Command::Score(a) => score_cmd(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
@@ -629,6 +675,90 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let path = write_report(dir, art, &outcome.validation_scores, &outcome.validation_labels, "validation split")?;
         crate::errln!("report: {}", path.display());
     }
+    Ok(())
+}
+
+/// The output format, from the file name: CSV only in this build.
+fn check_csv_out(path: &Path) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".csv") {
+        Ok(())
+    } else if name.ends_with(".parquet") {
+        bail!("{}: Parquet output is not available in this build; write .csv", path.display())
+    } else {
+        bail!("{}: the output format is chosen by extension; use .csv", path.display())
+    }
+}
+
+fn dataset_cmd(a: DatasetArgs) -> Result<()> {
+    check_csv_out(&a.out)?;
+    let set = training_set(&a.rows)?;
+    let mut out = create(&a.out)?;
+    crate::model::export::write_dataset_csv(&mut out, &set.log, &set.spec, &set.data)
+        .and_then(|_| out.flush())
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    crate::errln!(
+        "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features -> {}",
+        set.data.rows(),
+        set.data.distinct_users(),
+        set.cutoffs.len(),
+        set.data.churn_rate(),
+        set.data.n_features,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn score_cmd(a: ScoreArgs) -> Result<()> {
+    check_csv_out(&a.out)?;
+    let mut times = vec![a.at];
+    if let (Some(every), Some(until)) = (a.every, a.until) {
+        if every.ms() <= 0 {
+            bail!("--every must be longer than 0 (got {every})");
+        }
+        if until < a.at {
+            bail!("--until {} is before --at {}", format_rfc3339_ms(until), format_rfc3339_ms(a.at));
+        }
+        let n = (until - a.at) / every.ms() + 1;
+        if n > 10_000 {
+            bail!("--at, --every and --until give {n} scoring times; at most 10000");
+        }
+        times = (0..n).map(|i| a.at + i * every.ms()).collect();
+    }
+    let art = ModelArtifact::load(&a.model)?;
+    let log = load_log(&a.events)?;
+    if a.at < log.first_ts() {
+        crate::term::warn(&format!(
+            "--at {} is before the first event ({}): no user is scored there",
+            format_rfc3339_ms(a.at),
+            format_rfc3339_ms(log.first_ts())
+        ));
+    }
+    let mut out = create(&a.out)?;
+    let top = a.top_reasons;
+    out.write_all(crate::model::export::score_header(top).as_bytes())?;
+    let (mut rows, mut err) = (0u64, None);
+    let lifecycle = PolicyConfig::default().lifecycle;
+    crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
+        if err.is_none() {
+            rows += 1;
+            if let Err(e) = crate::model::export::write_score_row(&mut out, &s, top) {
+                err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e).with_context(|| format!("writing {}", a.out.display()));
+    }
+    out.flush().with_context(|| format!("writing {}", a.out.display()))?;
+    crate::errln!(
+        "{rows} scores by model {} at {} time(s) from {} to {} -> {}",
+        art.model_version,
+        times.len(),
+        format_rfc3339_ms(times[0]),
+        format_rfc3339_ms(*times.last().unwrap_or(&a.at)),
+        a.out.display()
+    );
     Ok(())
 }
 

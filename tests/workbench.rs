@@ -352,3 +352,155 @@ fn zero_durations_and_unknown_churn_events_are_refused_naming_the_flag() {
         fails(w.d(), &args);
     }
 }
+
+/// A CSV line split on commas (the simulated ids and feature names need no quoting).
+fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().split(',').map(str::to_string).collect();
+    (header, lines.map(|l| l.split(',').map(str::to_string).collect()).collect())
+}
+
+/// `dataset` takes train's flags and writes the rows train fits: the same count, users, churn
+/// rate and features as the model records, and row by row the vectors of the shared function.
+#[test]
+fn dataset_writes_the_rows_train_fits() {
+    use churnguard::cli::{Cli, Command as Cmd};
+    use clap::Parser;
+    let w = bench();
+    let flags =
+        ["--events", "ev.jsonl", "--cutoff", "1997-06-15", "--horizon", "30d", "--cutoffs", "2", "--every", "14d"];
+    let mut args = vec!["dataset"];
+    args.extend_from_slice(&flags);
+    args.extend_from_slice(&["--out", "rows.csv"]);
+    ok(w.d(), &args);
+    let (header, rows) = csv(&w.path("rows.csv"));
+    let model = churnguard::model::ModelArtifact::load(&w.path("model.json")).unwrap();
+    assert_eq!(header[0], "user_id");
+    assert_eq!(header[1], "cutoff");
+    assert_eq!(header.last().unwrap(), "churned");
+    assert_eq!(&header[2..header.len() - 1], model.feature_names.as_slice());
+    assert_eq!(rows.len(), model.training.rows, "the rows train fitted");
+    let mut users: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    assert_eq!(users.len(), model.training.users);
+    let churned = rows.iter().filter(|r| r.last().unwrap() == "1").count();
+    assert!((churned as f64 / rows.len() as f64 - model.training.churn_rate).abs() < 1e-12);
+    let cutoffs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(cutoffs.len(), 2);
+
+    // Row by row, exactly the vectors of the function train builds its rows with.
+    let mut argv = vec!["churnguard", "train"];
+    argv.extend_from_slice(&flags);
+    argv.extend_from_slice(&["--out", "unused.json"]);
+    let Cmd::Train(t) = Cli::try_parse_from(argv).unwrap().command else { panic!("not train") };
+    let mut rows_args = t.rows.clone();
+    rows_args.events = w.path("ev.jsonl");
+    let set = churnguard::cli::training_set(&rows_args).unwrap();
+    assert_eq!(set.data.rows(), rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[0], set.log.user_id(set.data.user[i]));
+        let values: Vec<f64> = r[2..r.len() - 1].iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(values.as_slice(), set.data.row(i), "row {i}");
+        assert_eq!(r.last().unwrap() == "1", set.data.y[i]);
+    }
+}
+
+/// `score` gives each user's P(churn) at a time: the same number `evaluate` computes for the
+/// user at that cutoff, and the same the engine sent in an intervention at that event time.
+#[test]
+fn score_matches_evaluate_and_the_engine() {
+    use churnguard::model::dataset::{self, EventLog, LabelSource, Labelling};
+    let w = bench();
+    ok(
+        w.d(),
+        &[
+            "score",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--at",
+            "1997-06-15",
+            "--every",
+            "7d",
+            "--until",
+            "1997-06-29",
+            "--out",
+            "scores.csv",
+        ],
+    );
+    let (header, rows) = csv(&w.path("scores.csv"));
+    assert_eq!(header[..5], ["user_id", "at", "p_churn", "tier", "stage"]);
+    assert_eq!(header.len(), 11, "three reasons with their contributions");
+    let art = churnguard::model::ModelArtifact::load(&w.path("model.json")).unwrap();
+    let log = EventLog::load(&w.path("ev.jsonl")).unwrap();
+    let cutoff = churnguard::time::parse_timestamp("1997-06-15").unwrap();
+    let lab = Labelling {
+        cutoffs: vec![cutoff],
+        horizon: churnguard::time::Span::days(30),
+        active_within: None,
+        source: LabelSource::Silence,
+    };
+    let data = dataset::build(&log, &art.spec, &lab).unwrap();
+    let (_, eval_scores) = churnguard::model::train::evaluate(&art, &data);
+    let at_cutoff: std::collections::HashMap<&str, (f64, &str)> = rows
+        .iter()
+        .filter(|r| r[1] == "1997-06-15T00:00:00.000Z")
+        .map(|r| (r[0].as_str(), (r[2].parse::<f64>().unwrap(), r[3].as_str())))
+        .collect();
+    assert_eq!(at_cutoff.len(), data.rows(), "every member of evaluate's population is scored");
+    for i in 0..data.rows() {
+        let (score, tier) = at_cutoff[log.user_id(data.user[i])];
+        assert_eq!(score, eval_scores[i], "{}", log.user_id(data.user[i]));
+        let want = art
+            .thresholds
+            .tiers
+            .iter()
+            .filter(|t| score >= t.min_score)
+            .max_by(|a, b| a.min_score.total_cmp(&b.min_score));
+        assert_eq!(tier, want.map_or("", |t| t.name.as_str()));
+    }
+    let times: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(times.len(), 3);
+
+    // Interventions from the engine (replay): the score at the same user and event time.
+    ok(w.d(), &["replay", "--model", "model.json", "--events", "ev.jsonl", "--out", "iv_score.jsonl"]);
+    let ivs: Vec<churnguard::intervention::Intervention> = std::fs::read_to_string(w.path("iv_score.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let picked: Vec<_> = ivs.iter().step_by((ivs.len() / 25).max(1)).collect();
+    assert!(picked.len() >= 10);
+    let times: Vec<i64> = picked.iter().map(|iv| churnguard::time::parse_timestamp(&iv.event_time).unwrap()).collect();
+    let mut got = std::collections::HashMap::new();
+    churnguard::model::export::score_at(&log, &art, &Default::default(), 3, &times, |s| {
+        got.insert((s.user_id.clone(), s.at), s);
+    });
+    for (iv, t) in picked.iter().zip(&times) {
+        let s = &got[&(iv.user_id.clone(), *t)];
+        assert!((s.score - iv.score).abs() < 1e-12, "{iv:?} vs {s:?}");
+        assert_eq!(s.tier.as_deref(), Some(iv.tier.as_str()));
+        assert_eq!(s.stage, iv.stage);
+        let reasons: Vec<&str> = s.reasons.iter().map(|r| r.feature.as_str()).collect();
+        let iv_reasons: Vec<&str> = iv.reasons.iter().map(|r| r.feature.as_str()).collect();
+        assert_eq!(reasons, iv_reasons);
+    }
+}
+
+#[test]
+fn per_user_outputs_refuse_an_unknown_format() {
+    let w = bench();
+    let err = fails(
+        w.d(),
+        &["score", "--model", "model.json", "--events", "ev.jsonl", "--at", "1997-06-15", "--out", "s.parquet"],
+    );
+    assert!(err.contains("Parquet output is not available in this build"), "{err}");
+    let err = fails(
+        w.d(),
+        &["dataset", "--events", "ev.jsonl", "--cutoff", "1997-06-15", "--horizon", "30d", "--out", "rows.txt"],
+    );
+    assert!(err.contains("use .csv"), "{err}");
+}

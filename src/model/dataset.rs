@@ -122,6 +122,12 @@ impl EventLog {
         &self.users[u as usize]
     }
 
+    /// Every event in event-time order (file order breaks ties): user index, event type,
+    /// timestamp and amount (0 when absent).
+    pub fn events(&self) -> impl Iterator<Item = (u32, &str, Millis, f64)> + '_ {
+        self.recs.iter().map(|r| (r.user, self.types[r.ty as usize].as_str(), r.ts, r.amount))
+    }
+
     /// Event types with their counts, for deriving a spec from the data.
     pub fn type_counts(&self) -> Vec<(String, u64)> {
         self.types.iter().cloned().zip(self.type_counts.iter().copied()).collect()
