@@ -656,23 +656,37 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     ));
     let outcome = train::train(&spec, &data, ctx, &opt)?;
     spin.finish_and_clear();
+    for w in &outcome.warnings {
+        crate::term::warn(w);
+    }
     let art = &outcome.artifact;
     art.save(&a.out)?;
     let v = &art.training.validation;
     crate::errln!(
-        "model {} -> {}: validation ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e}; tiers {}; {:.1}s",
+        "model {} -> {}: validation ({} rows, {} users, {} churned) ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e} (searched {}); tiers {}; {:.1}s",
         art.model_version,
         a.out.display(),
+        v.n_rows,
+        v.n_users,
+        outcome.validation_labels.iter().filter(|y| **y).count(),
         v.roc_auc,
         v.pr_auc,
         v.log_loss,
         v.brier,
         art.training.l2,
+        art.training.l2_grid.iter().map(|(l2, _)| format!("{l2:.0e}")).collect::<Vec<_>>().join(" "),
         art.thresholds.tiers.iter().map(|t| format!("{}>={:.3}", t.name, t.min_score)).collect::<Vec<_>>().join(", "),
         art.training.train_seconds
     );
     if let Some(dir) = &a.report {
-        let path = write_report(dir, art, &outcome.validation_scores, &outcome.validation_labels, "validation split")?;
+        let path = write_report(
+            dir,
+            art,
+            &outcome.validation_scores,
+            &outcome.validation_labels,
+            art.training.validation.n_users,
+            "validation split",
+        )?;
         crate::errln!("report: {}", path.display());
     }
     Ok(())
@@ -762,7 +776,14 @@ fn score_cmd(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool], what: &str) -> Result<PathBuf> {
+fn write_report(
+    dir: &Path,
+    art: &ModelArtifact,
+    scores: &[f64],
+    labels: &[bool],
+    users: usize,
+    what: &str,
+) -> Result<PathBuf> {
     let mut coefs: Vec<(String, f64)> =
         art.feature_names.iter().cloned().zip(art.coefficients.iter().copied()).collect();
     coefs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
@@ -776,6 +797,7 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
         ("horizon".to_string(), t.horizon.clone()),
         ("labels".to_string(), t.label_source.clone()),
         ("training rows / users".to_string(), format!("{} / {}", t.rows, t.users)),
+        (format!("{what}: rows / users"), format!("{} / {users}", scores.len())),
         ("l2 (per row)".to_string(), format!("{:e}", t.l2)),
         ("features".to_string(), art.feature_names.len().to_string()),
     ];
@@ -828,7 +850,14 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
         crate::term::stdout_str(&metrics::format_calibration_table(&metrics::calibration_table(&scores, &data.y, 10)));
     }
     if let Some(dir) = &a.report {
-        let path = write_report(dir, &art, &scores, &data.y, &format!("evaluation at {}", format_rfc3339_ms(cutoff)))?;
+        let path = write_report(
+            dir,
+            &art,
+            &scores,
+            &data.y,
+            data.distinct_users(),
+            &format!("evaluation at {}", format_rfc3339_ms(cutoff)),
+        )?;
         crate::errln!("report: {}", path.display());
     }
     Ok(())

@@ -504,3 +504,17 @@ fn per_user_outputs_refuse_an_unknown_format() {
     );
     assert!(err.contains("use .csv"), "{err}");
 }
+
+/// The model trained at two cutoffs: validation rows and users are counted apart, and the L2
+/// strength chosen lies inside the searched grid.
+#[test]
+fn the_artifact_counts_validation_rows_and_users_and_the_l2_is_inside_its_grid() {
+    let w = bench();
+    let model = churnguard::model::ModelArtifact::load(&w.path("model.json")).unwrap();
+    let t = &model.training;
+    assert_eq!(t.validation.n_rows, t.validation_rows);
+    assert!(t.validation.n_users < t.validation.n_rows, "{:?}", t.validation);
+    assert!(t.validation.n_users * 2 >= t.validation.n_rows, "{:?}", t.validation);
+    let best = t.l2_grid.iter().position(|g| g.0 == t.l2).unwrap();
+    assert!(best > 0 && best + 1 < t.l2_grid.len(), "l2 {} at the edge of {:?}", t.l2, t.l2_grid);
+}
