@@ -952,11 +952,15 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         a.out.display()
     );
     if s.counters.interventions == 0 && s.counters.control == 0 {
-        crate::errln!(
-            "no user reached a tier over {} valid events: {} is empty (lower the model's tier thresholds or check the events' time range)",
-            s.valid,
-            a.out.display()
-        );
+        let why = if s.counters.held_warm_up > 0 {
+            format!(
+                "{} decision(s) that reached a tier were held during the warm-up (engine.warm_up: the events cover less than it after the first one)",
+                s.counters.held_warm_up
+            )
+        } else {
+            format!("no user reached a tier over {} valid events", s.valid)
+        };
+        crate::errln!("{} is empty: {why}", a.out.display());
     }
     Ok(())
 }
