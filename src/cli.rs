@@ -322,7 +322,7 @@ pub struct TrainArgs {
 pub struct DatasetArgs {
     #[command(flatten)]
     pub rows: RowArgs,
-    /// Where to write the rows (.csv).
+    /// Where to write the rows: .csv, or .parquet in a build with the parquet feature.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
@@ -347,7 +347,7 @@ pub struct ScoreArgs {
     /// Reasons (features by contribution to the score) per row.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub top_reasons: usize,
-    /// Where to write the scores (.csv).
+    /// Where to write the scores: .csv, or .parquet in a build with the parquet feature.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
@@ -692,25 +692,57 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The output format, from the file name: CSV only in this build.
-fn check_csv_out(path: &Path) -> Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutFormat {
+    Csv,
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+    Parquet,
+}
+
+/// The output format, from the file name: `.csv`, or `.parquet` in a build with the `parquet`
+/// feature.
+fn out_format(path: &Path) -> Result<OutFormat> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     if name.ends_with(".csv") {
-        Ok(())
+        Ok(OutFormat::Csv)
     } else if name.ends_with(".parquet") {
-        bail!("{}: Parquet output is not available in this build; write .csv", path.display())
+        if cfg!(feature = "parquet") {
+            Ok(OutFormat::Parquet)
+        } else {
+            bail!(
+                "{}: Parquet output is not available in this build (build with --features parquet); write .csv",
+                path.display()
+            )
+        }
     } else {
-        bail!("{}: the output format is chosen by extension; use .csv", path.display())
+        bail!("{}: the output format is chosen by extension; use .csv or .parquet", path.display())
     }
 }
 
+#[cfg(feature = "parquet")]
+fn parquet_err(path: &Path) -> impl Fn(crate::model::export::parquet_out::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("writing {}: {e}", path.display())
+}
+
 fn dataset_cmd(a: DatasetArgs) -> Result<()> {
-    check_csv_out(&a.out)?;
+    let format = out_format(&a.out)?;
     let set = training_set(&a.rows)?;
-    let mut out = create(&a.out)?;
-    crate::model::export::write_dataset_csv(&mut out, &set.log, &set.spec, &set.data)
-        .and_then(|_| out.flush())
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    match format {
+        OutFormat::Csv => {
+            let mut out = create(&a.out)?;
+            crate::model::export::write_dataset_csv(&mut out, &set.log, &set.spec, &set.data)
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", a.out.display()))?;
+        }
+        #[cfg(feature = "parquet")]
+        OutFormat::Parquet => {
+            drop(create(&a.out)?);
+            crate::model::export::parquet_out::write_dataset(&a.out, &set.log, &set.spec, &set.data)
+                .map_err(parquet_err(&a.out))?;
+        }
+        #[cfg(not(feature = "parquet"))]
+        OutFormat::Parquet => unreachable!("out_format refuses .parquet without the feature"),
+    }
     crate::errln!(
         "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features -> {}",
         set.data.rows(),
@@ -724,7 +756,7 @@ fn dataset_cmd(a: DatasetArgs) -> Result<()> {
 }
 
 fn score_cmd(a: ScoreArgs) -> Result<()> {
-    check_csv_out(&a.out)?;
+    let format = out_format(&a.out)?;
     let mut times = vec![a.at];
     if let (Some(every), Some(until)) = (a.every, a.until) {
         if every.ms() <= 0 {
@@ -748,23 +780,49 @@ fn score_cmd(a: ScoreArgs) -> Result<()> {
             format_rfc3339_ms(log.first_ts())
         ));
     }
-    let mut out = create(&a.out)?;
     let top = a.top_reasons;
-    out.write_all(crate::model::export::score_header(top).as_bytes())?;
-    let (mut rows, mut err) = (0u64, None);
     let lifecycle = PolicyConfig::default().lifecycle;
-    crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
-        if err.is_none() {
-            rows += 1;
-            if let Err(e) = crate::model::export::write_score_row(&mut out, &s, top) {
-                err = Some(e);
+    let mut rows = 0u64;
+    match format {
+        OutFormat::Csv => {
+            let mut out = create(&a.out)?;
+            out.write_all(crate::model::export::score_header(top).as_bytes())?;
+            let mut err = None;
+            crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
+                if err.is_none() {
+                    rows += 1;
+                    if let Err(e) = crate::model::export::write_score_row(&mut out, &s, top) {
+                        err = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(e).with_context(|| format!("writing {}", a.out.display()));
             }
+            out.flush().with_context(|| format!("writing {}", a.out.display()))?;
         }
-    });
-    if let Some(e) = err {
-        return Err(e).with_context(|| format!("writing {}", a.out.display()));
+        #[cfg(feature = "parquet")]
+        OutFormat::Parquet => {
+            drop(create(&a.out)?);
+            let mut w =
+                crate::model::export::parquet_out::ScoreWriter::create(&a.out, top).map_err(parquet_err(&a.out))?;
+            let mut err = None;
+            crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
+                if err.is_none() {
+                    rows += 1;
+                    if let Err(e) = w.push(s) {
+                        err = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(parquet_err(&a.out)(e));
+            }
+            w.finish().map_err(parquet_err(&a.out))?;
+        }
+        #[cfg(not(feature = "parquet"))]
+        OutFormat::Parquet => unreachable!("out_format refuses .parquet without the feature"),
     }
-    out.flush().with_context(|| format!("writing {}", a.out.display()))?;
     crate::errln!(
         "{rows} scores by model {} at {} time(s) from {} to {} -> {}",
         art.model_version,

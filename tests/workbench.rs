@@ -493,11 +493,13 @@ fn score_matches_evaluate_and_the_engine() {
 #[test]
 fn per_user_outputs_refuse_an_unknown_format() {
     let w = bench();
-    let err = fails(
-        w.d(),
-        &["score", "--model", "model.json", "--events", "ev.jsonl", "--at", "1997-06-15", "--out", "s.parquet"],
-    );
-    assert!(err.contains("Parquet output is not available in this build"), "{err}");
+    if !cfg!(feature = "parquet") {
+        let err = fails(
+            w.d(),
+            &["score", "--model", "model.json", "--events", "ev.jsonl", "--at", "1997-06-15", "--out", "s.parquet"],
+        );
+        assert!(err.contains("Parquet output is not available in this build"), "{err}");
+    }
     let err = fails(
         w.d(),
         &["dataset", "--events", "ev.jsonl", "--cutoff", "1997-06-15", "--horizon", "30d", "--out", "rows.txt"],
@@ -517,4 +519,80 @@ fn the_artifact_counts_validation_rows_and_users_and_the_l2_is_inside_its_grid()
     assert!(t.validation.n_users * 2 >= t.validation.n_rows, "{:?}", t.validation);
     let best = t.l2_grid.iter().position(|g| g.0 == t.l2).unwrap();
     assert!(best > 0 && best + 1 < t.l2_grid.len(), "l2 {} at the edge of {:?}", t.l2, t.l2_grid);
+}
+
+/// With `--features parquet`: the Parquet outputs hold exactly what the CSVs hold.
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_outputs_equal_the_csv_ones() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampMillisecondType};
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let w = bench();
+    let read = |name: &str| -> Vec<arrow_array::RecordBatch> {
+        let f = std::fs::File::open(w.path(name)).unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect()
+    };
+    for name in ["pq_rows.csv", "pq_rows.parquet"] {
+        ok(
+            w.d(),
+            &[
+                "dataset",
+                "--events",
+                "ev.jsonl",
+                "--cutoff",
+                "1997-06-15",
+                "--horizon",
+                "30d",
+                "--cutoffs",
+                "2",
+                "--out",
+                name,
+            ],
+        );
+    }
+    let (header, rows) = csv(&w.path("pq_rows.csv"));
+    let batches = read("pq_rows.parquet");
+    let mut i = 0;
+    for b in &batches {
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, header);
+        let users = b.column(0).as_string::<i32>();
+        let cutoffs = b.column(1).as_primitive::<TimestampMillisecondType>();
+        let churned = b.column(b.num_columns() - 1).as_boolean();
+        for r in 0..b.num_rows() {
+            let row = &rows[i];
+            assert_eq!(users.value(r), row[0]);
+            assert_eq!(churnguard::time::format_rfc3339_ms(cutoffs.value(r)), row[1]);
+            for j in 2..b.num_columns() - 1 {
+                let v = b.column(j).as_primitive::<Float64Type>().value(r);
+                assert_eq!(v, row[j].parse::<f64>().unwrap(), "row {i} column {}", header[j]);
+            }
+            assert_eq!(churned.value(r), row[row.len() - 1] == "1");
+            i += 1;
+        }
+    }
+    assert_eq!(i, rows.len());
+
+    for name in ["pq_scores.csv", "pq_scores.parquet"] {
+        ok(w.d(), &["score", "--model", "model.json", "--events", "ev.jsonl", "--at", "1997-06-15", "--out", name]);
+    }
+    let (_, rows) = csv(&w.path("pq_scores.csv"));
+    let batches = read("pq_scores.parquet");
+    let mut i = 0;
+    for b in &batches {
+        let users = b.column(0).as_string::<i32>();
+        let scores = b.column(2).as_primitive::<Float64Type>();
+        let tiers = b.column(3).as_string::<i32>();
+        let reason1 = b.column(5).as_string::<i32>();
+        for r in 0..b.num_rows() {
+            assert_eq!(users.value(r), rows[i][0]);
+            assert_eq!(scores.value(r), rows[i][2].parse::<f64>().unwrap());
+            assert_eq!(if tiers.is_null(r) { "" } else { tiers.value(r) }, rows[i][3]);
+            assert_eq!(if reason1.is_null(r) { "" } else { reason1.value(r) }, rows[i][5]);
+            i += 1;
+        }
+    }
+    assert_eq!(i, rows.len());
 }

@@ -165,3 +165,127 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }
+
+/// Parquet versions of the two outputs (`--features parquet`): the same columns as the CSVs, with
+/// times as UTC millisecond timestamps, features and scores as `f64`, `churned` as a boolean and
+/// empty values as nulls.
+#[cfg(feature = "parquet")]
+pub mod parquet_out {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float64Builder, StringBuilder};
+    use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use parquet::arrow::ArrowWriter;
+
+    use super::{Dataset, EventLog, FeatureSpec, UserScore};
+
+    pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn ts_type() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+    }
+
+    fn writer(path: &Path, schema: Arc<Schema>) -> Result<ArrowWriter<std::fs::File>, Error> {
+        let f = std::fs::File::create(path)?;
+        Ok(ArrowWriter::try_new(f, schema, None)?)
+    }
+
+    /// The rows `train` fits, as [`super::write_dataset_csv`] writes them.
+    pub fn write_dataset(path: &Path, log: &EventLog, spec: &FeatureSpec, data: &Dataset) -> Result<(), Error> {
+        let names = spec.feature_names();
+        let mut fields = vec![Field::new("user_id", DataType::Utf8, false), Field::new("cutoff", ts_type(), false)];
+        fields.extend(names.iter().map(|n| Field::new(n, DataType::Float64, false)));
+        fields.push(Field::new("churned", DataType::Boolean, false));
+        let schema = Arc::new(Schema::new(fields));
+        let mut w = writer(path, schema.clone())?;
+        const BATCH: usize = 65_536;
+        let mut start = 0;
+        while start < data.rows() {
+            let end = (start + BATCH).min(data.rows());
+            let rows = start..end;
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(rows.clone().map(|i| log.user_id(data.user[i])))),
+                Arc::new(
+                    TimestampMillisecondArray::from_iter_values(rows.clone().map(|i| data.cutoff[i]))
+                        .with_timezone("UTC"),
+                ),
+            ];
+            for j in 0..data.n_features {
+                cols.push(Arc::new(Float64Array::from_iter_values(rows.clone().map(|i| data.row(i)[j]))));
+            }
+            cols.push(Arc::new(BooleanArray::from_iter(rows.map(|i| Some(data.y[i])))));
+            w.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
+            start = end;
+        }
+        w.close()?;
+        Ok(())
+    }
+
+    /// Scores as [`super::write_score_row`] writes them, collected and written in batches.
+    pub struct ScoreWriter {
+        w: ArrowWriter<std::fs::File>,
+        schema: Arc<Schema>,
+        top: usize,
+        rows: Vec<UserScore>,
+    }
+
+    impl ScoreWriter {
+        pub fn create(path: &Path, top: usize) -> Result<ScoreWriter, Error> {
+            let mut fields = vec![
+                Field::new("user_id", DataType::Utf8, false),
+                Field::new("at", ts_type(), false),
+                Field::new("p_churn", DataType::Float64, false),
+                Field::new("tier", DataType::Utf8, true),
+                Field::new("stage", DataType::Utf8, false),
+            ];
+            for i in 1..=top {
+                fields.push(Field::new(format!("reason_{i}"), DataType::Utf8, true));
+                fields.push(Field::new(format!("contribution_{i}"), DataType::Float64, true));
+            }
+            let schema = Arc::new(Schema::new(fields));
+            Ok(ScoreWriter { w: writer(path, schema.clone())?, schema, top, rows: Vec::new() })
+        }
+
+        pub fn push(&mut self, s: UserScore) -> Result<(), Error> {
+            self.rows.push(s);
+            if self.rows.len() >= 65_536 {
+                self.flush()?;
+            }
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), Error> {
+            if self.rows.is_empty() {
+                return Ok(());
+            }
+            let r = &self.rows;
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(r.iter().map(|s| s.user_id.as_str()))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(r.iter().map(|s| s.at)).with_timezone("UTC")),
+                Arc::new(Float64Array::from_iter_values(r.iter().map(|s| s.score))),
+                Arc::new(StringArray::from_iter(r.iter().map(|s| s.tier.as_deref()))),
+                Arc::new(StringArray::from_iter_values(r.iter().map(|s| s.stage.as_str()))),
+            ];
+            for i in 0..self.top {
+                let (mut names, mut contribs) = (StringBuilder::new(), Float64Builder::new());
+                for s in r {
+                    names.append_option(s.reasons.get(i).map(|x| x.feature.as_str()));
+                    contribs.append_option(s.reasons.get(i).map(|x| x.contribution));
+                }
+                cols.push(Arc::new(names.finish()));
+                cols.push(Arc::new(contribs.finish()));
+            }
+            self.w.write(&RecordBatch::try_new(self.schema.clone(), cols)?)?;
+            self.rows.clear();
+            Ok(())
+        }
+
+        pub fn finish(mut self) -> Result<(), Error> {
+            self.flush()?;
+            self.w.close()?;
+            Ok(())
+        }
+    }
+}
