@@ -62,6 +62,16 @@ pub enum Command {
         after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json"
     )]
     Evaluate(EvaluateArgs),
+    /// Write the exact rows `train` fits (user, cutoff, every feature, label) as CSV.
+    #[command(
+        after_help = "Takes train's flags for events, spec, cutoffs and labels; the rows are the ones train would fit.\n\nExample:\n  churnguard dataset --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out rows.csv"
+    )]
+    Dataset(DatasetArgs),
+    /// Write each user's P(churn), tier, stage and top reasons at given times as CSV.
+    #[command(
+        after_help = "Example:\n  churnguard score --model models/default.json --events events.jsonl --at 2026-05-01 --every 1d --until 2026-05-31 --out scores.csv"
+    )]
+    Score(ScoreArgs),
     /// Replay an event log through the full scoring path; write interventions as JSON lines.
     #[command(
         after_help = "Example:\n  churnguard replay --model models/default.json --events events.jsonl --out interventions.jsonl"
@@ -246,9 +256,14 @@ pub struct LabelArgs {
     /// Score users as of this time (RFC3339, YYYY-MM-DD or epoch ms).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub cutoff: Millis,
-    /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d.
+    /// Churned = no event in (cutoff, cutoff + horizon]. E.g. 30d. Required unless --labels is
+    /// given (explicit labels need no horizon).
     #[arg(long, value_name = "DUR")]
-    pub horizon: Span,
+    pub horizon: Option<Span>,
+    /// The data covers event time up to here, for the censoring check (cutoff + horizon must not
+    /// pass it). Default: the end of the UTC day of the last event.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub data_end: Option<Millis>,
     /// Only users with an event in (cutoff - DUR, cutoff].
     #[arg(long, value_name = "DUR")]
     pub active_within: Option<Span>,
@@ -258,18 +273,45 @@ pub struct LabelArgs {
     /// Explicit labels CSV: user_id,churned[,cutoff].
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// With --labels, refuse when fewer than this share of population members have a label.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    pub min_label_match: f64,
 }
 
-#[derive(Args, Debug)]
-pub struct TrainArgs {
+impl LabelArgs {
+    /// The horizon, checked: more than zero, and required unless labels are explicit (then
+    /// `None` when not given).
+    fn horizon(&self) -> Result<Option<Span>> {
+        match self.horizon {
+            Some(h) if h.ms() <= 0 => bail!("--horizon must be longer than 0 (got {h})"),
+            Some(h) => Ok(Some(h)),
+            None if self.labels.is_some() => Ok(None),
+            None => bail!("--horizon is required (unless labels come from --labels)"),
+        }
+    }
+
+    fn build_options(&self) -> Result<dataset::BuildOptions> {
+        if !(0.0..=1.0).contains(&self.min_label_match) {
+            bail!("--min-label-match must be a share between 0 and 1 (got {})", self.min_label_match);
+        }
+        Ok(dataset::BuildOptions { data_end: self.data_end, min_label_match: self.min_label_match })
+    }
+
+    /// The horizon as recorded in a model ("none" with explicit labels and no --horizon).
+    fn horizon_text(&self) -> String {
+        self.horizon.map_or_else(|| "none (explicit labels)".to_string(), |h| h.to_string())
+    }
+}
+
+/// Which rows training fits: the events, the feature spec, the cutoffs and the labelling.
+/// Shared by `train` and `dataset`, so that both produce the very same rows.
+#[derive(Args, Debug, Clone)]
+pub struct RowArgs {
     /// Event log to train on (JSON lines, as written by `simulate` or exported from Kafka).
     #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
     #[command(flatten)]
     pub label: LabelArgs,
-    /// Where to write the model (JSON).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
     /// Feature spec TOML; default: derived from the event types in the data.
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
@@ -279,12 +321,55 @@ pub struct TrainArgs {
     /// Spacing of the cutoffs when --cutoffs is more than 1.
     #[arg(long, value_name = "DUR", default_value = "14d")]
     pub every: Span,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub rows: RowArgs,
+    /// Where to write the model (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
     /// Seed of the train/validation split and the class rebalancing.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
     /// Write an HTML report (ROC, PR, calibration, histograms, coefficients) to this directory.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DatasetArgs {
+    #[command(flatten)]
+    pub rows: RowArgs,
+    /// Where to write the rows: .csv, or .parquet in a build with the parquet feature.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Model file (JSON) to score with.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Event log (JSON lines); each score uses the events up to and including its time.
+    #[arg(long, value_name = "FILE")]
+    pub events: PathBuf,
+    /// Score at this time (RFC3339, YYYY-MM-DD or epoch ms).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Millis,
+    /// Also score every DUR after --at, up to --until.
+    #[arg(long, value_name = "DUR", requires = "until")]
+    pub every: Option<Span>,
+    /// Last time to score at with --every (inclusive).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "every")]
+    pub until: Option<Millis>,
+    /// Reasons (features by contribution to the score) per row.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub top_reasons: usize,
+    /// Where to write the scores: .csv, or .parquet in a build with the parquet feature.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +439,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate(a),
         Command::Train(a) => train_cmd(a),
         Command::Evaluate(a) => evaluate_cmd(a),
+        Command::Dataset(a) => dataset_cmd(a),
+        Command::Score(a) => score_cmd(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Uplift(a) => crate::uplift::run_cli(&a),
         Command::Run(a) => run_cmd(a, cli.log_format),
@@ -509,12 +596,32 @@ fn simulate(a: SimulateArgs) -> Result<()> {
 }
 
 fn labelling(l: &LabelArgs, cutoffs: Vec<Millis>) -> Result<Labelling> {
+    // Explicit labels ignore the horizon; 0 stands for "none" there.
+    let horizon = l.horizon()?.unwrap_or(Span(0));
     let source = match (&l.churn_event, &l.labels) {
         (Some(t), _) => LabelSource::ChurnEvent(t.clone()),
         (None, Some(p)) => LabelSource::Explicit(ExplicitLabels::load(p)?),
         (None, None) => LabelSource::Silence,
     };
-    Ok(Labelling { cutoffs, horizon: l.horizon, active_within: l.active_within, source })
+    Ok(Labelling { cutoffs, horizon, active_within: l.active_within, source })
+}
+
+/// What a built dataset says about its labels, on stderr: the end of data the censoring check
+/// used, and with explicit labels, who had none and which labels matched no one.
+fn report_labels(lab: &Labelling, data: &dataset::Dataset) {
+    if let LabelSource::Explicit(l) = &lab.source {
+        crate::errln!(
+            "labels {}: {} of {} population members labelled, {} without a label (left out); {} of {} label row(s) matched no one",
+            l.path,
+            data.rows(),
+            data.population,
+            data.unlabelled,
+            data.labels_unmatched,
+            l.len()
+        );
+    } else {
+        crate::errln!("labels complete up to {} ({})", format_rfc3339_ms(data.data_end.0), data.data_end.1);
+    }
 }
 
 fn load_log(path: &Path) -> Result<EventLog> {
@@ -523,23 +630,57 @@ fn load_log(path: &Path) -> Result<EventLog> {
     if !report.is_empty() {
         crate::errln!("{}: {report}", path.display());
     }
+    warn_if_seconds(path, log.last_ts());
     Ok(log)
 }
 
-fn train_cmd(a: TrainArgs) -> Result<()> {
+/// Every event before 1973-03-03 (epoch 1e11 ms) is valid, but it is what epoch seconds sent as
+/// milliseconds look like, so say so.
+fn warn_if_seconds(path: &Path, last_ts: Millis) {
+    if last_ts < 100_000_000_000 {
+        crate::term::warn(&format!(
+            "{}: every event is before 1973-03-03 (the last at {}); if `ts` holds epoch seconds, multiply by 1000",
+            path.display(),
+            format_rfc3339_ms(last_ts)
+        ));
+    }
+}
+
+/// The rows `train` fits, built from the command's flags; `dataset` writes exactly these.
+pub struct TrainingSet {
+    pub log: EventLog,
+    pub spec: FeatureSpec,
+    pub labelling: Labelling,
+    pub cutoffs: Vec<Millis>,
+    pub data: dataset::Dataset,
+}
+
+/// Load the events, choose the spec, label and build the rows: the one code path of `train` and
+/// `dataset`.
+pub fn training_set(a: &RowArgs) -> Result<TrainingSet> {
     if a.cutoffs == 0 {
         bail!("--cutoffs must be at least 1");
     }
+    if a.every.ms() <= 0 {
+        bail!("--every must be longer than 0 (got {}): cutoffs would coincide", a.every);
+    }
+    let opts = a.label.build_options()?;
     let cutoff = a.label.cutoff;
     let cutoffs: Vec<Millis> = (0..a.cutoffs as i64).map(|i| cutoff - i * a.every.ms()).collect();
+    let lab = labelling(&a.label, cutoffs.clone())?;
     let log = load_log(&a.events)?;
     let spec = match &a.spec {
         Some(p) => FeatureSpec::from_file(p)?,
         None => FeatureSpec::derive_from_counts(&log.type_counts(), 0.0005, 16),
     };
     spec.validate()?;
-    let lab = labelling(&a.label, cutoffs.clone())?;
-    let data = dataset::build(&log, &spec, &lab)?;
+    let data = dataset::build_with(&log, &spec, &lab, &opts)?;
+    report_labels(&lab, &data);
+    Ok(TrainingSet { log, spec, labelling: lab, cutoffs, data })
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let TrainingSet { log, spec, labelling: lab, cutoffs, data } = training_set(&a.rows)?;
     crate::errln!(
         "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features",
         data.rows(),
@@ -549,12 +690,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         data.n_features
     );
     let ctx = TrainContext {
-        events_file: a.events.display().to_string(),
+        events_file: a.rows.events.display().to_string(),
         data_from: format_rfc3339_ms(log.first_ts()),
         data_to: format_rfc3339_ms(log.last_ts()),
         cutoffs: cutoffs.iter().map(|c| format_rfc3339_ms(*c)).collect(),
-        horizon: a.label.horizon.to_string(),
-        active_within: a.label.active_within.map(|s| s.to_string()),
+        horizon: a.rows.label.horizon_text(),
+        active_within: a.rows.label.active_within.map(|s| s.to_string()),
         label_source: lab.source.describe(),
     };
     let opt = TrainOptions { seed: a.seed, ..TrainOptions::default() };
@@ -564,29 +705,192 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     ));
     let outcome = train::train(&spec, &data, ctx, &opt)?;
     spin.finish_and_clear();
+    for w in &outcome.warnings {
+        crate::term::warn(w);
+    }
     let art = &outcome.artifact;
     art.save(&a.out)?;
     let v = &art.training.validation;
     crate::errln!(
-        "model {} -> {}: validation ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e}; tiers {}; {:.1}s",
+        "model {} -> {}: validation ({} rows, {} users, {} churned) ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, Brier {:.4}; l2 {:.0e} (searched {}); tiers {}; {:.1}s",
         art.model_version,
         a.out.display(),
+        v.n_rows,
+        v.n_users,
+        outcome.validation_labels.iter().filter(|y| **y).count(),
         v.roc_auc,
         v.pr_auc,
         v.log_loss,
         v.brier,
         art.training.l2,
+        art.training.l2_grid.iter().map(|(l2, _)| format!("{l2:.0e}")).collect::<Vec<_>>().join(" "),
         art.thresholds.tiers.iter().map(|t| format!("{}>={:.3}", t.name, t.min_score)).collect::<Vec<_>>().join(", "),
         art.training.train_seconds
     );
     if let Some(dir) = &a.report {
-        let path = write_report(dir, art, &outcome.validation_scores, &outcome.validation_labels, "validation split")?;
+        let path = write_report(
+            dir,
+            art,
+            &outcome.validation_scores,
+            &outcome.validation_labels,
+            art.training.validation.n_users,
+            "validation split",
+        )?;
         crate::errln!("report: {}", path.display());
     }
     Ok(())
 }
 
-fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool], what: &str) -> Result<PathBuf> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutFormat {
+    Csv,
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+    Parquet,
+}
+
+/// The output format, from the file name: `.csv`, or `.parquet` in a build with the `parquet`
+/// feature.
+fn out_format(path: &Path) -> Result<OutFormat> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".csv") {
+        Ok(OutFormat::Csv)
+    } else if name.ends_with(".parquet") {
+        if cfg!(feature = "parquet") {
+            Ok(OutFormat::Parquet)
+        } else {
+            bail!(
+                "{}: Parquet output is not available in this build (build with --features parquet); write .csv",
+                path.display()
+            )
+        }
+    } else {
+        bail!("{}: the output format is chosen by extension; use .csv or .parquet", path.display())
+    }
+}
+
+#[cfg(feature = "parquet")]
+fn parquet_err(path: &Path) -> impl Fn(crate::model::export::parquet_out::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("writing {}: {e}", path.display())
+}
+
+fn dataset_cmd(a: DatasetArgs) -> Result<()> {
+    let format = out_format(&a.out)?;
+    let set = training_set(&a.rows)?;
+    match format {
+        OutFormat::Csv => {
+            let mut out = create(&a.out)?;
+            crate::model::export::write_dataset_csv(&mut out, &set.log, &set.spec, &set.data)
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", a.out.display()))?;
+        }
+        #[cfg(feature = "parquet")]
+        OutFormat::Parquet => {
+            drop(create(&a.out)?);
+            crate::model::export::parquet_out::write_dataset(&a.out, &set.log, &set.spec, &set.data)
+                .map_err(parquet_err(&a.out))?;
+        }
+        #[cfg(not(feature = "parquet"))]
+        OutFormat::Parquet => unreachable!("out_format refuses .parquet without the feature"),
+    }
+    crate::errln!(
+        "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features -> {}",
+        set.data.rows(),
+        set.data.distinct_users(),
+        set.cutoffs.len(),
+        set.data.churn_rate(),
+        set.data.n_features,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn score_cmd(a: ScoreArgs) -> Result<()> {
+    let format = out_format(&a.out)?;
+    let mut times = vec![a.at];
+    if let (Some(every), Some(until)) = (a.every, a.until) {
+        if every.ms() <= 0 {
+            bail!("--every must be longer than 0 (got {every})");
+        }
+        if until < a.at {
+            bail!("--until {} is before --at {}", format_rfc3339_ms(until), format_rfc3339_ms(a.at));
+        }
+        let n = (until - a.at) / every.ms() + 1;
+        if n > 10_000 {
+            bail!("--at, --every and --until give {n} scoring times; at most 10000");
+        }
+        times = (0..n).map(|i| a.at + i * every.ms()).collect();
+    }
+    let art = ModelArtifact::load(&a.model)?;
+    let log = load_log(&a.events)?;
+    if a.at < log.first_ts() {
+        crate::term::warn(&format!(
+            "--at {} is before the first event ({}): no user is scored there",
+            format_rfc3339_ms(a.at),
+            format_rfc3339_ms(log.first_ts())
+        ));
+    }
+    let top = a.top_reasons;
+    let lifecycle = PolicyConfig::default().lifecycle;
+    let mut rows = 0u64;
+    match format {
+        OutFormat::Csv => {
+            let mut out = create(&a.out)?;
+            out.write_all(crate::model::export::score_header(top).as_bytes())?;
+            let mut err = None;
+            crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
+                if err.is_none() {
+                    rows += 1;
+                    if let Err(e) = crate::model::export::write_score_row(&mut out, &s, top) {
+                        err = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(e).with_context(|| format!("writing {}", a.out.display()));
+            }
+            out.flush().with_context(|| format!("writing {}", a.out.display()))?;
+        }
+        #[cfg(feature = "parquet")]
+        OutFormat::Parquet => {
+            drop(create(&a.out)?);
+            let mut w =
+                crate::model::export::parquet_out::ScoreWriter::create(&a.out, top).map_err(parquet_err(&a.out))?;
+            let mut err = None;
+            crate::model::export::score_at(&log, &art, &lifecycle, top, &times, |s| {
+                if err.is_none() {
+                    rows += 1;
+                    if let Err(e) = w.push(s) {
+                        err = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(parquet_err(&a.out)(e));
+            }
+            w.finish().map_err(parquet_err(&a.out))?;
+        }
+        #[cfg(not(feature = "parquet"))]
+        OutFormat::Parquet => unreachable!("out_format refuses .parquet without the feature"),
+    }
+    crate::errln!(
+        "{rows} scores by model {} at {} time(s) from {} to {} -> {}",
+        art.model_version,
+        times.len(),
+        format_rfc3339_ms(times[0]),
+        format_rfc3339_ms(*times.last().unwrap_or(&a.at)),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn write_report(
+    dir: &Path,
+    art: &ModelArtifact,
+    scores: &[f64],
+    labels: &[bool],
+    users: usize,
+    what: &str,
+) -> Result<PathBuf> {
     let mut coefs: Vec<(String, f64)> =
         art.feature_names.iter().cloned().zip(art.coefficients.iter().copied()).collect();
     coefs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
@@ -600,6 +904,7 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
         ("horizon".to_string(), t.horizon.clone()),
         ("labels".to_string(), t.label_source.clone()),
         ("training rows / users".to_string(), format!("{} / {}", t.rows, t.users)),
+        (format!("{what}: rows / users"), format!("{} / {users}", scores.len())),
         ("l2 (per row)".to_string(), format!("{:e}", t.l2)),
         ("features".to_string(), art.feature_names.len().to_string()),
     ];
@@ -620,18 +925,27 @@ fn write_report(dir: &Path, art: &ModelArtifact, scores: &[f64], labels: &[bool]
 fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let art = ModelArtifact::load(&a.model)?;
     let cutoff = a.label.cutoff;
-    if let Some(w) = horizon_mismatch(&art, a.label.horizon) {
+    let opts = a.label.build_options()?;
+    let lab = labelling(&a.label, vec![cutoff])?;
+    if let Some(w) = a.label.horizon.and_then(|h| horizon_mismatch(&art, h)) {
         crate::term::warn(&w);
     }
     let log = load_log(&a.events)?;
-    let lab = labelling(&a.label, vec![cutoff])?;
-    let data = dataset::build(&log, &art.spec, &lab)?;
+    let data = dataset::build_with(&log, &art.spec, &lab, &opts)?;
+    report_labels(&lab, &data);
     let (m, scores) = train::evaluate(&art, &data);
+    if data.y.iter().all(|y| *y) || data.y.iter().all(|y| !*y) {
+        crate::term::warn(&format!(
+            "every one of the {} labelled users is {}: ROC AUC and PR AUC are undefined (NaN)",
+            data.rows(),
+            if data.y.first() == Some(&true) { "churned" } else { "retained" }
+        ));
+    }
     if a.json {
         crate::outln!("{}", serde_json::to_string(&m)?);
     } else {
         crate::outln!("model        {}", art.model_version);
-        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon);
+        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon_text());
         crate::outln!("users        {}", m.n_users);
         crate::outln!("churn rate   {:.4}", m.churn_rate);
         crate::outln!("ROC AUC      {:.4}", m.roc_auc);
@@ -643,7 +957,14 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
         crate::term::stdout_str(&metrics::format_calibration_table(&metrics::calibration_table(&scores, &data.y, 10)));
     }
     if let Some(dir) = &a.report {
-        let path = write_report(dir, &art, &scores, &data.y, &format!("evaluation at {}", format_rfc3339_ms(cutoff)))?;
+        let path = write_report(
+            dir,
+            &art,
+            &scores,
+            &data.y,
+            data.distinct_users(),
+            &format!("evaluation at {}", format_rfc3339_ms(cutoff)),
+        )?;
         crate::errln!("report: {}", path.display());
     }
     Ok(())
@@ -707,6 +1028,14 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     if let Some(c) = control.as_mut() {
         c.flush()?;
     }
+    if s.valid == 0 {
+        bail!(
+            "no valid events in {}: {}; wrote no interventions to {}",
+            a.events.display(),
+            dataset::no_events_why(&s.rejected),
+            a.out.display()
+        );
+    }
     let report = s.rejected.report();
     if !report.is_empty() {
         crate::errln!("{}: {report}", a.events.display());
@@ -732,5 +1061,16 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         s.counters.held_warm_up,
         a.out.display()
     );
+    if s.counters.interventions == 0 && s.counters.control == 0 {
+        let why = if s.counters.held_warm_up > 0 {
+            format!(
+                "{} decision(s) that reached a tier were held during the warm-up (engine.warm_up: the events cover less than it after the first one)",
+                s.counters.held_warm_up
+            )
+        } else {
+            format!("no user reached a tier over {} valid events", s.valid)
+        };
+        crate::errln!("{} is empty: {why}", a.out.display());
+    }
     Ok(())
 }

@@ -20,10 +20,12 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 128;
 /// Default upper bound on one serialized event.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 
-// Timestamps outside this range are almost always unit mistakes (seconds or microseconds sent as
-// milliseconds), so they are rejected instead of silently creating state decades away.
-const MIN_TS: Millis = 946_684_800_000; // 2000-01-01
-const MAX_TS: Millis = 7_258_118_400_000; // 2200-01-01
+/// The earliest accepted event time, 1970-01-01 (inclusive): historical logs (a retail log from
+/// the 1990s) are valid input. A negative epoch is almost always a unit or sign mistake.
+pub const MIN_TS: Millis = 0;
+/// The first rejected event time, 2200-01-01: beyond it a timestamp is almost always a unit
+/// mistake (microseconds or nanoseconds sent as milliseconds).
+pub const MAX_TS: Millis = 7_258_118_400_000;
 
 /// Why an event was not accepted. The `code()` strings are a stable interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -311,7 +313,7 @@ fn json_error_detail(e: &serde_json::Error) -> String {
 
 /// What `ts` accepts (see [`time::parse_rfc3339`]).
 const TS_EXPECTED: &str = "expected integer epoch milliseconds or an RFC3339 date-time string with a UTC offset \
-     (e.g. 2026-03-01T10:05:00.000Z), between 2000-01-01 and 2200-01-01";
+     (e.g. 2026-03-01T10:05:00.000Z), from 1970-01-01 up to (not including) 2200-01-01";
 const AMOUNT_EXPECTED: &str = "expected a finite JSON number (or null)";
 
 fn required_str<'a>(field: &str, v: Option<Scalar<'a>>, limit: usize) -> Result<Cow<'a, str>, Rejection> {
@@ -340,16 +342,22 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
             format!("`event_type`: string of {} bytes, expected 1..={MAX_EVENT_TYPE_BYTES} bytes", event_type.len()),
         ));
     }
-    let bad_ts =
-        |v: &Scalar<'_>| Rejection::new(RejectReason::BadTimestamp, format!("`ts`: {}, {TS_EXPECTED}", v.describe()));
+    // The detail says what kind of value was given (type, length, and whether it is a date-time
+    // out of range) and what is expected, never the value itself.
+    let bad_ts = |v: &Scalar<'_>, what: &str| {
+        Rejection::new(RejectReason::BadTimestamp, format!("`ts`: {}{what}, {TS_EXPECTED}", v.describe()))
+    };
+    const OUT_OF_RANGE: &str = " out of range";
     let ts = match raw.ts {
         None | Some(Scalar::Null) => return Err(Rejection::new(RejectReason::MissingField, "`ts` is required")),
         Some(Scalar::Int(ms)) if (MIN_TS..MAX_TS).contains(&ms) => ms,
         Some(Scalar::Str(s)) => match time::parse_rfc3339(&s) {
             Some(ms) if (MIN_TS..MAX_TS).contains(&ms) => ms,
-            _ => return Err(bad_ts(&Scalar::Str(s))),
+            Some(_) => return Err(bad_ts(&Scalar::Str(s), ", an RFC3339 date-time out of range")),
+            None => return Err(bad_ts(&Scalar::Str(s), ", not an RFC3339 date-time")),
         },
-        Some(v @ (Scalar::Int(_) | Scalar::Float)) => return Err(bad_ts(&v)),
+        Some(v @ Scalar::Int(_)) => return Err(bad_ts(&v, OUT_OF_RANGE)),
+        Some(v @ Scalar::Float) => return Err(bad_ts(&v, "")),
         Some(other) => {
             return Err(Rejection::new(RejectReason::BadType, format!("`ts`: {}, {TS_EXPECTED}", other.describe())))
         }
@@ -448,10 +456,11 @@ mod tests {
             (with_amount("[1]"), RejectReason::BadType),
             (with_amount("false"), RejectReason::BadType),
             (r#"{"user_id":"u","event_type":"login","ts":"yesterday"}"#.into(), RejectReason::BadTimestamp),
-            (r#"{"user_id":"u","event_type":"login","ts":1767225601}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":1767225601500000}"#.into(), RejectReason::BadTimestamp),
             (r#"{"user_id":"u","event_type":"login","ts":-1767225601500}"#.into(), RejectReason::BadTimestamp),
             (r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#.into(), RejectReason::BadTimestamp),
-            (r#"{"user_id":"u","event_type":"login","ts":"1990-01-01T00:00:00Z"}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":"1969-12-31T23:59:59Z"}"#.into(), RejectReason::BadTimestamp),
+            (r#"{"user_id":"u","event_type":"login","ts":"2200-01-01T00:00:00Z"}"#.into(), RejectReason::BadTimestamp),
             (r#"{"user_id":"","event_type":"login","ts":1767225601500}"#.into(), RejectReason::BadUserId),
             (long_user, RejectReason::BadUserId),
             (r#"{"user_id":"u","event_type":"","ts":1767225601500}"#.into(), RejectReason::BadEventType),
@@ -504,14 +513,18 @@ mod tests {
         let d = detail(r#"{"user_id":"u","event_type":"login","ts":"jane.doe@example.com"}"#);
         assert_eq!(
             d,
-            "`ts`: string of 20 bytes, expected integer epoch milliseconds or an RFC3339 date-time string with a UTC \
-             offset (e.g. 2026-03-01T10:05:00.000Z), between 2000-01-01 and 2200-01-01"
+            "`ts`: string of 20 bytes, not an RFC3339 date-time, expected integer epoch milliseconds or an RFC3339 \
+             date-time string with a UTC offset (e.g. 2026-03-01T10:05:00.000Z), from 1970-01-01 up to (not \
+             including) 2200-01-01"
         );
-        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1767225601}"#);
-        assert!(d.starts_with("`ts`: integer of 10 digits, expected integer epoch milliseconds"), "{d}");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":"1969-07-20T20:17:40Z"}"#);
+        assert!(d.starts_with("`ts`: string of 20 bytes, an RFC3339 date-time out of range, expected "), "{d}");
+        assert!(!d.contains("1969-07-20") && d.contains("from 1970-01-01"), "{d}");
+        let d = detail(r#"{"user_id":"u","event_type":"login","ts":1767225601500000}"#);
+        assert!(d.starts_with("`ts`: integer of 16 digits out of range, expected integer epoch milliseconds"), "{d}");
         assert!(!d.contains("1767225601"), "{d}");
         let d = detail(r#"{"user_id":"u","event_type":"login","ts":-42}"#);
-        assert!(d.starts_with("`ts`: negative integer of 2 digits,"), "{d}");
+        assert!(d.starts_with("`ts`: negative integer of 2 digits out of range,"), "{d}");
         let d = detail(r#"{"user_id":"u","event_type":"login","ts":1.5e12}"#);
         assert!(d.starts_with("`ts`: number that is not a 64-bit integer,") && !d.contains("1.5"), "{d}");
         let d = detail(r#"{"user_id":12345678,"event_type":"login","ts":1767225601500}"#);
@@ -594,6 +607,21 @@ mod tests {
                 proptest::prop_assert_eq!(r.reason, want);
             }
         }
+    }
+
+    /// Historical data: any time since 1970 is valid, in either spelling.
+    #[test]
+    fn timestamps_from_1970_on_are_valid() {
+        let at = |ts: &str| {
+            parse_event(format!(r#"{{"user_id":"u","event_type":"purchase","ts":{ts}}}"#).as_bytes(), 1024)
+                .map(|e| e.ts)
+        };
+        assert_eq!(at(r#""1997-03-01T00:00:00Z""#), Ok(857_174_400_000));
+        assert_eq!(at("857174400000"), Ok(857_174_400_000));
+        assert_eq!(at(r#""1970-01-01T00:00:00Z""#), Ok(0));
+        assert_eq!(at("0"), Ok(0));
+        assert_eq!(at(r#""1999-12-31T23:59:59.999Z""#), Ok(946_684_799_999));
+        assert_eq!(at("-1").unwrap_err().reason, RejectReason::BadTimestamp);
     }
 
     #[test]

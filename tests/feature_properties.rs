@@ -19,7 +19,8 @@ const BASE: i64 = 1_767_225_600_000;
 fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
     let k = i64::from(spec.slots_per_window);
     let days = |ms: i64| ms as f64 / DAY_MS as f64;
-    let cap = spec.recency_cap_days();
+    let tenure = days(t - evs.iter().map(|e| e.ts).min().unwrap());
+    let cap = if spec.aggregates.recency_to_tenure { tenure } else { spec.recency_cap_days() };
     let window_of = |w: &str| -> Span { w.parse().unwrap() };
     let in_window = |w: Span, ts: i64| {
         let slot = w.ms() / k;
@@ -52,7 +53,30 @@ fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
             let ty = type_of(ty);
             evs.iter().filter(|e| e.ty == ty).map(|e| e.ts).max().map_or(cap, |last| days(t - last).min(cap))
         }
-        ["tenure"] => days(t - evs.iter().map(|e| e.ts).min().unwrap()),
+        ["tenure"] => tenure,
+        ["rhythm", what] => {
+            // Distinct active days from the last event's day back over the longest whole-day
+            // window: gaps in days between them, and the silence over the mean gap.
+            let held = spec.day_windows().map(|(_, w)| w.ms() / DAY_MS).max().unwrap() + 1;
+            let last_ts = evs.iter().map(|e| e.ts).max().unwrap();
+            let head = last_ts.div_euclid(DAY_MS);
+            let mut ds: Vec<i64> = evs.iter().map(|e| head - e.ts.div_euclid(DAY_MS)).filter(|d| *d < held).collect();
+            ds.sort_unstable();
+            ds.dedup();
+            let mean = if ds.len() >= 2 { *ds.last().unwrap() as f64 / (ds.len() - 1) as f64 } else { held as f64 };
+            match *what {
+                "mean_gap" => mean,
+                "last_gap" => {
+                    if ds.len() >= 2 {
+                        ds[1] as f64
+                    } else {
+                        held as f64
+                    }
+                }
+                "overdue" => days(t - last_ts) / mean,
+                _ => panic!("naive: no definition for {name}"),
+            }
+        }
         ["lifetime", "count", ty] => {
             let ty = type_of(ty);
             evs.iter().filter(|e| e.ty == ty).count() as f64
@@ -71,18 +95,22 @@ fn naive(spec: &FeatureSpec, evs: &[Ev], t: i64, name: &str) -> f64 {
 
 fn spec_strategy() -> impl Strategy<Value = FeatureSpec> {
     let windows = prop::sample::subsequence(vec![1i64, 2, 3, 7, 14, 30, 60, 90], 1..=4);
-    (windows, prop::sample::select(vec![2u32, 3, 4, 6]), 1usize..=4, any::<bool>()).prop_map(
-        |(ws, k, n_types, hourly)| FeatureSpec {
-            event_types: ["a", "b", "c", "d"][..n_types].iter().map(|s| s.to_string()).collect(),
-            windows: ws
-                .into_iter()
-                .map(|d| if hourly && d <= 3 { Span(d * 12 * HOUR_MS) } else { Span::days(d) })
-                .collect(),
-            slots_per_window: k,
-            recency_cap: None,
-            aggregates: Aggregates::default(),
-        },
-    )
+    (windows, prop::sample::select(vec![2u32, 3, 4, 6]), 1usize..=4, any::<bool>(), any::<bool>(), any::<bool>())
+        .prop_map(|(ws, k, n_types, hourly, rhythm, recency_to_tenure)| {
+            let mut spec = FeatureSpec {
+                event_types: ["a", "b", "c", "d"][..n_types].iter().map(|s| s.to_string()).collect(),
+                windows: ws
+                    .into_iter()
+                    .map(|d| if hourly && d <= 3 { Span(d * 12 * HOUR_MS) } else { Span::days(d) })
+                    .collect(),
+                slots_per_window: k,
+                recency_cap: None,
+                aggregates: Aggregates { recency_to_tenure, ..Aggregates::default() },
+            };
+            // Rhythm reads active days, so it needs a whole-day window (validate() insists).
+            spec.aggregates.rhythm = rhythm && spec.day_windows().next().is_some();
+            spec
+        })
 }
 
 fn events_strategy(n_types: usize) -> impl Strategy<Value = Vec<Ev>> {
@@ -161,4 +189,52 @@ proptest! {
         prop_assert_eq!(v1[r], 0.0);
         prop_assert!(v2[r] > v1[r]);
     }
+}
+
+/// Rhythm features on a hand-worked example: active days 0, 3 and 10, read on day 17.
+#[test]
+fn rhythm_features_by_hand() {
+    let spec = FeatureSpec {
+        event_types: vec!["a".into()],
+        aggregates: Aggregates { rhythm: true, recency_to_tenure: true, ..Aggregates::default() },
+        ..FeatureSpec::default()
+    };
+    spec.validate().unwrap();
+    let evs: Vec<Ev> =
+        [0, 3, 3, 10].iter().map(|d| Ev { ts: BASE + d * DAY_MS + 5 * HOUR_MS, ty: 0, amount: 0.0 }).collect();
+    let t = BASE + 17 * DAY_MS + 5 * HOUR_MS;
+    let v = engine_vector(&spec, &evs, t);
+    let names = spec.feature_names();
+    let get = |n: &str| v[names.iter().position(|x| x == n).unwrap()];
+    assert_eq!(get("rhythm.mean_gap"), 5.0, "10 days over two gaps");
+    assert_eq!(get("rhythm.last_gap"), 7.0);
+    assert_eq!(get("rhythm.overdue"), 7.0 / 5.0, "7 days silent against a 5-day rhythm");
+    // Recency at tenure: 7 days silent; `b`... only `a` is listed, seen 7 days ago; no cap at 90d.
+    assert_eq!(get("recency"), 7.0);
+    let late = engine_vector(&spec, &evs, BASE + 200 * DAY_MS + 5 * HOUR_MS);
+    let get_late = |n: &str| late[names.iter().position(|x| x == n).unwrap()];
+    assert_eq!(get_late("recency"), 190.0, "beyond the 90-day window: not capped");
+    // One active day only: the gaps read as the days the bitmap holds (90 + 1).
+    let one = engine_vector(&spec, &evs[..1], t);
+    assert_eq!(one[names.iter().position(|x| x == "rhythm.mean_gap").unwrap()], 91.0);
+}
+
+/// The new options are off by default and absent from the spec's JSON, so the fingerprints of
+/// models written before them are unchanged.
+#[test]
+fn new_feature_options_leave_default_fingerprints_alone() {
+    let json = serde_json::to_string(&FeatureSpec::default()).unwrap();
+    assert!(!json.contains("rhythm") && !json.contains("recency_to_tenure"), "{json}");
+    let model = churnguard::model::ModelArtifact::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/default.json"
+    )))
+    .expect("the shipped model still loads (its spec fingerprint matches)");
+    assert!(!model.spec.aggregates.rhythm);
+    let hourly = FeatureSpec {
+        windows: vec![Span(12 * HOUR_MS)],
+        aggregates: Aggregates { rhythm: true, ..Aggregates::default() },
+        ..FeatureSpec::default()
+    };
+    assert!(hourly.validate().unwrap_err().to_string().contains("rhythm needs a whole-day window"));
 }

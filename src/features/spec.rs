@@ -43,6 +43,21 @@ pub struct Aggregates {
     pub lifetime: bool,
     /// `trend.<short>_<long>`: the short window's event rate over the long window's.
     pub trends: bool,
+    /// Off by default. `rhythm.mean_gap`, `rhythm.last_gap` and `rhythm.overdue`: the user's own
+    /// rhythm over the active days within the longest whole-day window up to their last
+    /// event (see docs/FEATURES.md). Needs a whole-day window.
+    #[serde(skip_serializing_if = "is_false")]
+    pub rhythm: bool,
+    /// Off by default. Recency features are capped at the user's tenure instead of
+    /// `recency_cap`: the silence is never capped, and a type never seen reads as the tenure.
+    #[serde(skip_serializing_if = "is_false")]
+    pub recency_to_tenure: bool,
+}
+
+// Options added after models were shipped are left out of the JSON when off, so the spec
+// fingerprints of existing models do not change.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for Aggregates {
@@ -55,6 +70,8 @@ impl Default for Aggregates {
             tenure: true,
             lifetime: true,
             trends: true,
+            rhythm: false,
+            recency_to_tenure: false,
         }
     }
 }
@@ -187,6 +204,9 @@ impl FeatureSpec {
                 return bad("windows must be strictly increasing (shortest first)".into());
             }
         }
+        if self.aggregates.rhythm && self.day_windows().next().is_none() {
+            return bad("aggregates.rhythm needs a whole-day window (e.g. \"90d\") to read active days from".into());
+        }
         if let Some(cap) = self.recency_cap {
             if cap.ms() <= 0 {
                 return bad("recency_cap must be positive".into());
@@ -226,7 +246,7 @@ impl FeatureSpec {
 
     /// Longest whole-day window in days (0 if none), the length of the activity-day bitmap.
     pub fn max_active_days(&self) -> usize {
-        if !self.aggregates.active_days {
+        if !self.aggregates.active_days && !self.aggregates.rhythm {
             return 0;
         }
         self.day_windows().map(|(_, w)| (w.ms() / DAY_MS) as usize).max().unwrap_or(0)
@@ -274,6 +294,11 @@ impl FeatureSpec {
             for pair in self.windows.windows(2) {
                 push(format!("trend.{}_{}", pair[0], pair[1]), Transform::Ln);
             }
+        }
+        if a.rhythm {
+            push("rhythm.mean_gap".into(), Transform::Log1p);
+            push("rhythm.last_gap".into(), Transform::Log1p);
+            push("rhythm.overdue".into(), Transform::Log1p);
         }
         out
     }

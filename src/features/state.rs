@@ -220,14 +220,12 @@ impl Layout {
         }
         let days_since = |ts: Millis| (at - ts) as f64 / DAY_MS as f64;
         if a.recency {
-            put(days_since(head).min(self.recency_cap_days));
+            // Capped at the tenure, recency is the plain silence (never longer than the tenure).
+            let cap = if a.recency_to_tenure { days_since(u.first_ts()) } else { self.recency_cap_days };
+            put(days_since(head).min(cap));
             for j in 0..self.spec.event_types.len() {
                 let last = u.wide[W_LAST_BY_TYPE + j];
-                put(if last == NEVER {
-                    self.recency_cap_days
-                } else {
-                    days_since(last as i64).min(self.recency_cap_days)
-                });
+                put(if last == NEVER { cap } else { days_since(last as i64).min(cap) });
             }
         }
         if a.tenure {
@@ -245,6 +243,19 @@ impl Layout {
                 let scale = self.spec.windows[w].ms() as f64 / self.spec.windows[w - 1].ms() as f64;
                 put(trend_ratio(short, long, scale));
             }
+        }
+        if a.rhythm {
+            // Active days held in the bitmap: the last active day (the head's) and up to the
+            // longest day window before it. With fewer than two, the gaps read as that span.
+            let (n, second, farthest) = self.days.spread(u.narrow);
+            let span = self.days.days() as f64;
+            let mean_gap = match farthest {
+                Some(f) if n >= 2 => f as f64 / f64::from(n - 1),
+                _ => span,
+            };
+            put(mean_gap);
+            put(second.map_or(span, |s| s as f64));
+            put(days_since(head) / mean_gap);
         }
         debug_assert_eq!(i, self.n_features);
     }

@@ -193,6 +193,31 @@ impl DayBitmap {
         }
     }
 
+    /// The active days held, as days before the head day, most recent first: `(count, nearest
+    /// but the head day, farthest)`. The head day itself (offset 0) is counted when set.
+    pub fn spread(&self, data: &[u32]) -> (u32, Option<i64>, Option<i64>) {
+        let words = &data[self.offset..self.offset + self.len()];
+        let (mut n, mut second, mut farthest) = (0u32, None, None);
+        for (w, word) in words.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let i = w as i64 * 32 + i64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                n += 1;
+                if i > 0 && second.is_none() {
+                    second = Some(i);
+                }
+                farthest = Some(i);
+            }
+        }
+        (n, second, farthest)
+    }
+
+    /// Days the bitmap holds (the head day and the ones before it).
+    pub fn days(&self) -> i64 {
+        self.days
+    }
+
     /// Distinct active days among the `window_days` complete UTC days before the day of `at`
     /// (`at`'s own day is excluded, so the value does not depend on the time of day).
     pub fn count(&self, data: &[u32], head: Millis, at: Millis, window_days: i64) -> u32 {

@@ -141,6 +141,7 @@ impl ModelArtifact {
                     log_loss: 0.0,
                     brier: 0.0,
                     n_users: 0,
+                    n_rows: 0,
                     churn_rate: 0.0,
                 },
                 validation_rows: 0,

@@ -15,10 +15,24 @@ use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
 pub enum DatasetError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("no valid events in {0}")]
-    Empty(String),
-    #[error("cutoff {cutoff} + horizon {horizon} ends after the last event ({last}); labels would be censored. Use an earlier --cutoff or a shorter --horizon")]
-    Censored { cutoff: String, horizon: String, last: String },
+    /// Every line was rejected (the breakdown by reason and the first examples follow), or the
+    /// file has no lines at all.
+    #[error("no valid events in {path}: {why}")]
+    Empty { path: String, why: String },
+    #[error("cutoff {cutoff} + horizon {horizon} ends at {ends}, after the end of the data {data_end} ({how}); labels would be censored. Use an earlier --cutoff or a shorter --horizon, or --data-end if the data covers more")]
+    Censored { cutoff: String, horizon: String, ends: String, data_end: String, how: String },
+    #[error("--churn-event {name:?}: no event of this type in {path} (its event types: {known})")]
+    UnknownChurnEvent { name: String, path: String, known: String },
+    #[error("--labels {path}: only {labelled} of {population} population members ({share:.1}%) have a label, below --min-label-match {min} ({unlabelled} without a label, {unmatched} label row(s) matched no one). Check that the user ids (and cutoffs) in the labels file are those of the events")]
+    LabelsMismatch {
+        path: String,
+        labelled: usize,
+        population: usize,
+        share: f64,
+        min: f64,
+        unlabelled: usize,
+        unmatched: usize,
+    },
     #[error("cutoff {cutoff} is before the first event ({first})")]
     BeforeData { cutoff: String, first: String },
     #[error("labels file {path}: {msg}")]
@@ -77,7 +91,7 @@ impl EventLog {
             recs.push(Rec { ts: ev.ts, user, ty, amount: ev.amount.unwrap_or(0.0) });
         })?;
         if recs.is_empty() {
-            return Err(DatasetError::Empty(path.display().to_string()));
+            return Err(DatasetError::Empty { path: path.display().to_string(), why: no_events_why(&rejected) });
         }
         recs.sort_by_key(|r| r.ts);
         Ok(EventLog { recs, users, types, type_counts, rejected, path: path.display().to_string() })
@@ -108,9 +122,25 @@ impl EventLog {
         &self.users[u as usize]
     }
 
+    /// Every event in event-time order (file order breaks ties): user index, event type,
+    /// timestamp and amount (0 when absent).
+    pub fn events(&self) -> impl Iterator<Item = (u32, &str, Millis, f64)> + '_ {
+        self.recs.iter().map(|r| (r.user, self.types[r.ty as usize].as_str(), r.ts, r.amount))
+    }
+
     /// Event types with their counts, for deriving a spec from the data.
     pub fn type_counts(&self) -> Vec<(String, u64)> {
         self.types.iter().cloned().zip(self.type_counts.iter().copied()).collect()
+    }
+}
+
+/// Why a file gave no valid events: its rejections (by reason, with the first examples by line
+/// number and reason, never the content), or that it has no lines.
+pub fn no_events_why(rejected: &RejectTally) -> String {
+    if rejected.total() == 0 {
+        "the file has no event lines".to_string()
+    } else {
+        rejected.report()
     }
 }
 
@@ -138,7 +168,9 @@ impl LabelSource {
 #[derive(Debug, Clone, Default)]
 pub struct ExplicitLabels {
     pub path: String,
-    by_user: HashMap<String, Vec<(Option<Millis>, bool)>>,
+    /// user -> (row number, cutoff or None for any cutoff, churned)
+    by_user: HashMap<String, Vec<(usize, Option<Millis>, bool)>>,
+    rows: usize,
 }
 
 impl ExplicitLabels {
@@ -147,7 +179,8 @@ impl ExplicitLabels {
         let p = path.display().to_string();
         let err = |msg: String| DatasetError::Labels { path: p.clone(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let mut by_user: HashMap<String, Vec<(Option<Millis>, bool)>> = HashMap::new();
+        let mut by_user: HashMap<String, Vec<(usize, Option<Millis>, bool)>> = HashMap::new();
+        let mut rows = 0;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || (i == 0 && line.starts_with("user_id")) {
@@ -166,17 +199,28 @@ impl ExplicitLabels {
                 Some(c) => Some(crate::time::parse_timestamp(c).map_err(|e| err(format!("line {}: {e}", i + 1)))?),
                 None => None,
             };
-            by_user.entry(cols[0].to_string()).or_default().push((cutoff, churned));
+            by_user.entry(cols[0].to_string()).or_default().push((rows, cutoff, churned));
+            rows += 1;
         }
-        Ok(ExplicitLabels { path: p, by_user })
+        Ok(ExplicitLabels { path: p, by_user, rows })
     }
 
-    fn label(&self, user: &str, cutoff: Millis) -> Option<bool> {
+    /// Label rows in the file (header and blank lines not counted).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The label of a user at a cutoff, and the file row it came from.
+    fn label(&self, user: &str, cutoff: Millis) -> Option<(usize, bool)> {
         let rows = self.by_user.get(user)?;
         rows.iter()
-            .find(|(c, _)| *c == Some(cutoff))
-            .or_else(|| rows.iter().find(|(c, _)| c.is_none()))
-            .map(|(_, l)| *l)
+            .find(|(_, c, _)| *c == Some(cutoff))
+            .or_else(|| rows.iter().find(|(_, c, _)| c.is_none()))
+            .map(|(row, _, l)| (*row, *l))
     }
 }
 
@@ -187,6 +231,41 @@ pub struct Labelling {
     pub horizon: Span,
     pub active_within: Option<Span>,
     pub source: LabelSource,
+}
+
+/// Options of [`build_with`] beyond the labelling itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOptions {
+    /// The data covers event time up to this instant. None: the end of the UTC day of the last
+    /// event (the following midnight).
+    pub data_end: Option<Millis>,
+    /// With explicit labels, the least share of population members that must have a label.
+    pub min_label_match: f64,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { data_end: None, min_label_match: 0.5 }
+    }
+}
+
+/// Until when the data is taken to cover event time, and how that was decided.
+pub fn data_end(log: &EventLog, given: Option<Millis>) -> (Millis, String) {
+    match given {
+        Some(t) => (t, "set by --data-end".to_string()),
+        None => {
+            // Midnight after the last event's day: a label window (cutoff, cutoff + horizon]
+            // ending exactly there is covered (the instant itself belongs to the next day).
+            let end = (crate::time::day_of(log.last_ts()) + 1) * DAY_MS;
+            (
+                end,
+                format!(
+                    "the end of the UTC day of the last event, {}; set it with --data-end",
+                    format_rfc3339_ms(log.last_ts())
+                ),
+            )
+        }
+    }
 }
 
 /// Rows of raw (untransformed) feature vectors with labels.
@@ -200,6 +279,12 @@ pub struct Dataset {
     pub cutoff: Vec<Millis>,
     /// Population members left out for lack of an explicit label.
     pub unlabelled: usize,
+    /// Explicit label rows that matched no population member at any cutoff.
+    pub labels_unmatched: usize,
+    /// Population members over all cutoffs (rows before unlabelled ones are left out).
+    pub population: usize,
+    /// The end of the data the censoring check used, and how it was decided.
+    pub data_end: (Millis, String),
 }
 
 impl Dataset {
@@ -229,16 +314,31 @@ impl Dataset {
 /// Replay the log through the feature engine and take a labelled row per population member at
 /// each cutoff.
 pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Dataset, DatasetError> {
+    build_with(log, spec, lab, &BuildOptions::default())
+}
+
+/// [`build`] with a given end of data and share of labels that must match.
+pub fn build_with(
+    log: &EventLog,
+    spec: &FeatureSpec,
+    lab: &Labelling,
+    opt: &BuildOptions,
+) -> Result<Dataset, DatasetError> {
     let mut cutoffs = lab.cutoffs.clone();
     cutoffs.sort_unstable();
     cutoffs.dedup();
     let h = lab.horizon.ms();
+    let (end, how) = data_end(log, opt.data_end);
+    let explicit = matches!(lab.source, LabelSource::Explicit(_));
     for &c in &cutoffs {
-        if c + h > log.last_ts() {
+        // Explicit labels say nothing about the horizon, so they cannot be censored by it.
+        if !explicit && c + h > end {
             return Err(DatasetError::Censored {
                 cutoff: format_rfc3339_ms(c),
                 horizon: lab.horizon.to_string(),
-                last: format_rfc3339_ms(log.last_ts()),
+                ends: format_rfc3339_ms(c + h),
+                data_end: format_rfc3339_ms(end),
+                how,
             });
         }
         if c < log.first_ts() {
@@ -249,7 +349,22 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
         }
     }
     let churn_type = match &lab.source {
-        LabelSource::ChurnEvent(t) => Some(log.types.iter().position(|x| x == t).map(|i| i as u16)),
+        LabelSource::ChurnEvent(t) => match log.types.iter().position(|x| x == t) {
+            Some(i) => Some(Some(i as u16)),
+            None => {
+                let mut known = log.type_counts();
+                known.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let mut list: Vec<String> = known.iter().take(12).map(|(t, n)| format!("{t:?} ({n})")).collect();
+                if known.len() > 12 {
+                    list.push(format!("and {} more", known.len() - 12));
+                }
+                return Err(DatasetError::UnknownChurnEvent {
+                    name: t.clone(),
+                    path: log.path.clone(),
+                    known: list.join(", "),
+                });
+            }
+        },
         _ => None,
     };
     let type_map: Vec<usize> = log.types.iter().map(|t| spec.type_index(t)).collect();
@@ -313,17 +428,28 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
         }
         store.apply(idx, r.ts, type_map[r.ty as usize], r.amount);
     }
-    // Every cutoff + horizon <= last ts, so all snapshots were taken inside the loop.
+    // Cutoffs at or after the last event (the data may extend past it, or labels are explicit).
+    while next < cutoffs.len() {
+        snaps.push(snapshot(cutoffs[next], &store, &store_to_log, &mut x, &mut row_user, &mut row_cutoff));
+        next += 1;
+    }
     let mut y = Vec::with_capacity(row_user.len());
     let mut keep = Vec::with_capacity(row_user.len());
     let mut unlabelled = 0;
+    let mut label_used = match &lab.source {
+        LabelSource::Explicit(l) => vec![false; l.len()],
+        _ => Vec::new(),
+    };
     for (si, s) in snaps.iter().enumerate() {
         let end = snaps.get(si + 1).map_or(row_user.len(), |n| n.first_row);
         for (row, &user) in row_user.iter().enumerate().take(end).skip(s.first_row) {
             let label = match &lab.source {
                 LabelSource::Silence => Some(!s.seen[user as usize]),
                 LabelSource::ChurnEvent(_) => Some(s.seen[user as usize]),
-                LabelSource::Explicit(l) => l.label(log.user_id(user), s.cutoff),
+                LabelSource::Explicit(l) => l.label(log.user_id(user), s.cutoff).map(|(row, label)| {
+                    label_used[row] = true;
+                    label
+                }),
             };
             match label {
                 Some(l) => {
@@ -334,8 +460,24 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
             }
         }
     }
-    if keep.is_empty() {
+    let population = row_user.len();
+    let labels_unmatched = label_used.iter().filter(|u| !**u).count();
+    if population == 0 {
         return Err(DatasetError::NoRows);
+    }
+    if let LabelSource::Explicit(l) = &lab.source {
+        let share = keep.len() as f64 / population as f64;
+        if share < opt.min_label_match || keep.is_empty() {
+            return Err(DatasetError::LabelsMismatch {
+                path: l.path.clone(),
+                labelled: keep.len(),
+                population,
+                share: 100.0 * share,
+                min: opt.min_label_match,
+                unlabelled,
+                unmatched: labels_unmatched,
+            });
+        }
     }
     let (x, user, cutoff) = if keep.len() == row_user.len() {
         (x, row_user, row_cutoff)
@@ -346,5 +488,5 @@ pub fn build(log: &EventLog, spec: &FeatureSpec, lab: &Labelling) -> Result<Data
         }
         (nx, keep.iter().map(|&r| row_user[r]).collect(), keep.iter().map(|&r| row_cutoff[r]).collect())
     };
-    Ok(Dataset { n_features: p, x, y, user, cutoff, unlabelled })
+    Ok(Dataset { n_features: p, x, y, user, cutoff, unlabelled, labels_unmatched, population, data_end: (end, how) })
 }

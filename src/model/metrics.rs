@@ -31,7 +31,11 @@ pub struct Metrics {
     pub pr_auc: f64,
     pub log_loss: f64,
     pub brier: f64,
+    /// Distinct users among the rows (a user has one row per cutoff).
     pub n_users: usize,
+    /// Rows scored: one per user and cutoff. Absent in models written before it was added.
+    #[serde(default)]
+    pub n_rows: usize,
     /// Fraction of positive labels; `NaN` when empty.
     pub churn_rate: f64,
 }
@@ -141,8 +145,18 @@ pub fn evaluate(scores: &[f64], labels: &[bool]) -> Metrics {
         pr_auc: ranked.average_precision(),
         log_loss: log_loss(scores, labels),
         brier: brier(scores, labels),
+        // One row per user unless the caller knows better (see `with_users`).
         n_users: n,
+        n_rows: n,
         churn_rate: ranked.pos as f64 / n as f64,
+    }
+}
+
+impl Metrics {
+    /// The same figures with the number of distinct users among the rows.
+    pub fn with_users(mut self, users: usize) -> Metrics {
+        self.n_users = users;
+        self
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod artifact;
 pub mod dataset;
+pub mod export;
 pub mod metrics;
 pub mod reload;
 pub mod report;

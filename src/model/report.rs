@@ -244,7 +244,7 @@ fn summary_table(m: &Metrics, at: &Confusion, input: &ReportInput) -> String {
 
     let rows: [(&str, String, String); 12] = [
         // Training at several cutoffs gives a user one row per cutoff: these are row counts.
-        ("Rows", m.n_users.to_string(), "one per user and cutoff".to_owned()),
+        ("Rows", m.n_rows.to_string(), "one per user and cutoff".to_owned()),
         ("Churn rate", fmt_pct(m.churn_rate), String::new()),
         ("ROC AUC", fmt_num(m.roc_auc, 4), "0.5 = random ranking".to_owned()),
         ("Average precision (PR AUC)", fmt_num(m.pr_auc, 4), format!("base rate {}", fmt_num(m.churn_rate, 4))),

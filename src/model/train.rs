@@ -25,7 +25,9 @@ pub enum TrainError {
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// Per-row L2 strengths to try (the penalty is `l2 * rows / 2 * |w|^2`).
+    /// Per-row L2 strengths to try first (the penalty is `l2 * rows / 2 * |w|^2`). With two or
+    /// more, the search extends the grid tenfold past whichever edge holds the best validation
+    /// log loss, until the best is inside the grid or [`L2_LIMITS`] is reached.
     pub l2_grid: Vec<f64>,
     pub validation_share: f64,
     pub seed: u64,
@@ -47,11 +49,21 @@ impl Default for TrainOptions {
     }
 }
 
+/// The L2 search never goes below or above these per-row strengths.
+pub const L2_LIMITS: (f64, f64) = (1e-8, 1e3);
+
+/// Fewer churned rows than this in the validation split make its choices (L2, tiers) and its
+/// metrics unreliable; training warns.
+pub const FEW_VALIDATION_POSITIVES: usize = 30;
+
 /// What training produced besides the artifact: the validation rows' scores, for reports.
 pub struct TrainOutcome {
     pub artifact: ModelArtifact,
     pub validation_scores: Vec<f64>,
     pub validation_labels: Vec<bool>,
+    /// Things the person training should know (few validation positives, the L2 search at its
+    /// limit).
+    pub warnings: Vec<String>,
 }
 
 /// Metadata the caller knows (file, cutoffs...) and training fills in the rest.
@@ -108,10 +120,19 @@ pub fn train(
     let z_search = z.select(Axis(0), &search_rows);
     let z_valid = z.select(Axis(0), &valid_rows);
 
+    let mut warnings = Vec::new();
+    let valid_pos = y_valid.iter().filter(|y| **y).count();
+    if valid_pos < FEW_VALIDATION_POSITIVES {
+        warnings.push(format!(
+            "the validation split has only {valid_pos} churned row(s) of {}: the L2 strength, the tier thresholds and the validation metrics rest on them and are unreliable (use more data, more --cutoffs or a longer --horizon)",
+            valid_rows.len()
+        ));
+    }
     // Choose L2 by validation log loss: it rewards calibrated probabilities, which the tiers use.
-    let mut grid = Vec::new();
+    // The grid grows past an edge that holds the best, so the choice is never an edge by default.
+    let mut grid: Vec<(f64, f64)> = Vec::new();
     let mut best: Option<(f64, f64, Vec<f64>, f64)> = None;
-    for &l2 in &opt.l2_grid {
+    let mut try_l2 = |l2: f64, grid: &mut Vec<(f64, f64)>| -> Result<(), TrainError> {
         let (w, b) = fit_balanced(&z_search, &y_search, l2, opt)?;
         let scores = predict(&z_valid, &w, b);
         let ll = metrics::log_loss(&scores, &y_valid);
@@ -119,12 +140,45 @@ pub fn train(
         if best.as_ref().is_none_or(|(_, bl, _, _)| ll < *bl) {
             best = Some((l2, ll, w, b));
         }
+        Ok(())
+    };
+    for &l2 in &opt.l2_grid {
+        try_l2(l2, &mut grid)?;
+    }
+    if grid.len() >= 2 {
+        loop {
+            grid.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // The first of equal losses, as the search above keeps it.
+            let best_ll = grid.iter().map(|g| g.1).fold(f64::INFINITY, f64::min);
+            let at = grid.iter().position(|g| g.1 == best_ll).unwrap_or(0);
+            let next = if at + 1 == grid.len() {
+                grid[at].0 * 10.0
+            } else if at == 0 {
+                grid[0].0 / 10.0
+            } else {
+                break;
+            };
+            if !(L2_LIMITS.0..=L2_LIMITS.1).contains(&next) || !best_ll.is_finite() {
+                warnings.push(format!(
+                    "the L2 search stopped at its limit, {:e}, with the validation log loss still falling: the features may carry little signal here",
+                    grid[at].0
+                ));
+                break;
+            }
+            try_l2(next, &mut grid)?;
+        }
     }
     let Some((l2, _, w_tr, b_tr)) = best else {
         return Err(TrainError::Fit("empty l2 grid".into()));
     };
     let valid_scores = predict(&z_valid, &w_tr, b_tr);
-    let validation = metrics::evaluate(&valid_scores, &y_valid);
+    let validation_users = {
+        let mut u: Vec<u32> = valid_rows.iter().map(|&i| data.user[i]).collect();
+        u.sort_unstable();
+        u.dedup();
+        u.len()
+    };
+    let validation = metrics::evaluate(&valid_scores, &y_valid).with_users(validation_users);
     let thresholds = choose_thresholds(&valid_scores, &y_valid);
 
     // Final fit on all rows with the chosen strength.
@@ -171,7 +225,7 @@ pub fn train(
     holdout.intercept = b_tr;
     let scorer = Scorer::new(&holdout);
     let validation_scores = valid_rows.iter().map(|&i| scorer.score(data.row(i))).collect();
-    Ok(TrainOutcome { artifact, validation_scores, validation_labels: y_valid })
+    Ok(TrainOutcome { artifact, validation_scores, validation_labels: y_valid, warnings })
 }
 
 fn model_version(a: &ModelArtifact, at: &chrono::DateTime<chrono::Utc>) -> String {
@@ -298,6 +352,66 @@ mod tests {
             let rate = ys.iter().filter(|y| **y).count() as f64 / n as f64;
             assert!((mean - rate).abs() < 0.05, "mean {mean} vs rate {rate}");
         }
+    }
+
+    /// Noise features and labels: strong regularisation is best, at the edge of the old fixed grid
+    /// (1e-4..1e-1). The search must try past 1e-1 and end with the best inside the grid (or say
+    /// it stopped at its limit); few validation positives are warned about; validation rows and
+    /// users are counted apart.
+    #[test]
+    fn l2_search_extends_past_the_edge_and_counts_rows_and_users() {
+        let spec = FeatureSpec::default();
+        let p = spec.features().len();
+        let users = 600u32;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (mut x, mut y, mut user, mut cutoff) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for u in 0..users {
+            for c in 0..2 {
+                for _ in 0..p {
+                    x.push(rng.random_range(0.5..10.0));
+                }
+                y.push(rng.random_bool(0.06));
+                user.push(u);
+                cutoff.push(c);
+            }
+        }
+        let rows = y.len();
+        let data = Dataset {
+            n_features: p,
+            x,
+            y,
+            user,
+            cutoff,
+            unlabelled: 0,
+            labels_unmatched: 0,
+            population: rows,
+            data_end: (0, String::new()),
+        };
+        let ctx = TrainContext {
+            events_file: String::new(),
+            data_from: String::new(),
+            data_to: String::new(),
+            cutoffs: vec![],
+            horizon: "30d".into(),
+            active_within: None,
+            label_source: String::new(),
+        };
+        let out = train(&spec, &data, ctx, &TrainOptions::default()).unwrap();
+        let t = &out.artifact.training;
+        assert!(t.l2 >= 0.1 && t.l2_grid.iter().any(|g| g.0 > 0.1), "chose {} from {:?}", t.l2, t.l2_grid);
+        assert!(t.l2_grid.windows(2).all(|w| w[0].0 < w[1].0), "{:?}", t.l2_grid);
+        let best = t.l2_grid.iter().position(|g| g.0 == t.l2).unwrap();
+        let at_edge = best == 0 || best + 1 == t.l2_grid.len();
+        assert_eq!(
+            at_edge,
+            out.warnings.iter().any(|w| w.contains("the L2 search stopped at its limit")),
+            "{:?}",
+            out.warnings
+        );
+        assert!(out.warnings.iter().any(|w| w.contains("churned row(s) of")), "{:?}", out.warnings);
+        let v = &t.validation;
+        assert_eq!(v.n_rows, t.validation_rows);
+        assert_eq!(v.n_rows, 2 * v.n_users, "two rows per user");
     }
 
     #[test]

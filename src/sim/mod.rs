@@ -154,9 +154,17 @@ impl SimConfig {
         if self.days == 0 || self.days > MAX_DAYS {
             return bad(format!("days must be in 1..={MAX_DAYS}, got {}", self.days));
         }
-        let earliest = MAX_PRIOR_TENURE_DAYS * DAY_MS;
-        if self.start_ms < earliest || self.end_ms() > MAX_RFC3339_MS {
-            return bad(format!("start_ms {} puts signups or events outside the years 0000..=9999", self.start_ms));
+        // Signups (in the truth) may precede the window by up to MAX_PRIOR_TENURE_DAYS; the events
+        // themselves must lie where the event parser accepts them, so that every command reads
+        // the log back.
+        let earliest = crate::event::MIN_TS;
+        let latest = crate::event::MAX_TS.min(MAX_RFC3339_MS + 1);
+        if self.start_ms < earliest || self.end_ms() > latest {
+            return bad(format!(
+                "start {} (epoch ms) and {} days put events outside 1970-01-01..2200-01-01, the range event timestamps accept",
+                self.start_ms,
+                self.days
+            ));
         }
         Ok(())
     }
