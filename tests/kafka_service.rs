@@ -683,6 +683,19 @@ async fn produce_to(brokers: &str, topic: &str, items: &[(i32, String, Vec<u8>)]
     }
 }
 
+/// `n` logins of `users` users to partition 0, `step_ms` apart, produced in chunks.
+async fn produce_backlog(brokers: &str, topic: &str, n: i64, users: i64, step_ms: i64) {
+    let items: Vec<(i32, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let (k, v) = event(&format!("b{}", i % users), "login", T0 + i * step_ms);
+            (0, k, v)
+        })
+        .collect();
+    for chunk in items.chunks(50_000) {
+        produce_to(brokers, topic, chunk).await;
+    }
+}
+
 fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
@@ -812,15 +825,7 @@ async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_st
     h.kafka_setting("max.poll.interval.ms", "6000");
     // History the group has already processed: committed at its end, so it is restored.
     const N: i64 = 400_000;
-    let history: Vec<(i32, String, Vec<u8>)> = (0..N)
-        .map(|i| {
-            let (k, v) = event(&format!("h{}", i % 5000), "login", T0 + i * 60_000);
-            (0, k, v)
-        })
-        .collect();
-    for chunk in history.chunks(50_000) {
-        produce_to(&brokers, &t.events, chunk).await;
-    }
+    produce_backlog(&brokers, &t.events, N, 5000, 60_000).await;
     {
         let c = common::consumer(&brokers, &t.group, &[]);
         let mut tpl = TopicPartitionList::new();
@@ -953,15 +958,7 @@ async fn one_worker_thread_serves_every_partition_during_a_backlog() {
     let t = Topics::create(&brokers, "oneworker", 2).await;
     let h = Harness::new(&brokers, &t, "[runtime]\nworkers = 1\n");
     const N: i64 = 300_000;
-    let backlog: Vec<(i32, String, Vec<u8>)> = (0..N)
-        .map(|i| {
-            let (k, v) = event(&format!("b{}", i % 3000), "login", T0 + i * 1000);
-            (0, k, v)
-        })
-        .collect();
-    for chunk in backlog.chunks(50_000) {
-        produce_to(&brokers, &t.events, chunk).await;
-    }
+    produce_backlog(&brokers, &t.events, N, 3000, 1000).await;
     let few: Vec<(i32, String, Vec<u8>)> = (0..10)
         .map(|i| {
             let (k, v) = event("other", "login", T0 + i * 1000);
