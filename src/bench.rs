@@ -319,7 +319,11 @@ fn spawn_service(cfg: crate::config::Config, workers: usize) -> Result<BenchServ
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(BENCH_WORKER)
+        .enable_all()
+        .build()?;
     let handle = std::thread::spawn(move || {
         rt.block_on(crate::service::run(
             cfg,
@@ -339,18 +343,52 @@ fn min_median(v: &[f64]) -> (f64, f64) {
     (s.first().copied().unwrap_or(f64::NAN), s.get(s.len() / 2).copied().unwrap_or(f64::NAN))
 }
 
-/// The engine alone on the same events, one core: parse, features, score, policy.
-fn engine_rate(items: &[(String, Vec<u8>)], model: &ModelArtifact, cfg: &crate::config::Config) -> f64 {
-    let mut engine = Engine::new(model, cfg.policy.clone(), cfg.engine.clone());
-    let mut outputs = 0u64;
-    let t = Instant::now();
-    for (_, line) in items {
-        if let Ok(ev) = crate::event::parse_event(line, DEFAULT_MAX_EVENT_BYTES) {
-            engine.ingest(&ev, &mut |_| outputs += 1);
+/// Name of the measured service's worker threads (at most 15 bytes: Linux truncates).
+const BENCH_WORKER: &str = "cg-bench-worker";
+
+/// CPU seconds (user + system) used so far by this process's live threads named `name`, or by
+/// the calling thread for `None` (Linux /proc; clock ticks of 10 ms).
+fn cpu_seconds(name: Option<&str>) -> f64 {
+    fn ticks(stat: &str) -> u64 {
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12)
+    }
+    const USER_HZ: f64 = 100.0;
+    let Some(name) = name else {
+        return std::fs::read_to_string("/proc/thread-self/stat").map_or(f64::NAN, |s| ticks(&s) as f64 / USER_HZ);
+    };
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let mut total = 0u64;
+    for task in dir.flatten() {
+        let p = task.path();
+        let is_worker = std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim_end() == name);
+        if is_worker {
+            total += std::fs::read_to_string(p.join("stat")).map_or(0, |s| ticks(&s));
         }
     }
-    std::hint::black_box(outputs);
-    items.len() as f64 / t.elapsed().as_secs_f64()
+    total as f64 / USER_HZ
+}
+
+/// The engine alone on the same events, one core: parse, features, score, policy, and the
+/// decisions encoded as the service encodes them. Returns (events per wall second, events per
+/// CPU second).
+fn engine_rate(items: &[(String, Vec<u8>)], model: &ModelArtifact, cfg: &crate::config::Config) -> (f64, f64) {
+    let mut engine = Engine::new(model, cfg.policy.clone(), cfg.engine.clone());
+    let mut staging = crate::sink::kafka::Staging::default();
+    let t = Instant::now();
+    let cpu = cpu_seconds(None);
+    for (_, line) in items {
+        if let Ok(ev) = crate::event::parse_event(line, DEFAULT_MAX_EVENT_BYTES) {
+            staging.clear();
+            engine.ingest_decisions(&ev, &mut |d| staging.push(d, 0));
+        }
+    }
+    std::hint::black_box(staging.len());
+    let n = items.len() as f64;
+    (n / t.elapsed().as_secs_f64(), n / (cpu_seconds(None) - cpu))
 }
 
 pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
@@ -390,22 +428,28 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     // Side by side, interleaved per round so that machine noise hits every side alike.
     let mut bare = Vec::new();
     let mut engine = Vec::new();
+    let mut engine_cpu = Vec::new();
     let mut service: Vec<Vec<f64>> = vec![Vec::new(); o.workers.len()];
+    let mut service_cpu: Vec<Vec<f64>> = vec![Vec::new(); o.workers.len()];
     let mut outputs = 0.0;
     for round in 0..o.repeat.max(1) {
         bare.push(bare_rate(&o.brokers, &events, n, &o.kafka, round).await?);
-        engine.push(engine_rate(&items, &model, &cfg));
+        let (wall, cpu) = engine_rate(&items, &model, &cfg);
+        engine.push(wall);
+        engine_cpu.push(cpu);
         for (i, &w) in o.workers.iter().enumerate() {
             let mut c = cfg.clone();
             c.source.group_id = format!("bench-svc-{tag}-{round}-{w}");
             c.runtime.workers = w;
             let (metrics, stop, handle) = spawn_service(c, w)?;
             let mut first = None;
+            let mut cpu_first = f64::NAN;
             let deadline = Instant::now() + std::time::Duration::from_secs(900);
             loop {
                 let got = consumed(&metrics);
-                if got > 0.0 {
-                    first.get_or_insert_with(Instant::now);
+                if got > 0.0 && first.is_none() {
+                    first = Some(Instant::now());
+                    cpu_first = cpu_seconds(Some(BENCH_WORKER));
                 }
                 if got >= n as f64 || Instant::now() > deadline {
                     break;
@@ -413,6 +457,7 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             service[i].push(n as f64 / first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64()));
+            service_cpu[i].push(n as f64 / (cpu_seconds(Some(BENCH_WORKER)) - cpu_first));
             outputs = metrics.interventions.collect_total() + metrics.control.collect_total();
             let _ = stop.send(());
             handle.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
@@ -462,6 +507,8 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     out.push_str(&format!("| produce rate (setup, one run) | {produce_rate:.0} | |\n"));
     out.push_str(&format!("| bare librdkafka consumer, no processing (events/s) | {bare_min:.0} | {bare_med:.0} |\n"));
     out.push_str(&format!("| engine alone, one core, same events (events/s) | {eng_min:.0} | {eng_med:.0} |\n"));
+    let (ec_min, ec_med) = min_median(&engine_cpu);
+    out.push_str(&format!("| engine alone, events per CPU second | {ec_min:.0} | {ec_med:.0} |\n"));
     for (i, w) in o.workers.iter().enumerate() {
         let (mn, md) = min_median(&service[i]);
         out.push_str(&format!(
