@@ -524,6 +524,13 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
             100.0 * mn / bare_med,
             100.0 * md / bare_med
         ));
+        let (cmn, cmd) = min_median(&service_cpu[i]);
+        out.push_str(&format!("| ... events per worker-thread CPU second | {cmn:.0} | {cmd:.0} |\n"));
+        out.push_str(&format!(
+            "| ... that CPU rate / the engine's (the runtime's own overhead) | {:.0}% | {:.0}% |\n",
+            100.0 * cmn / ec_med,
+            100.0 * cmd / ec_med
+        ));
     }
     out.push_str(&format!("| outputs published per throughput run | {outputs:.0} | |\n"));
     out.push_str(&format!("| latency run: fixed rate, {w} worker(s) | {rate:.0} events/s for {live_n} events | |\n"));
