@@ -157,6 +157,31 @@ pub struct Config {
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    pub uplift: UpliftConfig,
+}
+
+/// `[uplift]`: live outcomes of interventions and control records (docs/INTERVENTIONS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpliftConfig {
+    /// A decision's outcome is `retained` if the user has an event within this much event time
+    /// after it, `churned` otherwise; decided when the watermark passes the horizon's end.
+    pub horizon: Span,
+}
+
+impl Default for UpliftConfig {
+    fn default() -> Self {
+        UpliftConfig { horizon: Span::days(30) }
+    }
+}
+
+impl UpliftConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.horizon.ms() <= 0 {
+            return Err(invalid("uplift.horizon", "must be positive"));
+        }
+        Ok(())
+    }
 }
 
 /// librdkafka settings churnguard owns; setting them in [kafka] would break at-least-once.
@@ -211,7 +236,11 @@ impl Config {
                 ConfigError::Invalid { key, msg }
             }
         })?;
+        let mut cfg = cfg;
         cfg.validate()?;
+        cfg.uplift.validate()?;
+        // The engine judges outcomes; it takes the horizon from here.
+        cfg.engine.outcome_horizon = cfg.uplift.horizon;
         Ok(cfg)
     }
 
