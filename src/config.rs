@@ -497,6 +497,17 @@ mod tests {
     }
 
     #[test]
+    fn uplift_horizon_defaults_to_30_days_and_reaches_the_engine() {
+        let c = load(MIN, &[]).unwrap();
+        assert_eq!(c.uplift.horizon, Span::days(30));
+        assert_eq!(c.engine.outcome_horizon, Span::days(30));
+        let c = load(&format!("{MIN}[uplift]\nhorizon = \"7d\"\n"), &[]).unwrap();
+        assert_eq!(c.engine.outcome_horizon, Span::days(7));
+        let e = load(&format!("{MIN}[uplift]\nhorizon = \"0d\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("uplift.horizon"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let e = load(&format!("{MIN}[source]\ngroup = \"x\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("group"), "{e}");

@@ -205,14 +205,21 @@ impl OutcomeCell {
     }
 }
 
-/// The cell of `(control, tier, action)`, appended when first seen (a scan over a handful of
-/// cells: no allocation once the cell exists).
-fn outcome_cell(cells: &mut Vec<OutcomeCell>, control: bool, tier: &str, action: &str) -> u32 {
-    if let Some(i) = cells.iter().position(|c| c.control == control && &*c.tier == tier && &*c.action == action) {
+/// The index of `(control, tier, action)` in the engine's interned keys, appended when first seen
+/// (a scan over a handful of keys: no allocation once the key exists).
+fn outcome_key(keys: &mut Vec<OutcomeCell>, control: bool, tier: &str, action: &str) -> u32 {
+    if let Some(i) = keys.iter().position(|c| c.control == control && &*c.tier == tier && &*c.action == action) {
         return i as u32;
     }
-    cells.push(OutcomeCell { control, tier: tier.into(), action: action.into(), retained: 0, churned: 0, spend: 0.0 });
-    (cells.len() - 1) as u32
+    keys.push(OutcomeCell { control, tier: tier.into(), action: action.into(), retained: 0, churned: 0, spend: 0.0 });
+    (keys.len() - 1) as u32
+}
+
+/// Make `cells` (the counters, which a restore resets) cover every key up to `upto`, at zero.
+fn cover_keys(cells: &mut Vec<OutcomeCell>, keys: &[OutcomeCell], upto: usize) {
+    while cells.len() <= upto {
+        cells.push(keys[cells.len()].clone());
+    }
 }
 
 pub const SCORE_BUCKETS: usize = 20;
@@ -278,6 +285,9 @@ pub struct Engine {
     /// Due times of open outcomes (`decided + outcome_horizon`), drained as the watermark passes.
     outcome_timers: TimerWheel,
     outcome_scratch: Vec<u32>,
+    /// Interned (group, tier, action) keys, at zero counts; `counters.outcomes[i]` counts key `i`.
+    /// Kept apart from the counters, which a state restore resets while outcomes stay open.
+    outcome_keys: Vec<OutcomeCell>,
 }
 
 impl Engine {
@@ -319,6 +329,7 @@ impl Engine {
             population,
             outcome_timers: TimerWheel::new(outcome_granularity),
             outcome_scratch: Vec::new(),
+            outcome_keys: Vec::new(),
         }
     }
 
@@ -540,6 +551,7 @@ impl Engine {
         if p.due == NO_DUE {
             return;
         }
+        cover_keys(&mut self.counters.outcomes, &self.outcome_keys, p.cell as usize);
         let cell = &mut self.counters.outcomes[p.cell as usize];
         if p.retained {
             cell.retained += 1;
@@ -654,7 +666,8 @@ impl Engine {
         }
         self.scorer.explain_into(&self.vector, self.policy.cfg.top_reasons, &mut self.ranked, &mut self.reasons);
         let action = value_action.as_deref().unwrap_or_else(|| self.policy.action(&tier.name, stage));
-        let cell = outcome_cell(&mut self.counters.outcomes, control, &tier.name, action);
+        let cell = outcome_key(&mut self.outcome_keys, control, &tier.name, action);
+        cover_keys(&mut self.counters.outcomes, &self.outcome_keys, cell as usize);
         emit(&Decision {
             user_id,
             score,

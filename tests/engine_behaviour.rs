@@ -937,3 +937,27 @@ fn a_newer_decision_closes_the_previous_outcome_early() {
     assert_eq!((cell.retained, cell.churned), (1, 1), "{cell:?}");
     assert!((cell.spend - 1.0).abs() < 1e-9, "{cell:?}");
 }
+
+#[test]
+fn outcomes_open_across_a_counter_reset_are_counted_once() {
+    // A state restore resets the counters (the previous owner counted the restored decisions)
+    // while outcomes stay open in the users' state: they are counted when their horizon ends.
+    let model = cancel_model();
+    let cfg = EngineConfig { outcome_horizon: Span::days(10), ..no_warm_up() };
+    let mut engine = Engine::new(&model, policy_without_control(), cfg);
+    let events = merge(
+        vec![ev("R", "cancel", T0 + HOUR_MS), ev_amount("R", "login", T0 + 12 * DAY_MS, 3.0)],
+        heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS),
+    );
+    let (before, after): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.ts < T0 + 5 * DAY_MS);
+    assert_eq!(of_user(&run(&mut engine, &before), "R").len(), 1);
+    engine.counters = Default::default();
+    run(&mut engine, &after);
+    let cells = &engine.counters.outcomes;
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    assert_eq!(
+        (cells[0].retained, cells[0].churned, cells[0].spend),
+        (0, 1, 0.0),
+        "R's only comeback is after the horizon"
+    );
+}
