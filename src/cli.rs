@@ -1000,16 +1000,17 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
             })?;
             // Replay reads a service config's [engine] and [policy]; a misspelt section must not
             // silently fall back to defaults.
-            const SECTIONS: [&str; 9] =
-                ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown", "runtime"];
+            const SECTIONS: [&str; 10] =
+                ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown", "runtime", "uplift"];
             if let Some(bad) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
                 bail!("{}: unknown section [{bad}] (known: {})", p.display(), SECTIONS.join(", "));
             }
             let pick = |k: &str| table.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
-            ReplayConfig {
-                engine: pick("engine").try_into().context("[engine]")?,
-                policy: pick("policy").try_into().context("[policy]")?,
-            }
+            let uplift: crate::config::UpliftConfig = pick("uplift").try_into().context("[uplift]")?;
+            uplift.validate()?;
+            let mut engine: EngineConfig = pick("engine").try_into().context("[engine]")?;
+            engine.outcome_horizon = uplift.horizon;
+            ReplayConfig { engine, policy: pick("policy").try_into().context("[policy]")? }
         }
         None => ReplayConfig::default(),
     };

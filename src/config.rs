@@ -157,6 +157,31 @@ pub struct Config {
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    pub uplift: UpliftConfig,
+}
+
+/// `[uplift]`: live outcomes of interventions and control records (docs/INTERVENTIONS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpliftConfig {
+    /// A decision's outcome is `retained` if the user has an event within this much event time
+    /// after it, `churned` otherwise; decided when the watermark passes the horizon's end.
+    pub horizon: Span,
+}
+
+impl Default for UpliftConfig {
+    fn default() -> Self {
+        UpliftConfig { horizon: Span::days(30) }
+    }
+}
+
+impl UpliftConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.horizon.ms() <= 0 {
+            return Err(invalid("uplift.horizon", "must be positive"));
+        }
+        Ok(())
+    }
 }
 
 /// librdkafka settings churnguard owns; setting them in [kafka] would break at-least-once.
@@ -211,7 +236,11 @@ impl Config {
                 ConfigError::Invalid { key, msg }
             }
         })?;
+        let mut cfg = cfg;
         cfg.validate()?;
+        cfg.uplift.validate()?;
+        // The engine judges outcomes; it takes the horizon from here.
+        cfg.engine.outcome_horizon = cfg.uplift.horizon;
         Ok(cfg)
     }
 
@@ -465,6 +494,17 @@ mod tests {
         assert_eq!(c.policy.control_fraction, 0.1);
         let e = load("", &[]).unwrap_err().to_string();
         assert!(e.contains("bootstrap.servers"), "{e}");
+    }
+
+    #[test]
+    fn uplift_horizon_defaults_to_30_days_and_reaches_the_engine() {
+        let c = load(MIN, &[]).unwrap();
+        assert_eq!(c.uplift.horizon, Span::days(30));
+        assert_eq!(c.engine.outcome_horizon, Span::days(30));
+        let c = load(&format!("{MIN}[uplift]\nhorizon = \"7d\"\n"), &[]).unwrap();
+        assert_eq!(c.engine.outcome_horizon, Span::days(7));
+        let e = load(&format!("{MIN}[uplift]\nhorizon = \"0d\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("uplift.horizon"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// (a replay or a service started partway through a topic sees everyone as `new`). State still
     /// updates; held decisions are counted in [`EngineCounters::held_warm_up`].
     pub warm_up: WarmUp,
+    /// How long after a decision its outcome is judged (`[uplift] horizon`, copied here by
+    /// [`crate::config::Config`] and by `replay`; not an `[engine]` key).
+    #[serde(skip)]
+    pub outcome_horizon: Span,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +49,7 @@ impl Default for EngineConfig {
             rescore_interval: Span::days(1),
             state_ttl: Span::days(120),
             warm_up: WarmUp::Auto,
+            outcome_horizon: Span::days(30),
         }
     }
 }
@@ -167,6 +172,54 @@ pub struct EngineCounters {
     /// Shadow and live model on the same side of the live model's lowest tier threshold.
     pub shadow_agree: u64,
     pub shadow_disagree: u64,
+    /// Outcomes of interventions and control records, one cell per (group, tier, action) seen.
+    /// Cells are only appended; labels are interned once per cell, never per event.
+    pub outcomes: Vec<OutcomeCell>,
+}
+
+/// Outcomes decided for one (group, tier, action): how many decisions were followed by an event
+/// within the horizon (`retained`) or not (`churned`), and the users' spend in the horizon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeCell {
+    /// true: the control group (held back); false: treated (intervention sent).
+    pub control: bool,
+    pub tier: Arc<str>,
+    pub action: Arc<str>,
+    pub retained: u64,
+    pub churned: u64,
+    /// Sum of event amounts in the horizon, in currency units.
+    pub spend: f64,
+}
+
+impl OutcomeCell {
+    pub fn group(&self) -> &'static str {
+        if self.control {
+            "control"
+        } else {
+            "treated"
+        }
+    }
+
+    pub fn same_key(&self, other: &OutcomeCell) -> bool {
+        self.control == other.control && self.tier == other.tier && self.action == other.action
+    }
+}
+
+/// The index of `(control, tier, action)` in the engine's interned keys, appended when first seen
+/// (a scan over a handful of keys: no allocation once the key exists).
+fn outcome_key(keys: &mut Vec<OutcomeCell>, control: bool, tier: &str, action: &str) -> u32 {
+    if let Some(i) = keys.iter().position(|c| c.control == control && &*c.tier == tier && &*c.action == action) {
+        return i as u32;
+    }
+    keys.push(OutcomeCell { control, tier: tier.into(), action: action.into(), retained: 0, churned: 0, spend: 0.0 });
+    (keys.len() - 1) as u32
+}
+
+/// Make `cells` (the counters, which a restore resets) cover every key up to `upto`, at zero.
+fn cover_keys(cells: &mut Vec<OutcomeCell>, keys: &[OutcomeCell], upto: usize) {
+    while cells.len() <= upto {
+        cells.push(keys[cells.len()].clone());
+    }
 }
 
 pub const SCORE_BUCKETS: usize = 20;
@@ -178,11 +231,30 @@ pub enum Ingested {
     Late,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct UserMeta {
     next_due: Millis,
     memory: Memory,
+    outcome: PendingOutcome,
 }
+
+/// The outcome of a user's latest decision, open until event time passes `due`.
+///
+/// One per user: a newer decision for the same user closes the previous one early, with what it
+/// has seen so far (its horizon is cut at the newer decision). Retention is then credited to the
+/// newer decision's action, so overlapping interventions are not counted twice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PendingOutcome {
+    /// `decided + horizon`; `NO_DUE` when nothing is open.
+    due: Millis,
+    decided: Millis,
+    cell: u32,
+    retained: bool,
+    spend: f64,
+}
+
+const NO_OUTCOME: PendingOutcome =
+    PendingOutcome { due: NO_DUE, decided: Millis::MIN, cell: 0, retained: false, spend: 0.0 };
 
 const NO_DUE: Millis = Millis::MAX;
 
@@ -210,6 +282,12 @@ pub struct Engine {
     pub counters: EngineCounters,
     /// Lifecycle and activity figures, kept as users change (no scan).
     population: PopulationIndex,
+    /// Due times of open outcomes (`decided + outcome_horizon`), drained as the watermark passes.
+    outcome_timers: TimerWheel,
+    outcome_scratch: Vec<u32>,
+    /// Interned (group, tier, action) keys, at zero counts; `counters.outcomes[i]` counts key `i`.
+    /// Kept apart from the counters, which a state restore resets while outcomes stay open.
+    outcome_keys: Vec<OutcomeCell>,
 }
 
 impl Engine {
@@ -228,6 +306,7 @@ impl Engine {
         // Cohorts reach back no further than the state TTL, so every member is still in memory.
         let cohort_span = Span::days(90).min(cfg.state_ttl).ms();
         let population = PopulationIndex::new(policy.cfg.lifecycle.clone(), cohort_span);
+        let outcome_granularity = (cfg.outcome_horizon.ms() / 24).max(1000);
         Engine {
             store: FeatureStore::new(layout),
             meta: Vec::new(),
@@ -248,6 +327,9 @@ impl Engine {
             value_idx,
             counters: EngineCounters::default(),
             population,
+            outcome_timers: TimerWheel::new(outcome_granularity),
+            outcome_scratch: Vec::new(),
+            outcome_keys: Vec::new(),
         }
     }
 
@@ -347,6 +429,12 @@ impl Engine {
             self.counters.events_out_of_order += 1;
         }
         self.counters.events_applied += 1;
+        // The user's open outcome: an event in (decided, due] retains them (final at `due`).
+        let p = &mut self.meta[idx as usize].outcome;
+        if p.due != NO_DUE && ev.ts > p.decided && ev.ts <= p.due {
+            p.retained = true;
+            p.spend += ev.amount.unwrap_or(0.0);
+        }
         let clock = self.population_clock();
         self.population.update(idx, self.store.user(idx), clock);
         let at = self.store.user(idx).last_ts();
@@ -362,6 +450,7 @@ impl Engine {
             return;
         }
         self.watermark = to;
+        self.close_due_outcomes(to);
         if !self.timers.has_complete(to) {
             return;
         }
@@ -406,9 +495,9 @@ impl Engine {
             self.counters.users_created += 1;
             let i = idx as usize;
             if self.meta.len() <= i {
-                self.meta.resize(i + 1, UserMeta { next_due: NO_DUE, memory: Memory::NONE });
+                self.meta.resize(i + 1, UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME });
             }
-            self.meta[i] = UserMeta { next_due: NO_DUE, memory: Memory::NONE };
+            self.meta[i] = UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME };
         }
         idx
     }
@@ -420,6 +509,8 @@ impl Engine {
         self.meta[idx as usize].next_due = NO_DUE;
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
+            // Silent past the TTL: an outcome still open is closed with what it has seen.
+            self.close_outcome(idx);
             self.store.evict(idx);
             self.population.remove(idx);
             self.meta[idx as usize].next_due = NO_DUE;
@@ -429,6 +520,53 @@ impl Engine {
         self.counters.scored_on_timer += 1;
         self.score_and_decide(idx, due, Trigger::Silence, emit);
         true
+    }
+
+    /// Close every open outcome whose horizon ended at or before `to`.
+    fn close_due_outcomes(&mut self, to: Millis) {
+        if !self.outcome_timers.has_complete(to) {
+            return;
+        }
+        let mut due_now = std::mem::take(&mut self.outcome_scratch);
+        let meta = &self.meta;
+        self.outcome_timers.drain_until(to, |_, ids| {
+            // Entries are hints, as for rescore timers: a closed or replaced outcome is skipped.
+            due_now.extend(ids.iter().copied().filter(|&id| {
+                let due = meta[id as usize].outcome.due;
+                due != NO_DUE && due <= to
+            }));
+        });
+        for &id in &due_now {
+            if self.meta[id as usize].outcome.due <= to {
+                self.close_outcome(id);
+            }
+        }
+        due_now.clear();
+        self.outcome_scratch = due_now;
+    }
+
+    /// Count the user's open outcome (if any) and clear it.
+    fn close_outcome(&mut self, idx: u32) {
+        let p = std::mem::replace(&mut self.meta[idx as usize].outcome, NO_OUTCOME);
+        if p.due == NO_DUE {
+            return;
+        }
+        cover_keys(&mut self.counters.outcomes, &self.outcome_keys, p.cell as usize);
+        let cell = &mut self.counters.outcomes[p.cell as usize];
+        if p.retained {
+            cell.retained += 1;
+        } else {
+            cell.churned += 1;
+        }
+        cell.spend += p.spend;
+    }
+
+    /// Open an outcome for a decision at `at` in `cell`, closing the user's previous one first.
+    fn open_outcome(&mut self, idx: u32, at: Millis, cell: u32) {
+        self.close_outcome(idx);
+        let due = at.saturating_add(self.cfg.outcome_horizon.ms());
+        self.meta[idx as usize].outcome = PendingOutcome { due, decided: at, cell, retained: false, spend: 0.0 };
+        self.outcome_timers.push(due, idx);
     }
 
     fn schedule(&mut self, idx: u32, due: Millis) {
@@ -527,13 +665,16 @@ impl Engine {
             self.counters.interventions += 1;
         }
         self.scorer.explain_into(&self.vector, self.policy.cfg.top_reasons, &mut self.ranked, &mut self.reasons);
+        let action = value_action.as_deref().unwrap_or_else(|| self.policy.action(&tier.name, stage));
+        let cell = outcome_key(&mut self.outcome_keys, control, &tier.name, action);
+        cover_keys(&mut self.counters.outcomes, &self.outcome_keys, cell as usize);
         emit(&Decision {
             user_id,
             score,
             threshold: tier.min_score,
             tier: &tier.name,
             stage,
-            action: value_action.as_deref().unwrap_or_else(|| self.policy.action(&tier.name, stage)),
+            action,
             reasons: &self.reasons,
             feature_names: self.scorer.names(),
             model_version: self.scorer.version(),
@@ -542,6 +683,7 @@ impl Engine {
             trigger,
             control,
         });
+        self.open_outcome(idx, at, cell);
     }
 
     /// Lifecycle, activity and retention figures over every tracked user at the watermark, kept

@@ -2,8 +2,8 @@
 //! the pipeline flushes deltas here once per batch, so no event touches an atomic or a lock.
 
 use prometheus::{
-    exponential_buckets, linear_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, linear_buckets, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::EngineCounters;
@@ -52,6 +52,8 @@ pub struct Metrics {
     pub risk_score: Histogram,
     pub shadow_risk_score: Histogram,
     pub shadow_agreement: IntCounterVec,
+    pub uplift_outcomes: IntCounterVec,
+    pub uplift_spend: CounterVec,
     pub model_info: IntGaugeVec,
     pub model_loaded: IntGauge,
     pub ready: IntGauge,
@@ -184,6 +186,8 @@ impl Metrics {
             risk_score: histogram(&r, "churnguard_risk_score", "Distribution of computed P(churn).", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
             shadow_risk_score: histogram(&r, "churnguard_shadow_risk_score", "Distribution of P(churn) from the shadow model, on the same vectors as churnguard_risk_score.", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
             shadow_agreement: counter_vec(&r, "churnguard_shadow_agreement_total", "Scores where the shadow model is on the same (agree) or the other (disagree) side of the live model's lowest tier threshold.", &["result"]),
+            uplift_outcomes: counter_vec(&r, "churnguard_uplift_outcomes_total", "Outcomes of interventions (group treated) and control records (group control) once uplift.horizon of event time has passed: retained (an event in the horizon) or churned.", &["group", "tier", "action", "outcome"]),
+            uplift_spend: reg(&r, CounterVec::new(Opts::new("churnguard_uplift_spend_total", "Users' spend (sum of event amounts, currency units) in the horizon after an intervention or control record, counted when the outcome is decided."), &["group", "tier", "action"]).unwrap_or_else(|_| unreachable_metric("churnguard_uplift_spend_total"))),
             model_info: gauge_vec(&r, "churnguard_model_info", "The serving model (value 1).", &["model_version", "trained_at", "features"]),
             model_loaded: gauge(&r, "churnguard_model_loaded", "1 when a valid model is loaded."),
             ready: gauge(&r, "churnguard_ready", "1 when /readyz answers 200: model loaded, broker reachable, partitions assigned."),
@@ -228,6 +232,24 @@ impl Metrics {
         }
         self.shadow_agreement.with_label_values(&["agree"]).inc_by(d(before.shadow_agree, after.shadow_agree));
         self.shadow_agreement.with_label_values(&["disagree"]).inc_by(d(before.shadow_disagree, after.shadow_disagree));
+        // Outcome cells are matched by key, not position: `before` may come from another engine
+        // (a restored or restarted partition) whose cells were appended in another order.
+        for a in &after.outcomes {
+            let b = before.outcomes.iter().find(|b| b.same_key(a));
+            let labels = [a.group(), &*a.tier, &*a.action];
+            let (br, bc, bs) = b.map_or((0, 0, 0.0), |b| (b.retained, b.churned, b.spend));
+            for (outcome, n) in [("retained", d(br, a.retained)), ("churned", d(bc, a.churned))] {
+                let c = self.uplift_outcomes.with_label_values(&[labels[0], labels[1], labels[2], outcome]);
+                // Both outcomes of a cell exist from its first decided outcome on, so a ratio of
+                // them never lacks a series.
+                c.inc_by(n);
+            }
+            let spend = a.spend - bs;
+            let s = self.uplift_spend.with_label_values(&labels);
+            if spend > 0.0 {
+                s.inc_by(spend);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

@@ -861,3 +861,103 @@ fn warm_up_config_values() {
     assert_eq!(e.key, "warm_up");
     assert_eq!(WarmUp::Auto.resolve(&small_spec()), Span::days(7));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes (uplift, live)
+// ---------------------------------------------------------------------------------------------
+
+/// R cancels, then comes back twice within the horizon (spend 5 + 2.5) and once after it (100,
+/// not counted); C cancels and is never seen again. B's heartbeat moves event time on. With a
+/// 10-day horizon both decisions are open until event time passes decision + 10 days, then R
+/// is `retained` and C `churned`, in the group the policy put them in.
+fn outcomes_after_cancel(control_fraction: f64) -> (Vec<Intervention>, Engine) {
+    let model = cancel_model();
+    let policy = PolicyConfig { control_fraction, ..PolicyConfig::default() };
+    let cfg = EngineConfig { outcome_horizon: Span::days(10), ..no_warm_up() };
+    let mut engine = Engine::new(&model, policy, cfg);
+    let r = vec![
+        ev("R", "cancel", T0 + HOUR_MS),
+        ev_amount("R", "login", T0 + 3 * DAY_MS, 5.0),
+        ev_amount("R", "login", T0 + 5 * DAY_MS, 2.5),
+        ev_amount("R", "login", T0 + 12 * DAY_MS, 100.0),
+    ];
+    let c = vec![ev("C", "cancel", T0 + 2 * HOUR_MS)];
+    let events = merge(merge(r, c), heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS));
+    let (before, after): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.ts < T0 + 9 * DAY_MS);
+    let mut ivs = run(&mut engine, &before);
+    let open: u64 = engine.counters.outcomes.iter().map(|c| c.retained + c.churned).sum();
+    assert_eq!(open, 0, "no outcome is final before its horizon ends: {:?}", engine.counters.outcomes);
+    ivs.extend(run(&mut engine, &after));
+    (ivs, engine)
+}
+
+fn check_outcomes(control_fraction: f64, control: bool) {
+    let (ivs, engine) = outcomes_after_cancel(control_fraction);
+    // One decision each, at their cancel; nothing for B.
+    assert_eq!(of_user(&ivs, "R").len(), 1, "{ivs:#?}");
+    assert_eq!(of_user(&ivs, "C").len(), 1, "{ivs:#?}");
+    assert!(of_user(&ivs, "B").is_empty());
+    assert!(ivs.iter().all(|iv| iv.control == control), "{ivs:#?}");
+    let cells = &engine.counters.outcomes;
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    let cell = &cells[0];
+    assert_eq!(cell.control, control);
+    assert_eq!(cell.group(), if control { "control" } else { "treated" });
+    assert_eq!(&*cell.tier, "high");
+    assert_eq!(&*cell.action, ivs[0].action.as_str());
+    assert_eq!((cell.retained, cell.churned), (1, 1), "R retained, C churned: {cell:?}");
+    assert!((cell.spend - 7.5).abs() < 1e-9, "spend in R's horizon only: {}", cell.spend);
+}
+
+#[test]
+fn treated_outcomes_are_retained_or_churned_after_the_horizon_with_spend() {
+    check_outcomes(0.0, false);
+}
+
+#[test]
+fn control_outcomes_are_counted_in_the_control_group() {
+    check_outcomes(1.0, true);
+}
+
+#[test]
+fn a_newer_decision_closes_the_previous_outcome_early() {
+    // R cancels twice, 8 days apart (past the cooldown): the first outcome closes at the
+    // second decision with what it saw (one comeback, spend 1); the second runs its horizon.
+    let model = cancel_model();
+    let cfg = EngineConfig { outcome_horizon: Span::days(10), ..no_warm_up() };
+    let mut engine = Engine::new(&model, policy_without_control(), cfg);
+    let r = vec![
+        ev("R", "cancel", T0 + HOUR_MS),
+        ev_amount("R", "login", T0 + 2 * DAY_MS, 1.0),
+        ev("R", "cancel", T0 + 9 * DAY_MS),
+    ];
+    let ivs = run(&mut engine, &merge(r, heartbeat("B", T0, T0 + 30 * DAY_MS, 4 * HOUR_MS)));
+    assert_eq!(of_user(&ivs, "R").len(), 2, "{ivs:#?}");
+    let cell = &engine.counters.outcomes[0];
+    assert_eq!((cell.retained, cell.churned), (1, 1), "{cell:?}");
+    assert!((cell.spend - 1.0).abs() < 1e-9, "{cell:?}");
+}
+
+#[test]
+fn outcomes_open_across_a_counter_reset_are_counted_once() {
+    // A state restore resets the counters (the previous owner counted the restored decisions)
+    // while outcomes stay open in the users' state: they are counted when their horizon ends.
+    let model = cancel_model();
+    let cfg = EngineConfig { outcome_horizon: Span::days(10), ..no_warm_up() };
+    let mut engine = Engine::new(&model, policy_without_control(), cfg);
+    let events = merge(
+        vec![ev("R", "cancel", T0 + HOUR_MS), ev_amount("R", "login", T0 + 12 * DAY_MS, 3.0)],
+        heartbeat("B", T0, T0 + 20 * DAY_MS, 4 * HOUR_MS),
+    );
+    let (before, after): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.ts < T0 + 5 * DAY_MS);
+    assert_eq!(of_user(&run(&mut engine, &before), "R").len(), 1);
+    engine.counters = Default::default();
+    run(&mut engine, &after);
+    let cells = &engine.counters.outcomes;
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    assert_eq!(
+        (cells[0].retained, cells[0].churned, cells[0].spend),
+        (0, 1, 0.0),
+        "R's only comeback is after the horizon"
+    );
+}

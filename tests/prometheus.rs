@@ -162,6 +162,10 @@ listen = "127.0.0.1:{port}"
 # The log covers 75 days, less than the default model's 90-day warm-up: decide from the start so
 # the intervention panels have data.
 warm_up = "off"
+[uplift]
+# Outcomes are decided a horizon after each record: a shorter one than the default 30 days leaves
+# most of the log's records with an outcome for the "Is it working?" row.
+horizon = "14d"
 "#,
         topics[0],
         topics[1],

@@ -84,13 +84,15 @@ def stat(title, queries, unit="short", w=4, h=4, desc="", text_mode="auto", mapp
                                "justifyMode": "auto", "orientation": "auto"}})
 
 
-def bargauge(title, queries, unit="short", w=8, h=8, desc="", fmt="time_series"):
+def bargauge(title, queries, unit="short", w=8, h=8, desc="", fmt="time_series", minimum=0, maximum=None,
+             color=None, steps=None):
+    defaults = {"unit": unit, "min": minimum, "color": {"mode": color or "continuous-GrYlRd"},
+                "thresholds": {"mode": "absolute", "steps": steps or [{"color": "green", "value": None}]}}
+    if maximum is not None:
+        defaults["max"] = maximum
     panels.append({"type": "bargauge", "title": title, "description": desc, "id": _id(), "datasource": DS,
                    "gridPos": _place(w, h), "targets": _targets(queries, instant=True, fmt=fmt),
-                   "fieldConfig": {"defaults": {"unit": unit, "min": 0, "color": {"mode": "continuous-GrYlRd"},
-                                                "thresholds": {"mode": "absolute",
-                                                               "steps": [{"color": "green", "value": None}]}},
-                                   "overrides": []},
+                   "fieldConfig": {"defaults": defaults, "overrides": []},
                    "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                                "orientation": "vertical" if fmt == "heatmap" else "horizontal",
                                "displayMode": "gradient", "showUnfilled": True, "valueMode": "color",
@@ -206,6 +208,56 @@ timeseries("Event-to-intervention latency",
             (q(0.99, "churnguard_event_to_intervention_seconds", by="tier"), "p99 {{tier}}")],
            unit="s", w=12,
            desc="Kafka timestamp of the triggering message to the broker's acknowledgement (event-triggered only).")
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes of interventions (treated) and control records, decided uplift.horizon of event time
+# after each record (docs/INTERVENTIONS.md, "Outcomes, live"). Counted over the dashboard's time
+# range; the interval is Wald's, on the two proportions (normal approximation: rough with few
+# outcomes or retention near 0 or 1; `churnguard uplift` gives Newcombe intervals in batch).
+OUT = "churnguard_uplift_outcomes_total"
+
+
+def outcomes(group, outcome=None, window="$__range"):
+    o = f', outcome="{outcome}"' if outcome else ""
+    return f'sum by (tier, action) (increase({OUT}{{{I}, group="{group}"{o}}}[{window}]))'
+
+
+def retention(group):
+    # No series for a (tier, action) without outcomes in the range (not a misleading 0).
+    return f"({outcomes(group, 'retained')} / ({outcomes(group)} > 0))"
+
+
+PT, PC = retention("treated"), retention("control")
+NT, NC = f"({outcomes('treated')} > 0)", f"({outcomes('control')} > 0)"
+UPLIFT = f"({PT} - {PC})"
+HALF = f"(1.96 * sqrt({PT} * (1 - {PT}) / {NT} + {PC} * (1 - {PC}) / {NC}))"
+
+row("Is it working?")
+bargauge("Retention after the horizon: treated vs control",
+         [(PT, "{{tier}} / {{action}} treated"), (PC, "{{tier}} / {{action}} control")],
+         unit="percentunit", w=12, h=10, maximum=1, color="palette-classic",
+         desc="Share of records whose user had an event within uplift.horizon after the record, among the "
+              "outcomes decided in the dashboard's time range, per tier and action. Control records carry the "
+              "action they would have received.")
+bargauge("Uplift (treated - control retention) with 95% interval",
+         [(f"{UPLIFT} - {HALF}", "{{tier}} / {{action}} lower"), (UPLIFT, "{{tier}} / {{action}} uplift"),
+          (f"{UPLIFT} + {HALF}", "{{tier}} / {{action}} upper")],
+         unit="percentunit", w=12, h=10, minimum=-1, maximum=1, color="thresholds",
+         steps=[{"color": "red", "value": None}, {"color": "green", "value": 0}],
+         desc="Absolute uplift per tier and action over the outcomes decided in the time range, with an "
+              "approximate 95% Wald interval on the difference of two proportions "
+              "(uplift +- 1.96 sqrt(pt(1-pt)/nt + pc(1-pc)/nc)), computed in PromQL. Rough with few outcomes: "
+              "use `churnguard uplift` (Newcombe) to decide. An upper bound below zero: the action hurts "
+              "(alert ChurnguardInterventionHarmful).")
+timeseries("Outcomes decided by group",
+           [(f"sum by (group, outcome) (rate({OUT}{{{I}}}[{R}]))", "{{group}} {{outcome}}")], unit="ops", w=12,
+           stack=True, desc="Outcomes lag decisions by uplift.horizon of event time.")
+bargauge("Spend per record in the horizon",
+         [(f"sum by (group) (increase(churnguard_uplift_spend_total{{{I}}}[$__range])) / "
+           f"(sum by (group) (increase({OUT}{{{I}}}[$__range])) > 0)", "{{group}}")],
+         w=12, color="palette-classic",
+         desc="Mean spend (sum of event amounts, currency units) in the horizon after a record, by group, over "
+              "the outcomes decided in the time range.")
 
 # ---------------------------------------------------------------------------------------------
 row("Lifecycle")
