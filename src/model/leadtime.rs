@@ -237,7 +237,7 @@ fn median(v: &mut [f64]) -> Option<f64> {
 /// The text table of [`LeadTimes`].
 pub fn format_table(l: &LeadTimes) -> String {
     let mut s = format!(
-        "lead time     scored daily {} .. {}, horizon {}d, lead >= {}d\n",
+        "lead time     period {} .. {}, horizon {}d, lead >= {}d\n",
         l.from, l.until, l.horizon_days, l.min_lead_days
     );
     s.push_str(
