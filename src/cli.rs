@@ -57,7 +57,7 @@ pub enum Command {
         after_help = "Example:\n  churnguard train --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out models/model.json --report report/"
     )]
     Train(TrainArgs),
-    /// Evaluate a model on an event log at a cutoff.
+    /// Evaluate a model on an event log at a cutoff, or its lead times against a truth file (--truth).
     #[command(
         after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json"
     )]
