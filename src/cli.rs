@@ -19,7 +19,7 @@ use crate::pipeline::replay::{self, ReplaySink};
 use crate::policy::PolicyConfig;
 use crate::sim::{self, SimConfig};
 use crate::term::LogFormat;
-use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span};
+use crate::time::{format_rfc3339_ms, parse_timestamp, Millis, Span, DAY_MS};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,7 +57,7 @@ pub enum Command {
         after_help = "Example:\n  churnguard train --events events.jsonl --cutoff 2026-05-01 --horizon 30d --cutoffs 3 --every 14d --out models/model.json --report report/"
     )]
     Train(TrainArgs),
-    /// Evaluate a model on an event log at a cutoff.
+    /// Evaluate a model on an event log at a cutoff, or its lead times against a truth file (--truth).
     #[command(
         after_help = "Example:\n  churnguard evaluate --model models/default.json --events events.jsonl --cutoff 2026-05-15 --horizon 30d --json"
     )]
@@ -373,6 +373,7 @@ pub struct ScoreArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("cutoff", |a| a.required(false).required_unless_present("truth")))]
 pub struct EvaluateArgs {
     /// Model file (JSON) to evaluate.
     #[arg(long, value_name = "FILE")]
@@ -380,8 +381,28 @@ pub struct EvaluateArgs {
     /// Event log (JSON lines) to label and score.
     #[arg(long, value_name = "FILE")]
     pub events: PathBuf,
+    /// The labelling (required unless --truth is given).
     #[command(flatten)]
-    pub label: LabelArgs,
+    pub label: Option<LabelArgs>,
+    /// Lead-time evaluation instead of a cutoff: ground truth CSV with a header, `user_id` and
+    /// the churn time (`churn_ts` as `simulate --truth` writes it, or a second column; empty =
+    /// did not churn). Every user is scored daily at 00:00 UTC over --from..--until.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+    /// With --truth: first time scored. Default: the first 00:00 UTC after the first event plus
+    /// the model's longest feature window (so windows are full).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "truth")]
+    pub from: Option<Millis>,
+    /// With --truth: last time scored. Default: 00:00 UTC of the last event's day.
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "truth")]
+    pub until: Option<Millis>,
+    /// With --truth: take the flags from an engine's decisions (`replay --out` JSON lines, and
+    /// the control records too if you want all of them) instead of scoring daily.
+    #[arg(long, value_name = "FILE", requires = "truth")]
+    pub decisions: Vec<PathBuf>,
+    /// With --truth: the lead a churner must be flagged by.
+    #[arg(long, value_name = "DUR", default_value = "7d", requires = "truth")]
+    pub min_lead: Span,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -923,11 +944,17 @@ fn write_report(
 }
 
 fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
+    if a.truth.is_some() {
+        return lead_time_cmd(a);
+    }
+    let Some(label) = &a.label else {
+        bail!("evaluate needs --cutoff (and --horizon or --labels), or --truth for a lead-time evaluation");
+    };
     let art = ModelArtifact::load(&a.model)?;
-    let cutoff = a.label.cutoff;
-    let opts = a.label.build_options()?;
-    let lab = labelling(&a.label, vec![cutoff])?;
-    if let Some(w) = a.label.horizon.and_then(|h| horizon_mismatch(&art, h)) {
+    let cutoff = label.cutoff;
+    let opts = label.build_options()?;
+    let lab = labelling(label, vec![cutoff])?;
+    if let Some(w) = label.horizon.and_then(|h| horizon_mismatch(&art, h)) {
         crate::term::warn(&w);
     }
     let log = load_log(&a.events)?;
@@ -945,7 +972,7 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
         crate::outln!("{}", serde_json::to_string(&m)?);
     } else {
         crate::outln!("model        {}", art.model_version);
-        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), a.label.horizon_text());
+        crate::outln!("cutoff       {}  horizon {}", format_rfc3339_ms(cutoff), label.horizon_text());
         crate::outln!("users        {}", m.n_users);
         crate::outln!("churn rate   {:.4}", m.churn_rate);
         crate::outln!("ROC AUC      {:.4}", m.roc_auc);
@@ -966,6 +993,102 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
             &format!("evaluation at {}", format_rfc3339_ms(cutoff)),
         )?;
         crate::errln!("report: {}", path.display());
+    }
+    Ok(())
+}
+
+/// `evaluate --truth`: lead times per tier (crate::model::leadtime), from daily scores through
+/// the engine's feature path ([`crate::model::export::score_at`]) or from given decisions.
+fn lead_time_cmd(a: EvaluateArgs) -> Result<()> {
+    use crate::model::leadtime::{format_table, parse_truth, LeadTimeCounter};
+    if a.label.is_some() {
+        bail!("--truth is a lead-time evaluation: it takes no --cutoff, --horizon or --labels (the horizon is the model's)");
+    }
+    if a.report.is_some() {
+        bail!("--report is not available with --truth");
+    }
+    if a.min_lead.ms() < 0 {
+        bail!("--min-lead must not be negative (got {})", a.min_lead);
+    }
+    let art = ModelArtifact::load(&a.model)?;
+    let horizon: Span = art.training.horizon.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "model {} has no horizon ({}): lead times need one to judge first flags",
+            art.model_version,
+            art.training.horizon
+        )
+    })?;
+    let truth_path = a.truth.as_ref().expect("checked by the caller");
+    let text = std::fs::read_to_string(truth_path).with_context(|| format!("reading {}", truth_path.display()))?;
+    let truth = parse_truth(&text).map_err(|e| anyhow::anyhow!("{}: {e}", truth_path.display()))?;
+    let log = load_log(&a.events)?;
+    let day_of = |t: Millis| t.div_euclid(DAY_MS) * DAY_MS;
+    let longest = art.spec.windows.iter().copied().max().unwrap_or(Span(0)).ms();
+    let from = a.from.unwrap_or_else(|| day_of(log.first_ts() + DAY_MS - 1) + longest);
+    let until = a.until.unwrap_or_else(|| day_of(log.last_ts()));
+    if until < from {
+        bail!(
+            "the scored period is empty: --until {} is before --from {}",
+            format_rfc3339_ms(until),
+            format_rfc3339_ms(from)
+        );
+    }
+    let tiers: Vec<(String, f64)> = art.thresholds.tiers.iter().map(|t| (t.name.clone(), t.min_score)).collect();
+    let mut counter = LeadTimeCounter::new(&truth, &tiers, from, until, horizon.ms(), a.min_lead.ms());
+    let mut seen = std::collections::HashSet::new();
+    if a.decisions.is_empty() {
+        let n = (until - from) / DAY_MS + 1;
+        let times: Vec<Millis> = (0..n).map(|i| from + i * DAY_MS).collect();
+        let lifecycle = PolicyConfig::default().lifecycle;
+        crate::model::export::score_at(&log, &art, &lifecycle, 0, &times, |s| {
+            if let Some(rank) = counter.rank_of_score(s.score) {
+                counter.flag(&s.user_id, s.at, rank);
+            }
+            seen.insert(s.user_id);
+        });
+    } else {
+        for p in &a.decisions {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).with_context(|| format!("{} line {}", p.display(), i + 1))?;
+                let field = |k: &str| v.get(k).and_then(|x| x.as_str());
+                let (Some(user), Some(tier), Some(at)) = (field("user_id"), field("tier"), field("event_time")) else {
+                    bail!("{} line {}: a decision needs user_id, tier and event_time", p.display(), i + 1);
+                };
+                let at = parse_timestamp(at).with_context(|| format!("{} line {}", p.display(), i + 1))?;
+                let Some(rank) = counter.rank_of_tier(tier) else {
+                    bail!("{} line {}: tier {tier:?} is not one of model {}'s", p.display(), i + 1, art.model_version);
+                };
+                counter.flag(user, at, rank);
+            }
+        }
+        for u in 0..log.users() as u32 {
+            seen.insert(log.user_id(u).to_string());
+        }
+    }
+    let unmatched = seen.iter().filter(|u| !truth.contains_key(u.as_str())).count();
+    if unmatched > 0 {
+        crate::term::warn(&format!(
+            "{unmatched} of {} users in the events have no row in {}: they count as never churning",
+            seen.len(),
+            truth_path.display()
+        ));
+    }
+    let l = counter.finish();
+    if a.json {
+        crate::outln!("{}", serde_json::to_string(&l)?);
+    } else {
+        crate::outln!("model         {}", art.model_version);
+        crate::outln!(
+            "flags         {}",
+            if a.decisions.is_empty() {
+                "daily scores at 00:00 UTC".to_string()
+            } else {
+                "engine decisions".to_string()
+            }
+        );
+        crate::term::stdout_str(&format_table(&l));
     }
     Ok(())
 }

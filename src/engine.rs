@@ -7,6 +7,10 @@
 //! - an event is scored at the user's newest event time;
 //! - a silent user is scored at exact due times `last decision + rescore_interval`;
 //! - before a user's event is applied, any of their timers due at or before it fire first.
+//!
+//! With `engine.score_at` set (a UTC time of day, e.g. `"00:00"`), the cadence is daily instead:
+//! events only update features, and every user (active or silent) is scored by the timer at the
+//! daily instants alone. The same timer machinery is used, with due times on that daily grid.
 
 use std::sync::Arc;
 
@@ -40,6 +44,10 @@ pub struct EngineConfig {
     /// [`crate::config::Config`] and by `replay`; not an `[engine]` key).
     #[serde(skip)]
     pub outcome_horizon: Span,
+    /// Daily cadence: score every user once a day at this UTC time of day (`"HH:MM"`), and not
+    /// on events or on the `rescore_interval` timer. Unset (the default): per-event scoring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_at: Option<TimeOfDay>,
 }
 
 impl Default for EngineConfig {
@@ -50,7 +58,56 @@ impl Default for EngineConfig {
             state_ttl: Span::days(120),
             warm_up: WarmUp::Auto,
             outcome_horizon: Span::days(30),
+            score_at: None,
         }
+    }
+}
+
+/// `engine.score_at`: a UTC time of day `"HH:MM"`, held as milliseconds after 00:00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeOfDay(pub Millis);
+
+impl TimeOfDay {
+    /// The first instant at this time of day that is at or after `t`.
+    pub fn at_or_after(self, t: Millis) -> Millis {
+        let same_day = t.div_euclid(DAY_MS) * DAY_MS + self.0;
+        if same_day >= t {
+            same_day
+        } else {
+            same_day.saturating_add(DAY_MS)
+        }
+    }
+}
+
+impl std::fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0 / 60_000;
+        write!(f, "{:02}:{:02}", m / 60, m % 60)
+    }
+}
+
+impl std::str::FromStr for TimeOfDay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid score_at {s:?}: expected a UTC time of day \"HH:MM\" such as \"00:00\"");
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if !(0..24).contains(&h) || !(0..60).contains(&m) {
+            return Err(bad());
+        }
+        Ok(TimeOfDay((h * 60 + m) * 60_000))
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -437,6 +494,16 @@ impl Engine {
         }
         let clock = self.population_clock();
         self.population.update(idx, self.store.user(idx), clock);
+        if let Some(daily) = self.cfg.score_at {
+            // Daily cadence: no scoring on the event; the user is due at the next daily instant
+            // at the latest (a new user has no due time yet, and one whose rescoring was
+            // deferred after a top-tier send has a later one).
+            let next = daily.at_or_after(ev.ts.saturating_add(1));
+            if self.meta[idx as usize].next_due > next {
+                self.schedule(idx, next);
+            }
+            return Ingested::Applied;
+        }
         let at = self.store.user(idx).last_ts();
         self.counters.scored_on_event += 1;
         self.score_and_decide(idx, at, Trigger::Event, emit);
@@ -518,7 +585,13 @@ impl Engine {
             return false;
         }
         self.counters.scored_on_timer += 1;
-        self.score_and_decide(idx, due, Trigger::Silence, emit);
+        // On the daily cadence, a user with an event in the day before is reported as scored
+        // for an event (the decision record has only the two triggers).
+        let trigger = match self.cfg.score_at {
+            Some(_) if last > due - DAY_MS => Trigger::Event,
+            _ => Trigger::Silence,
+        };
+        self.score_and_decide(idx, due, trigger, emit);
         true
     }
 
@@ -633,7 +706,8 @@ impl Engine {
         let mem = self.meta[idx as usize].memory;
         let last_active = self.store.user(idx).last_ts();
         let expires = last_active.saturating_add(self.cfg.state_ttl.ms());
-        let mut next = at.saturating_add(self.cfg.rescore_interval.ms());
+        let interval = if self.cfg.score_at.is_some() { DAY_MS } else { self.cfg.rescore_interval.ms() };
+        let mut next = at.saturating_add(interval);
         if mem.last_rank == 0 && mem.last_sent != Millis::MIN {
             next = if !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(&mem, last_active) {
                 expires
@@ -641,7 +715,12 @@ impl Engine {
                 next.max(mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms()))
             };
         }
-        self.schedule(idx, next.min(expires).max(at + 1));
+        let mut next = next.min(expires).max(at + 1);
+        if let Some(daily) = self.cfg.score_at {
+            // Daily cadence: every due time (rescore or eviction) is on the daily grid.
+            next = daily.at_or_after(next);
+        }
+        self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
             Verdict::Cooldown => {

@@ -111,7 +111,7 @@ fn cutoff_error_lists_every_accepted_form() {
         ])
         .unwrap_or_else(|e| panic!("{ok}: {e}"));
         let churnguard::cli::Command::Evaluate(a) = cli.command else { panic!("not evaluate") };
-        assert_eq!(a.label.cutoff, 1_777_593_600_000, "{ok}");
+        assert_eq!(a.label.expect("labelling given").cutoff, 1_777_593_600_000, "{ok}");
     }
 }
 

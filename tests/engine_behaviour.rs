@@ -961,3 +961,70 @@ fn outcomes_open_across_a_counter_reset_are_counted_once() {
         "R's only comeback is after the horizon"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Daily cadence (engine.score_at)
+// ---------------------------------------------------------------------------------------------
+
+fn replay_events(engine: &mut Engine, events: &[ActivityEvent<'_>]) -> Vec<Intervention> {
+    let mut out = run(engine, events);
+    out.iter_mut().for_each(|iv| iv.emitted_at.clear());
+    out
+}
+
+/// With `score_at` set, every decision is made at that UTC time of day, for active and silent
+/// users alike, never on an event; the scores are those of the feature path at that instant.
+#[test]
+fn daily_cadence_decides_only_at_the_time_of_day() {
+    let t = trained();
+    for (text, offset) in [("00:00", 0), ("06:30", 6 * HOUR_MS + 30 * MINUTE_MS)] {
+        let cfg: EngineConfig = toml::from_str(&format!("warm_up = \"off\"\nscore_at = \"{text}\"\n")).unwrap();
+        assert_eq!(cfg.score_at.map(|s| s.to_string()).as_deref(), Some(text));
+        let mut engine = Engine::new(&t.model, policy_without_control(), cfg);
+        let ivs = replay_events(&mut engine, &t.events);
+        assert!(ivs.len() > 100, "{text}: {} decisions", ivs.len());
+        assert_eq!(engine.counters.scored_on_event, 0);
+        for iv in &ivs {
+            assert_eq!(ts_of(iv).rem_euclid(DAY_MS), offset, "{iv:?}");
+        }
+        assert!(
+            ivs.iter().any(|iv| iv.trigger == Trigger::Event) && ivs.iter().any(|iv| iv.trigger == Trigger::Silence)
+        );
+        // The same score as `score` computes at that instant (a sample of the decisions).
+        let log = EventLog::load(&t.events_path).unwrap();
+        let picked: Vec<&Intervention> = ivs.iter().step_by((ivs.len() / 30).max(1)).collect();
+        let times: Vec<Millis> = picked.iter().map(|iv| ts_of(iv)).collect();
+        let mut got = std::collections::HashMap::new();
+        churnguard::model::export::score_at(&log, &t.model, &Default::default(), 0, &times, |s| {
+            got.insert((s.user_id.clone(), s.at), s.score);
+        });
+        for iv in picked {
+            assert!((got[&(iv.user_id.clone(), ts_of(iv))] - iv.score).abs() < 1e-12, "{iv:?}");
+        }
+    }
+    // A user active every hour is scored once a day, at 00:00, not on each event.
+    let cfg = EngineConfig { score_at: Some("00:00".parse().unwrap()), ..no_warm_up() };
+    let mut engine = Engine::new(&recency_model(), policy_surfacing_every_score(), cfg);
+    let ivs = run(&mut engine, &heartbeat("a", T0 + HOUR_MS, T0 + 5 * DAY_MS, HOUR_MS));
+    let times: Vec<Millis> = ivs.iter().map(ts_of).collect();
+    assert_eq!(times, (1..5).map(|d| T0 + d * DAY_MS).collect::<Vec<_>>());
+}
+
+/// Unset, `score_at` changes nothing: the config reads as before and the decisions are the
+/// per-event ones (the other tests in this file pin those).
+#[test]
+fn without_score_at_the_cadence_is_per_event() {
+    let cfg: EngineConfig = toml::from_str("warm_up = \"off\"\n").unwrap();
+    assert_eq!(cfg, no_warm_up());
+    assert_eq!(cfg.score_at, None);
+    assert!(!toml::to_string(&cfg).unwrap().contains("score_at"));
+    for bad in ["24:00", "7", "12:60", "noon"] {
+        let err = toml::from_str::<EngineConfig>(&format!("score_at = \"{bad}\"\n")).unwrap_err().to_string();
+        assert!(err.contains("HH:MM"), "{bad}: {err}");
+    }
+    let t = trained();
+    let mut engine = Engine::new(&t.model, PolicyConfig::default(), cfg);
+    let ivs = replay_events(&mut engine, &t.events);
+    assert!(engine.counters.scored_on_event > 0);
+    assert!(ivs.iter().any(|iv| ts_of(iv).rem_euclid(DAY_MS) != 0));
+}

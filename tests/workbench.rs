@@ -596,3 +596,125 @@ fn parquet_outputs_equal_the_csv_ones() {
     }
     assert_eq!(i, rows.len());
 }
+
+/// `evaluate --truth`: lead times per tier from daily scores. The figures are recomputed here
+/// from `score`'s daily CSV and the simulator's truth file, by the definitions in
+/// src/model/leadtime.rs.
+#[test]
+fn lead_time_evaluation_matches_a_recomputation_from_daily_scores() {
+    use std::collections::HashMap;
+    let w = bench();
+    let o = ok(w.d(), &["evaluate", "--model", "model.json", "--events", "ev.jsonl", "--truth", "truth.csv", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let from = v["from"].as_str().unwrap().to_string();
+    let until = v["until"].as_str().unwrap().to_string();
+    // Default period: the first midnight after the first event (1997-03-01T00:..) plus the
+    // longest window (90d), to the last event's day.
+    assert_eq!(from, "1997-05-31T00:00:00.000Z");
+    assert_eq!(v["horizon_days"], 30.0);
+    let tiers = v["tiers"].as_array().unwrap();
+    assert_eq!(tiers.len(), 2);
+    ok(
+        w.d(),
+        &[
+            "score",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--at",
+            &from,
+            "--every",
+            "1d",
+            "--until",
+            &until,
+            "--top-reasons",
+            "0",
+            "--out",
+            "daily.csv",
+        ],
+    );
+    let (_, rows) = csv(&w.path("daily.csv"));
+    let ts = |s: &str| churnguard::time::parse_timestamp(s).unwrap();
+    let (from, until, h, day) = (ts(&from), ts(&until), 30 * 86_400_000i64, 86_400_000i64);
+    let truth_text = std::fs::read_to_string(w.path("truth.csv")).unwrap();
+    let truth: HashMap<String, Option<i64>> = truth_text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), (!f[2].is_empty()).then(|| ts(f[2])))
+        })
+        .collect();
+    let art = churnguard::model::ModelArtifact::load(&w.path("model.json")).unwrap();
+    for t in tiers {
+        let min: f64 = t["min_score"].as_f64().unwrap();
+        assert!(art.thresholds.tiers.iter().any(|x| x.min_score == min && x.name == t["tier"].as_str().unwrap()));
+        // Flags: the daily rows at or above this tier's threshold.
+        let mut flags: HashMap<&str, Vec<i64>> = HashMap::new();
+        for r in &rows {
+            if r[2].parse::<f64>().unwrap() >= min {
+                flags.entry(r[0].as_str()).or_default().push(ts(&r[1]));
+            }
+        }
+        let churners: Vec<(&String, i64)> =
+            truth.iter().filter_map(|(u, c)| c.map(|c| (u, c))).filter(|&(_, c)| c >= from + h && c <= until).collect();
+        let mut leads = Vec::new();
+        for (u, c) in &churners {
+            if let Some(first) =
+                flags.get(u.as_str()).and_then(|f| f.iter().copied().filter(|&t| t >= c - h && t < *c).min())
+            {
+                leads.push(c - first);
+            }
+        }
+        let at_7d = leads.iter().filter(|&&l| l >= 7 * day).count();
+        let (mut first_flags, mut precise) = (0, 0);
+        for (u, f) in &flags {
+            let first = *f.iter().min().unwrap();
+            if first + h <= until {
+                first_flags += 1;
+                if matches!(truth.get(*u), Some(Some(c)) if *c > first && *c <= first + h) {
+                    precise += 1;
+                }
+            }
+        }
+        assert!(!churners.is_empty() && first_flags > 0, "{t}");
+        assert_eq!(t["churners"], churners.len(), "{t}");
+        assert_eq!(t["flagged_before"], leads.len(), "{t}");
+        assert_eq!(t["flagged_min_lead"], at_7d, "{t}");
+        assert_eq!(t["first_flags"], first_flags, "{t}");
+        assert_eq!(t["precise_first_flags"], precise, "{t}");
+        leads.sort_unstable();
+        if !leads.is_empty() {
+            let n = leads.len();
+            let m = if n % 2 == 1 { leads[n / 2] as f64 } else { (leads[n / 2 - 1] + leads[n / 2]) as f64 / 2.0 };
+            assert!((t["median_lead_days"].as_f64().unwrap() - m / day as f64).abs() < 1e-9, "{t}");
+        }
+    }
+    // The text form names every tier; engine decisions are accepted as flags instead.
+    let text =
+        stdout(&ok(w.d(), &["evaluate", "--model", "model.json", "--events", "ev.jsonl", "--truth", "truth.csv"]));
+    assert!(text.contains("first flags") && text.contains("high") && text.contains("medium"), "{text}");
+    ok(w.d(), &["replay", "--model", "model.json", "--events", "ev.jsonl", "--out", "iv_lead.jsonl"]);
+    let o = ok(
+        w.d(),
+        &[
+            "evaluate",
+            "--model",
+            "model.json",
+            "--events",
+            "ev.jsonl",
+            "--truth",
+            "truth.csv",
+            "--decisions",
+            "iv_lead.jsonl",
+            "--json",
+        ],
+    );
+    let d: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(d["tiers"][0]["churners"], tiers[0]["churners"]);
+    assert!(d["tiers"][1]["first_flags"].as_u64().unwrap() > 0);
+    // A cutoff evaluation still requires --cutoff.
+    let o = churnguard(w.d(), &["evaluate", "--model", "model.json", "--events", "ev.jsonl", "--horizon", "30d"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

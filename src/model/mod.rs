@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod dataset;
 pub mod export;
+pub mod leadtime;
 pub mod metrics;
 pub mod reload;
 pub mod report;
