@@ -120,6 +120,8 @@ common=(--workspace --no-fail-fast "${rest[@]+"${rest[@]}"}")
 if ((!picked)); then
     run_cargo_test "${common[@]}" --lib --bins --examples --benches -- "${bin_args[@]+"${bin_args[@]}"}"
     run_cargo_test "${common[@]}" --test '*' -- --include-ignored "${bin_args[@]+"${bin_args[@]}"}"
+    # Parquet output is an optional feature (heavy to compile): its test runs in a build with it.
+    run_cargo_test "${common[@]}" --features parquet --test workbench -- parquet "${bin_args[@]+"${bin_args[@]}"}"
 elif ((only_integration)); then
     run_cargo_test "${common[@]}" -- --include-ignored "${bin_args[@]+"${bin_args[@]}"}"
 else
