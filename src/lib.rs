@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod features;
 pub mod hash;
+pub mod html;
 pub mod intervention;
 pub mod model;
 pub mod pipeline;

@@ -4,6 +4,7 @@
 //! styling in one `<style>` block, so it can be attached to a ticket, served
 //! from object storage or opened offline without anything else alongside it.
 
+use crate::html::{escape, push_figure};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -297,26 +298,6 @@ fn calibration_html(bins: &[CalibrationBin]) -> String {
         );
     }
     out.push_str("</tbody>\n</table>\n");
-    out
-}
-
-fn push_figure(html: &mut String, svg: &str, caption: &str) {
-    let _ = writeln!(html, "<figure>\n{svg}<figcaption>{}</figcaption>\n</figure>", escape(caption));
-}
-
-/// Escapes text for element content and quoted attribute values alike.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
     out
 }
 

@@ -2,6 +2,7 @@
 //! the cost-benefit waterfall, as inline SVG (plotters), in the style of the model report
 //! (src/model/report.rs).
 
+use crate::html::{escape, push_figure};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -283,25 +284,6 @@ fn waterfall_plot(cb: &CostBenefit) -> anyhow::Result<Option<String>> {
         Ok(())
     })?;
     Ok(Some(svg))
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-fn push_figure(html: &mut String, svg: &str, caption: &str) {
-    let _ = writeln!(html, "<figure>\n{svg}<figcaption>{}</figcaption>\n</figure>", escape(caption));
 }
 
 fn pct(x: Option<f64>) -> String {
