@@ -4,6 +4,7 @@
 //! styling in one `<style>` block, so it can be attached to a ticket, served
 //! from object storage or opened offline without anything else alongside it.
 
+use crate::html::palette::{self, FONT, GRID_BOLD, GRID_LIGHT, REFERENCE};
 use crate::html::{escape, push_figure};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
@@ -26,19 +27,15 @@ const TOP_COEFFICIENTS: usize = 25;
 /// Longer feature names are cut so the label column cannot squeeze the bars.
 const MAX_LABEL_CHARS: usize = 40;
 
-const FONT: &str = "sans-serif";
 const SQUARE_PLOT: (u32, u32) = (540, 500);
 const COEFFICIENT_PLOT_WIDTH: u32 = 1080;
 
 // Churn is red and retention blue everywhere, including the coefficient
 // chart, so "raises churn risk" reads the same colour as "churned".
-const CHURNED: RGBColor = RGBColor(200, 62, 52);
-const RETAINED: RGBColor = RGBColor(44, 108, 176);
-const MODEL: RGBColor = RGBColor(34, 62, 110);
-const REFERENCE: RGBColor = RGBColor(140, 140, 140);
+const CHURNED: RGBColor = palette::RED;
+const RETAINED: RGBColor = palette::BLUE;
+const MODEL: RGBColor = palette::NAVY;
 const ACCENT: RGBColor = RGBColor(232, 138, 20);
-const GRID_LIGHT: RGBColor = RGBColor(238, 238, 238);
-const GRID_BOLD: RGBColor = RGBColor(214, 214, 214);
 
 /// Everything the report shows, borrowed from the caller.
 pub struct ReportInput<'a> {

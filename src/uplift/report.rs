@@ -2,6 +2,7 @@
 //! the cost-benefit waterfall, as inline SVG (plotters), in the style of the model report
 //! (src/model/report.rs).
 
+use crate::html::palette::{self, FONT, GRID_BOLD, GRID_LIGHT, REFERENCE};
 use crate::html::{escape, push_figure};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
@@ -15,19 +16,15 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::cost::{CostBenefit, Estimate};
 use super::{GroupResult, UpliftResult};
 
-const FONT: &str = "sans-serif";
 const WIDTH: u32 = 1080;
 const ROW_PX: u32 = 34;
 const MAX_LABEL_CHARS: usize = 34;
 
-const TREATED: RGBColor = RGBColor(44, 108, 176);
+const TREATED: RGBColor = palette::BLUE;
 const CONTROL: RGBColor = RGBColor(120, 120, 120);
 const POSITIVE: RGBColor = RGBColor(44, 140, 86);
-const NEGATIVE: RGBColor = RGBColor(200, 62, 52);
-const NEUTRAL: RGBColor = RGBColor(34, 62, 110);
-const REFERENCE: RGBColor = RGBColor(140, 140, 140);
-const GRID_LIGHT: RGBColor = RGBColor(238, 238, 238);
-const GRID_BOLD: RGBColor = RGBColor(214, 214, 214);
+const NEGATIVE: RGBColor = palette::RED;
+const NEUTRAL: RGBColor = palette::NAVY;
 
 type PlotResult = Result<(), Box<dyn StdError>>;
 type RowChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
