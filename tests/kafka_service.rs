@@ -953,7 +953,7 @@ async fn ten_sigkills_at_random_points_lose_nothing() {
 /// batch, nothing moved until the backlog was done.)
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_thread_serves_every_partition_during_a_backlog() {
+async fn one_worker_thread_keeps_its_ticks_during_a_backlog() {
     let brokers = common::brokers();
     let t = Topics::create(&brokers, "oneworker", 2).await;
     let h = Harness::new(&brokers, &t, "[runtime]\nworkers = 1\n");
