@@ -23,6 +23,7 @@ pub mod service;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod telemetry;
 pub mod term;
 pub mod time;

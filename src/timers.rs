@@ -45,6 +45,19 @@ impl TimerWheel {
         self.len == 0
     }
 
+    /// The first bucket not drained yet (`i64::MIN` before the first push): with the due times,
+    /// it decides where each entry sits, so a restored wheel needs it to drain as the original.
+    pub fn base(&self) -> i64 {
+        self.base
+    }
+
+    /// Set an empty wheel's first bucket (see [`TimerWheel::base`]).
+    pub fn set_base(&mut self, base: i64) {
+        if self.len == 0 && self.buckets.is_empty() {
+            self.base = base;
+        }
+    }
+
     pub fn push(&mut self, due: Millis, id: u32) {
         let b = self.bucket_of(due);
         if self.base == i64::MIN {

@@ -116,6 +116,20 @@ impl FeatureStore {
         self.layout.vector_at(self.user(idx), at, out);
     }
 
+    /// Set a user's whole state (a restore), creating them if new. `narrow` and `wide` must have
+    /// the layout's lengths; returns `None` (and changes nothing) if they do not.
+    pub fn put(&mut self, user_id: &str, narrow: &[u32], wide: &[u64]) -> Option<(UserIdx, bool)> {
+        let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
+        if narrow.len() != n || wide.len() != w {
+            return None;
+        }
+        let (idx, created) = self.get_or_insert(user_id, 0);
+        let i = idx as usize;
+        self.narrow[i * n..(i + 1) * n].copy_from_slice(narrow);
+        self.wide[i * w..(i + 1) * w].copy_from_slice(wide);
+        Some((idx, created))
+    }
+
     /// Forget a user; their index is reused by the next new user.
     pub fn evict(&mut self, idx: UserIdx) {
         let h = self.hasher.hash_one(&*self.ids[idx as usize]);

@@ -293,7 +293,11 @@ struct UserMeta {
     next_due: Millis,
     memory: Memory,
     outcome: PendingOutcome,
+    /// Changed since the last [`Engine::drain_changes`] (listed in `Engine::dirty`).
+    dirty: bool,
 }
+
+const FRESH_META: UserMeta = UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false };
 
 /// The outcome of a user's latest decision, open until event time passes `due`.
 ///
@@ -301,19 +305,21 @@ struct UserMeta {
 /// has seen so far (its horizon is cut at the newer decision). Retention is then credited to the
 /// newer decision's action, so overlapping interventions are not counted twice.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct PendingOutcome {
+pub struct PendingOutcome {
     /// `decided + horizon`; `NO_DUE` when nothing is open.
-    due: Millis,
-    decided: Millis,
-    cell: u32,
-    retained: bool,
-    spend: f64,
+    pub due: Millis,
+    pub decided: Millis,
+    /// Index into the engine's outcome keys ([`ClockState::outcome_keys`]).
+    pub cell: u32,
+    pub retained: bool,
+    pub spend: f64,
 }
 
-const NO_OUTCOME: PendingOutcome =
+pub const NO_OUTCOME: PendingOutcome =
     PendingOutcome { due: NO_DUE, decided: Millis::MIN, cell: 0, retained: false, spend: 0.0 };
 
-const NO_DUE: Millis = Millis::MAX;
+/// A user with no rescore timer (`next_due`), or no open outcome (`PendingOutcome::due`).
+pub const NO_DUE: Millis = Millis::MAX;
 
 pub struct Engine {
     store: FeatureStore,
@@ -345,7 +351,16 @@ pub struct Engine {
     /// Interned (group, tier, action) keys, at zero counts; `counters.outcomes[i]` counts key `i`.
     /// Kept apart from the counters, which a state restore resets while outcomes stay open.
     outcome_keys: Vec<OutcomeCell>,
+    /// Users changed since the last [`Engine::drain_changes`], when change tracking is on (a
+    /// changelog); may hold an index twice or a stale one: `UserMeta::dirty` decides.
+    dirty: Vec<u32>,
+    /// Ids of users evicted since the last drain (tombstones for a changelog).
+    removed: Vec<Box<str>>,
+    track_changes: bool,
 }
+
+mod persist;
+pub use persist::{Change, ClockState, UserRecord, UserView};
 
 impl Engine {
     pub fn new(model: &ModelArtifact, policy: PolicyConfig, cfg: EngineConfig) -> Engine {
@@ -387,6 +402,9 @@ impl Engine {
             outcome_timers: TimerWheel::new(outcome_granularity),
             outcome_scratch: Vec::new(),
             outcome_keys: Vec::new(),
+            dirty: Vec::new(),
+            removed: Vec::new(),
+            track_changes: false,
         }
     }
 
@@ -462,16 +480,7 @@ impl Engine {
             self.counters.events_late += 1;
             return Ingested::Late;
         }
-        if self.max_ts == Millis::MIN && self.warm_up_ms > 0 {
-            // The first event starts the warm-up.
-            self.warm_until = ev.ts.saturating_add(self.warm_up_ms);
-        }
-        if ev.ts > self.max_ts {
-            // Other users' timers due by the new watermark fire first; this user's are handled
-            // by catch-up below, so the order cannot change any decision.
-            self.max_ts = ev.ts;
-            self.advance_watermark_decisions(ev.ts.saturating_sub(self.cfg.allowed_lateness.ms()), emit);
-        }
+        self.start_clock(ev.ts, emit);
         let type_idx = self.store.layout().spec().type_index(&ev.event_type);
         let mut idx = self.lookup_or_create(&ev.user_id, ev.ts);
         // Catch-up: the user's own timers due before this event fire first, whatever the clock.
@@ -486,6 +495,7 @@ impl Engine {
             self.counters.events_out_of_order += 1;
         }
         self.counters.events_applied += 1;
+        self.mark_changed(idx);
         // The user's open outcome: an event in (decided, due] retains them (final at `due`).
         let p = &mut self.meta[idx as usize].outcome;
         if p.due != NO_DUE && ev.ts > p.decided && ev.ts <= p.due {
@@ -508,6 +518,20 @@ impl Engine {
         self.counters.scored_on_event += 1;
         self.score_and_decide(idx, at, Trigger::Event, emit);
         Ingested::Applied
+    }
+
+    /// The clock part of an event at `ts` (not late): start the warm-up, move the watermark.
+    fn start_clock(&mut self, ts: Millis, emit: &mut dyn FnMut(&Decision<'_>)) {
+        if self.max_ts == Millis::MIN && self.warm_up_ms > 0 {
+            // The first event starts the warm-up.
+            self.warm_until = ts.saturating_add(self.warm_up_ms);
+        }
+        if ts > self.max_ts {
+            // Other users' timers due by the new watermark fire first; this user's are handled
+            // by catch-up below, so the order cannot change any decision.
+            self.max_ts = ts;
+            self.advance_watermark_decisions(ts.saturating_sub(self.cfg.allowed_lateness.ms()), emit);
+        }
     }
 
     /// Move the clock forward (never back) and fire every timer due by then. Used per event, for
@@ -562,9 +586,9 @@ impl Engine {
             self.counters.users_created += 1;
             let i = idx as usize;
             if self.meta.len() <= i {
-                self.meta.resize(i + 1, UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME });
+                self.meta.resize(i + 1, FRESH_META);
             }
-            self.meta[i] = UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME };
+            self.meta[i] = FRESH_META;
         }
         idx
     }
@@ -574,10 +598,15 @@ impl Engine {
     fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
+        self.mark_changed(idx);
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
             // Silent past the TTL: an outcome still open is closed with what it has seen.
             self.close_outcome(idx);
+            if self.track_changes {
+                self.meta[idx as usize].dirty = false;
+                self.removed.push(self.store.user_id(idx).into());
+            }
             self.store.evict(idx);
             self.population.remove(idx);
             self.meta[idx as usize].next_due = NO_DUE;
@@ -612,6 +641,7 @@ impl Engine {
         for &id in &due_now {
             if self.meta[id as usize].outcome.due <= to {
                 self.close_outcome(id);
+                self.mark_changed(id);
             }
         }
         due_now.clear();

@@ -1,0 +1,322 @@
+//! An engine's state as records, for a changelog and for snapshots: one per user, and one for
+//! the engine's clock. Restoring every record of an engine into a fresh one (same model and
+//! config) gives an engine that decides exactly as the original does from there on.
+//!
+//! Changes are tracked per user while tracking is on: a user is listed once per drain however
+//! many events they had, so a changelog writes one record per changed user per flush.
+
+use super::{Engine, OutcomeCell, PendingOutcome, FRESH_META, NO_DUE, NO_OUTCOME};
+use crate::decision::Decision;
+use crate::policy::Memory;
+use crate::time::Millis;
+
+/// One user's whole state, borrowed from the engine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserView<'a> {
+    pub user_id: &'a str,
+    /// The feature state's cells, as laid out by [`crate::features::Layout`].
+    pub narrow: &'a [u32],
+    pub wide: &'a [u64],
+    /// The next rescore or eviction time ([`NO_DUE`]: none).
+    pub next_due: Millis,
+    pub memory: Memory,
+    pub outcome: PendingOutcome,
+}
+
+/// A user's state, owned: what a decoder fills (and reuses across records).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub narrow: Vec<u32>,
+    pub wide: Vec<u64>,
+    pub next_due: Millis,
+    pub memory: Memory,
+    pub outcome: PendingOutcome,
+}
+
+impl Default for UserRecord {
+    fn default() -> Self {
+        UserRecord {
+            user_id: String::new(),
+            narrow: Vec::new(),
+            wide: Vec::new(),
+            next_due: NO_DUE,
+            memory: Memory::NONE,
+            outcome: NO_OUTCOME,
+        }
+    }
+}
+
+impl UserRecord {
+    pub fn view(&self) -> UserView<'_> {
+        UserView {
+            user_id: &self.user_id,
+            narrow: &self.narrow,
+            wide: &self.wide,
+            next_due: self.next_due,
+            memory: self.memory,
+            outcome: self.outcome,
+        }
+    }
+}
+
+/// A change to write: a user's new state, or a user forgotten (evicted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
+    Put(UserView<'a>),
+    Delete(&'a str),
+}
+
+/// The engine's own clock and interned outcome keys: everything that is not per user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockState {
+    pub max_ts: Millis,
+    pub watermark: Millis,
+    pub warm_until: Millis,
+    /// The rescore and outcome timer wheels' first undrained buckets (`Millis::MIN`: unset).
+    pub timer_base: i64,
+    pub outcome_base: i64,
+    /// `(control, tier, action)` in index order: users' open outcomes refer to them by index.
+    pub outcome_keys: Vec<(bool, String, String)>,
+}
+
+impl Default for ClockState {
+    fn default() -> Self {
+        ClockState {
+            max_ts: Millis::MIN,
+            watermark: Millis::MIN,
+            warm_until: Millis::MIN,
+            timer_base: Millis::MIN,
+            outcome_base: Millis::MIN,
+            outcome_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RestoreError {
+    #[error("state of {got_narrow}+{got_wide} cells, the model's layout has {want_narrow}+{want_wide}")]
+    Layout { got_narrow: usize, got_wide: usize, want_narrow: usize, want_wide: usize },
+    #[error("a timer wheel starts before the watermark (bucket {base})")]
+    WheelStart { base: i64 },
+    #[error("the clock is behind a user's events or its own newest event")]
+    Clock,
+    #[error("a due time {due} beyond the user's eviction (last event {last})")]
+    DueTime { due: Millis, last: Millis },
+    #[error("an open outcome refers to key {cell}, the clock record has {keys}")]
+    OutcomeKey { cell: u32, keys: usize },
+}
+
+impl Engine {
+    /// List changed users from now on (for [`Engine::drain_changes`]).
+    pub fn track_changes(&mut self, on: bool) {
+        self.track_changes = on;
+    }
+
+    pub(super) fn mark_changed(&mut self, idx: u32) {
+        if self.track_changes {
+            let m = &mut self.meta[idx as usize];
+            if !m.dirty {
+                m.dirty = true;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    /// Users changed since the last drain (deletions first, then current states), each once.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(Change<'_>)) {
+        for id in self.removed.drain(..) {
+            f(Change::Delete(&id));
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Index order walks the arenas sequentially.
+        dirty.sort_unstable();
+        for &idx in &dirty {
+            let m = &mut self.meta[idx as usize];
+            if !m.dirty {
+                continue;
+            }
+            m.dirty = false;
+            f(Change::Put(self.user_view(idx)));
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Changes waiting for [`Engine::drain_changes`] (an upper bound).
+    pub fn pending_changes(&self) -> usize {
+        self.dirty.len() + self.removed.len()
+    }
+
+    fn user_view(&self, idx: u32) -> UserView<'_> {
+        let u = self.store.user(idx);
+        let m = &self.meta[idx as usize];
+        UserView {
+            user_id: self.store.user_id(idx),
+            narrow: u.narrow,
+            wide: u.wide,
+            next_due: m.next_due,
+            memory: m.memory,
+            outcome: m.outcome,
+        }
+    }
+
+    /// Every tracked user's state (for a full snapshot).
+    pub fn for_each_user(&self, mut f: impl FnMut(UserView<'_>)) {
+        let mut ids: Vec<u32> = self.store.indices().collect();
+        ids.sort_unstable();
+        for idx in ids {
+            f(self.user_view(idx));
+        }
+    }
+
+    /// The state of one user, if tracked.
+    pub fn user_state(&self, user_id: &str) -> Option<UserView<'_>> {
+        self.store.get(user_id).map(|i| self.user_view(i))
+    }
+
+    pub fn clock_state(&self) -> ClockState {
+        ClockState {
+            max_ts: self.max_ts,
+            watermark: self.watermark,
+            warm_until: self.warm_until,
+            timer_base: self.timers.base(),
+            outcome_base: self.outcome_timers.base(),
+            outcome_keys: self
+                .outcome_keys
+                .iter()
+                .map(|c| (c.control, c.tier.to_string(), c.action.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Put a user's state back, replacing what is held for them. Call [`Engine::restore_clock`]
+    /// once every user is in: it validates the records against each other.
+    pub fn restore_user(&mut self, r: &UserView<'_>) -> Result<(), RestoreError> {
+        let layout = self.store.layout();
+        let (want_narrow, want_wide) = (layout.narrow_len(), layout.wide_len());
+        let Some((idx, _)) = self.store.put(r.user_id, r.narrow, r.wide) else {
+            return Err(RestoreError::Layout {
+                got_narrow: r.narrow.len(),
+                got_wide: r.wide.len(),
+                want_narrow,
+                want_wide,
+            });
+        };
+        let i = idx as usize;
+        if self.meta.len() <= i {
+            self.meta.resize(i + 1, FRESH_META);
+        }
+        // Timers are pushed by `restore_clock`, in due order, once every user is in.
+        self.meta[i] = super::UserMeta { next_due: r.next_due, memory: r.memory, outcome: r.outcome, dirty: false };
+        Ok(())
+    }
+
+    /// Forget a user whose deletion was recorded after their state.
+    pub fn restore_delete(&mut self, user_id: &str) {
+        if let Some(idx) = self.store.get(user_id) {
+            self.store.evict(idx);
+            self.population.remove(idx);
+            self.meta[idx as usize] = FRESH_META;
+        }
+    }
+
+    /// Set the clock and outcome keys after the users are restored, check that every open
+    /// outcome names a known key, and rebuild the population figures.
+    pub fn restore_clock(&mut self, c: &ClockState) -> Result<(), RestoreError> {
+        let keys = c.outcome_keys.len();
+        let ttl = self.cfg.state_ttl.ms();
+        // A due time is never later than the user's eviction (a day later on the daily grid) and
+        // an outcome's no later than a horizon after that: a record that says otherwise is
+        // corrupt, and would make the timer wheels span years.
+        let latest_due = |last: Millis| last.saturating_add(ttl).saturating_add(super::DAY_MS);
+        let mut due = Vec::new();
+        let mut outcome_due = Vec::new();
+        for idx in self.store.indices() {
+            let m = &self.meta[idx as usize];
+            let last = self.store.user(idx).last_ts();
+            let o = &m.outcome;
+            if o.due != NO_DUE && o.cell as usize >= keys {
+                return Err(RestoreError::OutcomeKey { cell: o.cell, keys });
+            }
+            if last > c.max_ts {
+                return Err(RestoreError::Clock);
+            }
+            if m.next_due != NO_DUE {
+                if m.next_due > latest_due(last) {
+                    return Err(RestoreError::DueTime { due: m.next_due, last });
+                }
+                due.push((m.next_due, idx));
+            }
+            if o.due != NO_DUE {
+                if o.due > latest_due(last).saturating_add(self.cfg.outcome_horizon.ms()) {
+                    return Err(RestoreError::DueTime { due: o.due, last });
+                }
+                outcome_due.push((o.due, idx));
+            }
+        }
+        due.sort_unstable();
+        outcome_due.sort_unstable();
+        // A wheel's entries sit in their due time's bucket, or in its first undrained bucket if
+        // that is later: the restored wheels start where the original ones were, so they drain
+        // on the same clock ticks. A start far before the watermark is legitimate (a catch-up
+        // after a clock jump pushes due times long past), but not by more than a bound: beyond
+        // it the record is corrupt, and the wheel would span centuries.
+        const MAX_BUCKETS_BEHIND: i64 = 1 << 20;
+        for (base, wheel) in [(c.timer_base, &self.timers), (c.outcome_base, &self.outcome_timers)] {
+            let floor = wheel.bucket_of(c.watermark).saturating_sub(MAX_BUCKETS_BEHIND);
+            if base != Millis::MIN && (c.watermark == Millis::MIN || base < floor) {
+                return Err(RestoreError::WheelStart { base });
+            }
+        }
+        if c.max_ts != Millis::MIN && c.watermark < c.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()) {
+            return Err(RestoreError::Clock);
+        }
+        if c.timer_base != Millis::MIN {
+            self.timers.set_base(c.timer_base);
+        }
+        if c.outcome_base != Millis::MIN {
+            self.outcome_timers.set_base(c.outcome_base);
+        }
+        for (d, idx) in due {
+            self.timers.push(d, idx);
+        }
+        for (d, idx) in outcome_due {
+            self.outcome_timers.push(d, idx);
+        }
+        self.max_ts = c.max_ts;
+        self.watermark = c.watermark;
+        self.warm_until = c.warm_until;
+        self.outcome_keys = c
+            .outcome_keys
+            .iter()
+            .map(|(control, tier, action)| OutcomeCell {
+                control: *control,
+                tier: tier.as_str().into(),
+                action: action.as_str().into(),
+                retained: 0,
+                churned: 0,
+                spend: 0.0,
+            })
+            .collect();
+        // Counters describe this run's work; restored decisions were counted by their owner.
+        self.counters = Default::default();
+        let clock = self.population_clock();
+        if clock != Millis::MIN {
+            let ids: Vec<u32> = self.store.indices().collect();
+            for idx in ids {
+                self.population.update(idx, self.store.user(idx), clock);
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the clock as an event at `ts` would, without applying it to anyone: for an event
+    /// whose user's restored state already includes it (see crate::state::changelog).
+    pub fn observe_time(&mut self, ts: Millis, emit: &mut dyn FnMut(&Decision<'_>)) {
+        if ts < self.watermark {
+            return;
+        }
+        self.start_clock(ts, emit);
+    }
+}
