@@ -15,7 +15,14 @@ pub struct TimerWheel {
     buckets: VecDeque<Vec<u32>>,
     spare: Vec<Vec<u32>>,
     len: usize,
+    /// Whether any bucket has been drained: until then an earlier due time can still get its
+    /// own bucket in front of the first one.
+    drained: bool,
 }
+
+/// How far in front of its first bucket a wheel that never drained grows for an earlier due
+/// time; beyond that, the entry waits in the first bucket.
+const MAX_FRONT_GROWTH: i64 = 1 << 16;
 
 impl TimerWheel {
     pub fn new(granularity: Millis) -> TimerWheel {
@@ -25,6 +32,7 @@ impl TimerWheel {
             buckets: VecDeque::new(),
             spare: Vec::new(),
             len: 0,
+            drained: false,
         }
     }
 
@@ -51,16 +59,26 @@ impl TimerWheel {
         self.base
     }
 
-    /// Set an empty wheel's first bucket (see [`TimerWheel::base`]).
-    pub fn set_base(&mut self, base: i64) {
+    /// Set an empty wheel's first bucket (see [`TimerWheel::base`]) for the clock `now`: a wheel
+    /// whose first bucket is at or before `now`'s next one has been drained.
+    pub fn set_base(&mut self, base: i64, now: Millis) {
         if self.len == 0 && self.buckets.is_empty() {
             self.base = base;
+            self.drained = base <= self.bucket_of(now.saturating_add(1));
         }
     }
 
     pub fn push(&mut self, due: Millis, id: u32) {
         let b = self.bucket_of(due);
         if self.base == i64::MIN {
+            self.base = b;
+        }
+        if b < self.base && !self.drained && self.base - b <= MAX_FRONT_GROWTH {
+            // Nothing drained yet (the first push was a later due time): give it its bucket.
+            for _ in b..self.base {
+                let v = self.spare.pop().unwrap_or_default();
+                self.buckets.push_front(v);
+            }
             self.base = b;
         }
         // A due time already in a drained bucket goes to the front bucket: it is due now.
@@ -96,12 +114,14 @@ impl TimerWheel {
                 Some(mut ids) => {
                     self.len -= ids.len();
                     f(self.base, &ids);
+                    self.drained = true;
                     ids.clear();
                     self.spare.push(ids);
                     self.base += 1;
                 }
                 None => {
                     self.base = last_complete + 1;
+                    self.drained = true;
                     break;
                 }
             }
@@ -128,5 +148,18 @@ mod tests {
         w.drain_until(100, |b, ids| seen.push((b, ids.to_vec())));
         assert_eq!(seen[2..], [(2, vec![1, 4])]);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn before_the_first_drain_an_earlier_due_time_gets_its_own_bucket() {
+        let mut w = TimerWheel::new(10);
+        w.push(95, 1);
+        w.push(12, 2);
+        let mut seen = Vec::new();
+        w.drain_until(19, |b, ids| seen.push((b, ids.to_vec())));
+        assert_eq!(seen, vec![(1, vec![2])], "due at 12, not held back to the bucket of 95");
+        w.push(3, 3);
+        w.drain_until(29, |b, ids| seen.push((b, ids.to_vec())));
+        assert_eq!(seen[1..], [(2, vec![3])], "after a drain, a past due time waits in the front bucket");
     }
 }

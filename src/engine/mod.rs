@@ -360,7 +360,7 @@ pub struct Engine {
 }
 
 mod persist;
-pub use persist::{Change, ClockState, UserRecord, UserView};
+pub use persist::{Change, ClockState, RestoreError, UserRecord, UserView};
 
 impl Engine {
     pub fn new(model: &ModelArtifact, policy: PolicyConfig, cfg: EngineConfig) -> Engine {

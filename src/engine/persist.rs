@@ -124,9 +124,14 @@ impl Engine {
     }
 
     /// Users changed since the last drain (deletions first, then current states), each once.
+    /// A user evicted and seen again since is only a current state.
     pub fn drain_changes(&mut self, mut f: impl FnMut(Change<'_>)) {
-        for id in self.removed.drain(..) {
-            f(Change::Delete(&id));
+        for id in std::mem::take(&mut self.removed) {
+            // Evicted and back since: only the new state is written (a reader that saw the
+            // deletion but not the state after it would lose the user).
+            if self.store.get(&id).is_none() {
+                f(Change::Delete(&id));
+            }
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         // Index order walks the arenas sequentially.
@@ -224,6 +229,12 @@ impl Engine {
     /// Set the clock and outcome keys after the users are restored, check that every open
     /// outcome names a known key, and rebuild the population figures.
     pub fn restore_clock(&mut self, c: &ClockState) -> Result<(), RestoreError> {
+        self.restore_clock_behind(c, c.max_ts)
+    }
+
+    /// As [`Engine::restore_clock`], for a clock older than some users' states: their events up
+    /// to `newest` are already applied (a flush cut short, see crate::state::changelog).
+    pub fn restore_clock_behind(&mut self, c: &ClockState, newest: Millis) -> Result<(), RestoreError> {
         let keys = c.outcome_keys.len();
         let ttl = self.cfg.state_ttl.ms();
         // A due time is never later than the user's eviction (a day later on the daily grid) and
@@ -239,7 +250,7 @@ impl Engine {
             if o.due != NO_DUE && o.cell as usize >= keys {
                 return Err(RestoreError::OutcomeKey { cell: o.cell, keys });
             }
-            if last > c.max_ts {
+            if last > c.max_ts.max(newest) {
                 return Err(RestoreError::Clock);
             }
             if m.next_due != NO_DUE {
@@ -273,10 +284,10 @@ impl Engine {
             return Err(RestoreError::Clock);
         }
         if c.timer_base != Millis::MIN {
-            self.timers.set_base(c.timer_base);
+            self.timers.set_base(c.timer_base, c.watermark);
         }
         if c.outcome_base != Millis::MIN {
-            self.outcome_timers.set_base(c.outcome_base);
+            self.outcome_timers.set_base(c.outcome_base, c.watermark);
         }
         for (d, idx) in due {
             self.timers.push(d, idx);

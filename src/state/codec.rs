@@ -18,6 +18,7 @@ use crate::time::Millis;
 pub const VERSION: u8 = 1;
 const KIND_USER: u8 = b'U';
 const KIND_CLOCK: u8 = b'C';
+const KIND_END: u8 = b'E';
 
 /// "Never" in a feature state's wide cells.
 const NEVER: u64 = i64::MIN as u64;
@@ -67,6 +68,8 @@ impl Shape {
 pub enum Kind {
     User,
     Clock,
+    /// The end of a flush (see crate::state::changelog).
+    End,
 }
 
 pub fn kind_of(value: &[u8]) -> Result<Kind, CodecError> {
@@ -75,6 +78,7 @@ pub fn kind_of(value: &[u8]) -> Result<Kind, CodecError> {
         Some([v, _]) if *v != VERSION => Err(CodecError::Version(*v)),
         Some([_, KIND_USER]) => Ok(Kind::User),
         Some([_, KIND_CLOCK]) => Ok(Kind::Clock),
+        Some([_, KIND_END]) => Ok(Kind::End),
         Some([_, k]) => Err(CodecError::Kind(*k, "user or clock")),
         Some(_) => Err(CodecError::Truncated),
     }
@@ -169,6 +173,12 @@ pub fn encode_clock(out: &mut Vec<u8>, shape: &Shape, c: &ClockState, input_offs
         put_str(out, tier);
         put_str(out, action);
     }
+}
+
+/// Append a flush's end marker: the input offset its flush's clock record gave.
+pub fn encode_end(out: &mut Vec<u8>, shape: &Shape, input_offset: i64) {
+    header(out, KIND_END, shape);
+    put_varint(out, u128::from(zigzag(input_offset)));
 }
 
 // ---- reading ----
@@ -348,6 +358,15 @@ pub fn decode_clock(value: &[u8], shape: &Shape) -> Result<(ClockState, i64), Co
     Ok((ClockState { max_ts, watermark, warm_until, timer_base, outcome_base, outcome_keys: keys }, offset))
 }
 
+/// Decode a flush's end marker: the input offset of the flush it ends.
+pub fn decode_end(value: &[u8], shape: &Shape) -> Result<i64, CodecError> {
+    let mut r = Reader { buf: value, pos: 0 };
+    r.header(KIND_END, "end", shape)?;
+    let offset = unzigzag(r.u64()?);
+    r.end()?;
+    Ok(offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +452,10 @@ mod tests {
             encode_clock(&mut buf, &SHAPE, &c, offset);
             prop_assert_eq!(kind_of(&buf), Ok(Kind::Clock));
             prop_assert_eq!(decode_clock(&buf, &SHAPE).unwrap(), (c, offset));
+            let mut end = Vec::new();
+            encode_end(&mut end, &SHAPE, offset);
+            prop_assert_eq!(kind_of(&end), Ok(Kind::End));
+            prop_assert_eq!(decode_end(&end, &SHAPE), Ok(offset));
         }
 
         #[test]
@@ -440,6 +463,7 @@ mod tests {
             let mut into = UserRecord::default();
             let _ = decode_user(b"u1", &bytes, &SHAPE, &mut into);
             let _ = decode_clock(&bytes, &SHAPE);
+            let _ = decode_end(&bytes, &SHAPE);
             let _ = kind_of(&bytes);
         }
 
