@@ -158,6 +158,25 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
     pub uplift: UpliftConfig,
+    pub state: StateConfig,
+}
+
+/// `[state]`: durable per-partition state (docs/KAFKA.md, "State and restore").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Write each partition's state to a compacted changelog topic,
+    /// `<source.group_id>-<input topic>-changelog` (created if missing), and restore from it on
+    /// assignment. Off: state is rebuilt by re-reading the input (`source.restore_on_assign`).
+    pub changelog: bool,
+    /// Replication factor of a changelog topic this service creates (-1: the broker's default).
+    pub changelog_replication_factor: i32,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { changelog: true, changelog_replication_factor: -1 }
+    }
 }
 
 /// `[uplift]`: live outcomes of interventions and control records (docs/INTERVENTIONS.md).

@@ -192,6 +192,9 @@ proptest! {
     }
 }
 
+/// Changelog records as sent: key, and value (`None`: a tombstone).
+type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// A step with its times fixed, so every engine runs the very same input.
 #[derive(Debug, Clone)]
 enum Action {
@@ -233,7 +236,7 @@ fn play(
     acts: &[Action],
     from: usize,
     skip: Option<&churnguard::state::changelog::Skip>,
-    mut records: Option<&mut Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    mut records: Option<&mut Records>,
 ) -> Vec<(usize, String, String)> {
     let shape = Shape::of(e.store().layout());
     let mut prev: Option<Vec<u8>> = None;

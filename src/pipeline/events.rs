@@ -18,6 +18,8 @@ pub enum OutputKind {
     Intervention,
     Control,
     DeadLetter,
+    /// A state record on a changelog topic.
+    Changelog,
 }
 
 impl OutputKind {
@@ -26,6 +28,7 @@ impl OutputKind {
             OutputKind::Intervention => "intervention",
             OutputKind::Control => "control",
             OutputKind::DeadLetter => "dead_letter",
+            OutputKind::Changelog => "changelog",
         }
     }
 }
@@ -109,6 +112,7 @@ impl OutputAcked<'_> {
             OutputKind::Intervention => m.interventions.with_label_values(&[self.label, self.action]).inc(),
             OutputKind::Control => m.control.with_label_values(&[self.label]).inc(),
             OutputKind::DeadLetter => m.dead_lettered.with_label_values(&[self.label]).inc(),
+            OutputKind::Changelog => m.changelog_records.inc(),
         }
         if let Some(s) = self.latency_seconds {
             m.event_to_intervention_seconds.with_label_values(&[self.label]).observe(s);
@@ -231,6 +235,40 @@ impl RestoreStarted<'_> {
     pub fn emit(&self, m: &Metrics) {
         m.restoring_partitions.inc();
         tracing::info!(partition = %self.partition, from = self.from, until = self.until, "restoring state in the background; partition paused");
+    }
+}
+
+/// A partition's state came back from its changelog.
+pub struct ChangelogRestored<'a> {
+    pub partition: &'a PartitionId,
+    pub users: u64,
+    pub resume: i64,
+    /// Users whose state was ahead of the resume offset (their writer died mid-flush).
+    pub ahead: usize,
+    pub corrupt: u64,
+    pub other_layout: u64,
+}
+
+impl ChangelogRestored<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.restored_users.inc_by(self.users);
+        if self.corrupt > 0 || self.other_layout > 0 {
+            tracing::warn!(partition = %self.partition, corrupt = self.corrupt, other_layout = self.other_layout, "changelog records skipped: unreadable, or written for another model's features (those users start fresh)");
+        }
+        tracing::info!(partition = %self.partition, users = self.users, resume_offset = self.resume, users_ahead = self.ahead, "state restored from the changelog");
+    }
+}
+
+/// A flush of state records was handed to the producer.
+pub struct ChangelogFlushed {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl ChangelogFlushed {
+    pub fn emit(&self, m: &Metrics) {
+        m.changelog_bytes.inc_by(self.bytes as u64);
+        tracing::trace!(records = self.records, bytes = self.bytes, "changelog flush");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The runtimes around the [`crate::engine::Engine`]: file replay, and the Kafka service with
 //! its per-partition workers.
 
+pub mod changelog;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -46,6 +46,16 @@ impl OffsetTracker {
         self.processed = Some(self.processed.map_or(offset, |p| p.max(offset)));
     }
 
+    /// One past the last processed message: the offset the state reflects.
+    pub fn next_to_process(&self) -> Option<i64> {
+        self.processed.map(|p| p + 1)
+    }
+
+    /// The last processed message, if any.
+    pub fn last_processed(&self) -> Option<i64> {
+        self.processed
+    }
+
     /// Outputs still awaiting acknowledgement.
     pub fn in_flight(&self) -> u32 {
         self.outstanding.values().sum()

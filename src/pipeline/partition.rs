@@ -21,15 +21,18 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineCounters, Population};
 use crate::event::parse_event;
 use crate::model::ModelArtifact;
+use crate::pipeline::changelog::ChangelogWriter;
 use crate::pipeline::events::{
-    Backpressured, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged, MessageTimed, MessagesConsumed,
-    OutputAcked, OutputFailed, OutputRetried, PartitionClock, RestoreFinished, RestoreProgress, RestoreStarted,
+    Backpressured, ChangelogRestored, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged,
+    MessageTimed, MessagesConsumed, OutputAcked, OutputFailed, OutputKind, OutputRetried, PartitionClock,
+    RestoreFinished, RestoreProgress, RestoreStarted,
 };
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
 use crate::pipeline::restore;
 use crate::sink::kafka::{KafkaSink, Settled, Staging};
 use crate::source::kafka::{GroupConsumer, PartitionId, PartitionQueue};
+use crate::state::changelog::{Restored, Skip};
 use crate::telemetry::Metrics;
 use crate::time::Millis;
 
@@ -100,6 +103,75 @@ impl Clocks {
     }
 }
 
+/// Restore one partition's state on a blocking thread: from its changelog when on and it holds
+/// state of this model's layout, else by re-reading the input up to the committed offset.
+fn restore_partition(
+    shared: &Shared,
+    group: &GroupConsumer,
+    id: &PartitionId,
+    engine: &mut Engine,
+    cancel: &AtomicBool,
+    label: &str,
+    fresh: &dyn Fn() -> Engine,
+) -> Result<RestoredFrom, restore::RestoreError> {
+    let timeout = Duration::from_secs(10);
+    if shared.cfg.state.changelog {
+        let topic = crate::state::changelog::topic_name(&shared.cfg.source.group_id, id.topic());
+        let md = group.fetch_metadata(Some(id.topic()), timeout)?;
+        let partitions = md.topics().iter().find(|t| t.name() == id.topic()).map_or(0, |t| t.partitions().len() as i32);
+        restore::ensure_changelog(
+            &shared.restore_settings,
+            &topic,
+            partitions.max(id.partition() + 1),
+            shared.cfg.state.changelog_replication_factor,
+            timeout,
+        )?;
+        RestoreStarted { partition: id, from: 0, until: -1 }.emit(&shared.metrics);
+        shared.health.restore_progress(label, 0);
+        let mut read = 0u64;
+        let r =
+            restore::restore_changelog(&shared.restore_settings, &topic, id.partition(), engine, cancel, &mut |n| {
+                read += n;
+                shared.health.restore_progress(label, read);
+            })?;
+        if let Some(restored) = r.restored {
+            ChangelogRestored {
+                partition: id,
+                users: restored.users,
+                resume: restored.resume,
+                ahead: restored.skip.as_ref().map_or(0, |s| s.users.len()),
+                corrupt: r.corrupt,
+                other_layout: r.other_layout,
+            }
+            .emit(&shared.metrics);
+            return Ok(RestoredFrom::Changelog { restored, events: 0 });
+        }
+        // No state of this layout: rebuild from the input, and write everyone at the first flush.
+        *engine = fresh();
+        if !shared.cfg.source.restore_on_assign {
+            return Ok(RestoredFrom::Nothing);
+        }
+    }
+    let Some(range) = restore::plan(group, id, timeout)? else { return Ok(RestoredFrom::Nothing) };
+    RestoreStarted { partition: id, from: range.from, until: range.until }.emit(&shared.metrics);
+    shared.health.restore_progress(label, 0);
+    let mut read = 0u64;
+    let events = restore::restore(
+        &shared.restore_settings,
+        id,
+        range,
+        engine,
+        shared.cfg.source.max_event_bytes,
+        cancel,
+        &mut |n| {
+            read += n;
+            RestoreProgress { events: n }.emit(&shared.metrics);
+            shared.health.restore_progress(label, read);
+        },
+    )?;
+    Ok(RestoredFrom::Input { events, until: range.until })
+}
+
 /// Stop signal: `Some(deadline)` = stop reading, drain outputs until the deadline.
 pub type StopRx = watch::Receiver<Option<tokio::time::Instant>>;
 
@@ -118,6 +190,21 @@ pub struct PartitionWorker {
     last_message: Instant,
     seq: u64,
     ticks: u64,
+    /// The partition's changelog, when `state.changelog` is on (set after the restore).
+    changelog: Option<ChangelogWriter>,
+    /// Messages whose effect restored state already holds (a flush was cut short).
+    skip: Option<Skip>,
+    /// Messages before this offset are already in the restored state.
+    resume_from: i64,
+    /// The commit position last handed to the coordinator.
+    reported: Option<i64>,
+}
+
+/// How a partition's state came back.
+enum RestoredFrom {
+    Nothing,
+    Input { events: u64, until: i64 },
+    Changelog { restored: Restored, events: u64 },
 }
 
 enum Stopped {
@@ -135,6 +222,7 @@ impl PartitionWorker {
     ) -> PartitionWorker {
         let current = model.borrow().clone();
         let mut engine = Engine::new(&current, shared.cfg.policy.clone(), shared.cfg.engine.clone());
+        engine.track_changes(shared.cfg.state.changelog);
         if let Some(shadow) = &shared.shadow {
             // Checked against the live spec at start-up and on every reload.
             let _ = engine.set_shadow(shadow);
@@ -154,6 +242,21 @@ impl PartitionWorker {
             last_message: Instant::now(),
             seq: 0,
             ticks: 0,
+            changelog: None,
+            skip: None,
+            resume_from: 0,
+            reported: None,
+        }
+    }
+
+    fn step_changelog(&mut self) {
+        if let Some(w) = self.changelog.as_mut() {
+            let before = self.sink.in_flight();
+            w.step(&mut self.engine, &self.offsets, &mut self.sink, &self.shared.metrics);
+            let sent = self.sink.in_flight() - before;
+            if sent > 0 {
+                InFlightChanged { delta: sent as i64 }.emit(&self.shared.metrics);
+            }
         }
     }
 
@@ -236,7 +339,8 @@ impl PartitionWorker {
     }
 
     async fn restore(&mut self, consumer: &Arc<GroupConsumer>, stop: &mut StopRx) -> Result<(), tokio::time::Instant> {
-        if !self.shared.cfg.source.restore_on_assign {
+        let changelog = self.shared.cfg.state.changelog;
+        if !self.shared.cfg.source.restore_on_assign && !changelog {
             return Ok(());
         }
         let started = Instant::now();
@@ -245,35 +349,17 @@ impl PartitionWorker {
         let shared = self.shared.clone();
         let group = consumer.clone();
         let model = self.model.borrow().clone();
-        let mut engine = std::mem::replace(
-            &mut self.engine,
-            Engine::new(&model, shared.cfg.policy.clone(), shared.cfg.engine.clone()),
-        );
+        let fresh = {
+            let (model, shared) = (model.clone(), shared.clone());
+            move || Engine::new(&model, shared.cfg.policy.clone(), shared.cfg.engine.clone())
+        };
+        let mut engine = std::mem::replace(&mut self.engine, fresh());
         let c = cancel.clone();
         let mut job = tokio::task::spawn_blocking(move || {
             let label = id.to_string();
             let mut attempt = 0u32;
             loop {
-                let r = restore::plan(&group, &id, Duration::from_secs(10)).and_then(|range| {
-                    let Some(range) = range else { return Ok((0, None)) };
-                    RestoreStarted { partition: &id, from: range.from, until: range.until }.emit(&shared.metrics);
-                    shared.health.restore_progress(&label, 0);
-                    let mut read = 0u64;
-                    let r = restore::restore(
-                        &shared.restore_settings,
-                        &id,
-                        range,
-                        &mut engine,
-                        shared.cfg.source.max_event_bytes,
-                        &c,
-                        &mut |n| {
-                            read += n;
-                            RestoreProgress { events: n }.emit(&shared.metrics);
-                            shared.health.restore_progress(&label, read);
-                        },
-                    );
-                    r.map(|n| (n, Some(range)))
-                });
+                let r = restore_partition(&shared, &group, &id, &mut engine, &c, &label, &fresh);
                 match r {
                     Ok(done) => {
                         shared.health.restore_done(&label);
@@ -287,7 +373,7 @@ impl PartitionWorker {
                         // The broker will come back, or the partition is revoked (cancel).
                         attempt += 1;
                         tracing::warn!(partition = %id, attempt, error = %e, "restore failed; starting again");
-                        engine = Engine::new(&model, shared.cfg.policy.clone(), shared.cfg.engine.clone());
+                        engine = fresh();
                         let wait = Duration::from_secs(u64::from(attempt.min(5)));
                         let until = Instant::now() + wait;
                         while Instant::now() < until {
@@ -313,10 +399,40 @@ impl PartitionWorker {
         };
         let deadline = *stop.borrow();
         match result {
-            Ok((engine, Ok((events, range)))) => {
+            Ok((mut engine, Ok(from))) => {
+                engine.track_changes(changelog);
+                let events = match &from {
+                    RestoredFrom::Nothing => None,
+                    RestoredFrom::Input { events, .. } | RestoredFrom::Changelog { events, .. } => Some(*events),
+                };
+                let mut restored_clock = None;
+                match from {
+                    RestoredFrom::Nothing => {}
+                    RestoredFrom::Input { until, .. } => self.offsets = OffsetTracker::starting_at(until),
+                    RestoredFrom::Changelog { restored, .. } => {
+                        self.offsets = OffsetTracker::starting_at(restored.resume);
+                        self.resume_from = restored.resume;
+                        self.skip = restored.skip;
+                        // Read on from where the state stands, whatever the group committed.
+                        let c = consumer.clone();
+                        let (topic, partition, at) =
+                            (self.id.topic().to_string(), self.id.partition(), restored.resume);
+                        let seek = tokio::task::spawn_blocking(move || {
+                            c.seek(&topic, partition, rdkafka::Offset::Offset(at), Duration::from_secs(10))
+                        })
+                        .await;
+                        if let Ok(Err(e)) = seek {
+                            tracing::warn!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot seek to the changelog's offset; messages before it are skipped as they arrive");
+                        }
+                        restored_clock = Some((restored.clock_record, restored.resume));
+                    }
+                }
+                if changelog {
+                    let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
+                    self.changelog = Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock));
+                }
                 self.engine = engine;
-                if let Some(range) = range {
-                    self.offsets = OffsetTracker::starting_at(range.until);
+                if let Some(events) = events {
                     RestoreFinished {
                         partition: &self.id,
                         events,
@@ -352,6 +468,10 @@ impl PartitionWorker {
         self.consumed += 1;
         self.last_message = now;
         let offset = m.offset();
+        if offset < self.resume_from {
+            // Fetched before the seek to the changelog's offset: already in the state.
+            return Ok(());
+        }
         let payload = m.payload().unwrap_or(&[]);
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
@@ -360,7 +480,15 @@ impl PartitionWorker {
             Ok(ev) => {
                 let t = started.map(|_| Instant::now());
                 let emitted_at = chrono::Utc::now().timestamp_millis();
-                self.engine.ingest_decisions(&ev, &mut |d| staging.push(d, emitted_at));
+                if self.skip.as_ref().is_some_and(|s| offset >= s.until) {
+                    self.skip = None;
+                }
+                if self.skip.as_ref().is_some_and(|s| s.applies(offset, &ev.user_id)) {
+                    // The user's restored state already holds this message: only the clock moves.
+                    self.engine.observe_time(ev.ts, &mut |d| staging.push(d, emitted_at));
+                } else {
+                    self.engine.ingest_decisions(&ev, &mut |d| staging.push(d, emitted_at));
+                }
                 scoring = t.map(|t| t.elapsed().as_secs_f64());
             }
             Err(r) => {
@@ -432,6 +560,21 @@ impl PartitionWorker {
 
     fn settle(&mut self, s: Settled) {
         match s {
+            Settled::Acked(p) if p.kind == OutputKind::Changelog => {
+                InFlightChanged { delta: -1 }.emit(self.metrics());
+                OutputAcked { kind: p.kind, label: "", action: "", latency_seconds: None }.emit(self.metrics());
+                if let Some(w) = self.changelog.as_mut() {
+                    w.settled(true);
+                }
+            }
+            Settled::Failed(p, error) if p.kind == OutputKind::Changelog => {
+                InFlightChanged { delta: -1 }.emit(self.metrics());
+                OutputFailed { partition: &self.id, offset: -1, kind: p.kind, error: &error }.emit(self.metrics());
+                self.shared.health.permanent_failure(format!("changelog of {}: {error}", self.id));
+                if let Some(w) = self.changelog.as_mut() {
+                    w.settled(false);
+                }
+            }
             Settled::Acked(p) => {
                 InFlightChanged { delta: -1 }.emit(self.metrics());
                 if let Some((original_bytes, sent_bytes)) = p.truncated {
@@ -485,7 +628,13 @@ impl PartitionWorker {
         }
         self.advance_idle_clock();
         self.flush_counts();
-        if let Some(pos) = self.offsets.take_commit() {
+        self.step_changelog();
+        let pos = match &self.changelog {
+            Some(w) => w.committable(self.offsets.position()),
+            None => self.offsets.position(),
+        };
+        if let Some(pos) = pos.filter(|&p| Some(p) != self.reported) {
+            self.reported = Some(pos);
             if let Ok(mut c) = self.shared.committable.lock() {
                 c.insert(self.id.clone(), pos);
             }
@@ -530,14 +679,25 @@ impl PartitionWorker {
         staging.clear();
         let emitted_at = chrono::Utc::now().timestamp_millis();
         self.engine.advance_watermark_decisions(target, &mut |d| staging.push(d, emitted_at));
+        // Held against the last processed message: its offset (and any changelog flush after
+        // it) waits for these too, so a restart decides them again rather than losing them.
+        let anchor = self.offsets.last_processed();
         for i in 0..staging.len() {
-            let (control, key, payload, pending) = staging.get(i, None, None);
-            // The queue is full only under heavy load, when the partition is not idle; the
-            // decision is made again after a restart.
+            let (control, key, payload, pending) = staging.get(i, anchor, None);
             match self.sink.try_send_decision(control, key, payload, pending) {
-                Ok(()) => InFlightChanged { delta: 1 }.emit(self.metrics()),
+                Ok(()) => {
+                    if let Some(o) = anchor {
+                        self.offsets.output_sent(o);
+                    }
+                    InFlightChanged { delta: 1 }.emit(self.metrics())
+                }
                 Err(_) => {
-                    tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent")
+                    // Only under heavy load, when the partition is not idle. Its state now says
+                    // it was decided: keep the state from reaching the changelog.
+                    tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent");
+                    if self.changelog.take().is_some() {
+                        tracing::error!(partition = %self.id, "changelog writes stopped for this assignment: its state holds a decision that was not sent; the next owner restores the last flush");
+                    }
                 }
             }
         }
@@ -553,10 +713,25 @@ impl PartitionWorker {
 
     /// Stop reading; wait for outputs in flight until the deadline; return the commit position.
     async fn finish(mut self, deadline: tokio::time::Instant) -> Option<i64> {
-        while self.sink.in_flight() > 0 {
-            match tokio::time::timeout_at(deadline, self.sink.next()).await {
-                Ok(s) => self.settle(s),
-                Err(_) => {
+        // Drain the outputs, then write the final state, so the next owner starts from here.
+        loop {
+            self.step_changelog();
+            let flushing = self.changelog.as_ref().is_some_and(|w| !w.idle());
+            if self.sink.in_flight() == 0 && !flushing {
+                break;
+            }
+            let next = if self.sink.in_flight() > 0 {
+                tokio::time::timeout_at(deadline, self.sink.next()).await.ok()
+            } else {
+                // A flush waiting for producer queue space.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                (tokio::time::Instant::now() < deadline)
+                    .then_some(Settled::Retrying(OutputKind::Changelog, String::new()))
+            };
+            match next {
+                Some(Settled::Retrying(OutputKind::Changelog, e)) if e.is_empty() => {}
+                Some(s) => self.settle(s),
+                None => {
                     tracing::warn!(partition = %self.id, in_flight = self.sink.in_flight(), "drain deadline reached with outputs unacknowledged; their offsets stay uncommitted");
                     break;
                 }
@@ -570,6 +745,9 @@ impl PartitionWorker {
         if let Ok(mut p) = self.shared.populations.lock() {
             p.remove(&self.id);
         }
-        self.offsets.position()
+        match &self.changelog {
+            Some(w) => w.committable(self.offsets.position()),
+            None => self.offsets.position(),
+        }
     }
 }

@@ -128,3 +128,115 @@ pub fn restore(
     engine.counters = Default::default();
     Ok(n)
 }
+
+/// Create `topic` (compacted, `partitions` partitions) unless it exists. A changelog with fewer
+/// partitions than its input cannot hold every partition's state: an error naming the fix.
+pub fn ensure_changelog(
+    settings: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+) -> Result<(), RestoreError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut settings = settings.clone();
+    // A metadata request for a missing topic must not create it with the broker's defaults.
+    settings.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> = settings.create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact")
+        // Tombstones (evicted users) are kept a day, so a restore that is a little behind still
+        // sees them.
+        .set("delete.retention.ms", "86400000");
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    // Created first, not looked up first: another instance (or partition) may race us to it.
+    let results = futures::executor::block_on(admin.create_topics([&new], &opts))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(RestoreError::Kafka(format!("cannot create changelog topic {topic}: {code}")))
+            }
+        }
+    }
+    let md = admin.inner().fetch_metadata(Some(topic), timeout)?;
+    let have = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
+    if have < partitions {
+        return Err(RestoreError::Kafka(format!(
+            "changelog topic {topic} has {have} partitions, its input has {partitions}: add partitions to it (kafka-topics --alter --partitions {partitions})"
+        )));
+    }
+    Ok(())
+}
+
+/// What a changelog restore found.
+pub struct ChangelogRead {
+    /// `None`: no usable state (empty, or another model's feature layout).
+    pub restored: Option<crate::state::changelog::Restored>,
+    pub corrupt: u64,
+    pub other_layout: u64,
+}
+
+/// Read `partition` of changelog `topic` from its start to its end (the high watermark when the
+/// read starts) into `engine`.
+pub fn restore_changelog(
+    settings: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    engine: &mut Engine,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ChangelogRead, RestoreError> {
+    const REPORT_EVERY: u64 = 65_536;
+    const STALL: Duration = Duration::from_secs(30);
+    let c: BaseConsumer = settings.create()?;
+    let (low, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let mut replayer = crate::state::changelog::Replayer::new(engine);
+    if high > low {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+        c.assign(&tpl)?;
+        let mut n = 0u64;
+        let mut reported = 0u64;
+        let mut last_progress = Instant::now();
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RestoreError::Cancelled);
+            }
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    replayer.apply(m.key().unwrap_or(&[]), m.payload());
+                    n += 1;
+                    if n - reported >= REPORT_EVERY {
+                        progress(n - reported);
+                        reported = n;
+                    }
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
+                }
+                None => {
+                    if last_progress.elapsed() >= STALL {
+                        return Err(RestoreError::Stalled(STALL));
+                    }
+                }
+            }
+        }
+        progress(n - reported);
+    }
+    let (corrupt, other_layout) = (replayer.corrupt, replayer.other_layout);
+    let restored = match replayer.finish() {
+        Ok(r) => r,
+        // A first flush cut short: nothing whole to start from; the input rebuilds it.
+        Err(crate::state::changelog::ReplayError::NoCompleteFlush) => None,
+        Err(e) => return Err(RestoreError::Kafka(format!("changelog {topic}/{partition}: {e}"))),
+    };
+    Ok(ChangelogRead { restored, corrupt, other_layout })
+}

@@ -284,6 +284,49 @@ impl KafkaSink {
         self.send_parts(record.topic, record.key, record.payload, record.headers.clone(), pending)
     }
 
+    /// A changelog record to an explicit partition; `value: None` is a tombstone (a null value,
+    /// which compaction removes the key for).
+    pub fn try_send_state(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        pending: Pending,
+    ) -> Result<(), Pending> {
+        let mut fr = FutureRecord::<[u8], [u8]>::to(topic).key(key).partition(partition);
+        if let Some(v) = value {
+            fr = fr.payload(v);
+        }
+        match self.producer.send_result(fr) {
+            Ok(delivery) => {
+                self.deliveries.push(Box::pin(async move {
+                    let r = match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, m))) => Err(Some((e, m))),
+                        Err(_cancelled) => Err(None),
+                    };
+                    (pending, r)
+                }));
+                Ok(())
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(pending),
+            Err((e, _)) => {
+                let msg = OwnedMessage::new(
+                    None,
+                    None,
+                    topic.to_string(),
+                    rdkafka::Timestamp::NotAvailable,
+                    partition,
+                    0,
+                    None,
+                );
+                self.deliveries.push(Box::pin(async move { (pending, Err(Some((e, msg)))) }));
+                Ok(())
+            }
+        }
+    }
+
     /// As [`KafkaSink::try_send`], for a staged decision (see [`Staging::get`]).
     pub fn try_send_decision(
         &mut self,

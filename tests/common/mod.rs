@@ -40,6 +40,8 @@
 //! test its own topics and group ids ([`unique_topic`], [`unique_group`]).
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod service;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,135 @@
+//! A partition worker's side of the changelog: when to flush, what may be committed.
+//!
+//! At least once, with state: a flush at input offset `Y` is sent only once every output of the
+//! messages before `Y` (and of the idle clock before it) is acknowledged, so a new owner that
+//! restores it and reads on from `Y` loses nothing. The group's committed offset never passes
+//! the last acknowledged flush. One flush is in flight at a time (see crate::state::changelog).
+
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::pipeline::events::{ChangelogFlushed, OutputKind};
+use crate::pipeline::offsets::OffsetTracker;
+use crate::sink::kafka::{KafkaSink, Pending};
+use crate::state::changelog::Flush;
+use crate::state::codec::Shape;
+use crate::telemetry::Metrics;
+use crate::time::Millis;
+
+pub struct ChangelogWriter {
+    topic: Arc<str>,
+    partition: i32,
+    shape: Shape,
+    /// The last acknowledged flush's clock record (the next flush's `PREV`).
+    prev: Option<Vec<u8>>,
+    pending: Option<Flush>,
+    sent: usize,
+    in_flight: usize,
+    failed: bool,
+    /// Write every user at the next flush.
+    full: bool,
+    /// Input offset of the last acknowledged flush: the highest offset that may be committed.
+    durable: Option<i64>,
+    last: Option<(i64, Millis)>,
+    label: Arc<str>,
+}
+
+impl ChangelogWriter {
+    /// `prev`: the restored flush's clock record and offset, when state came from the changelog;
+    /// otherwise the first flush writes every user.
+    pub fn new(topic: &str, partition: i32, engine: &Engine, restored: Option<(Vec<u8>, i64)>) -> ChangelogWriter {
+        let full = restored.is_none();
+        let (prev, durable) = match restored {
+            Some((clock, offset)) => (Some(clock), Some(offset)),
+            None => (None, None),
+        };
+        ChangelogWriter {
+            topic: topic.into(),
+            partition,
+            shape: Shape::of(engine.store().layout()),
+            prev,
+            pending: None,
+            sent: 0,
+            in_flight: 0,
+            failed: false,
+            full,
+            durable,
+            last: durable.map(|d| (d, engine.watermark())),
+            label: Arc::from(""),
+        }
+    }
+
+    /// The offset the group may commit, given the outputs' position.
+    pub fn committable(&self, position: Option<i64>) -> Option<i64> {
+        Some(position?.min(self.durable?))
+    }
+
+    /// Nothing built or in flight.
+    pub fn idle(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Whether the engine has anything a flush would write.
+    fn has_news(&self, engine: &Engine, next: i64) -> bool {
+        self.full || engine.pending_changes() > 0 || self.last != Some((next, engine.watermark()))
+    }
+
+    /// Build a flush if there is news, and send what may be sent. `next`: the input offset the
+    /// engine's state reflects (one past the last processed message).
+    pub fn step(&mut self, engine: &mut Engine, offsets: &OffsetTracker, sink: &mut KafkaSink, metrics: &Metrics) {
+        let Some(next) = offsets.next_to_process() else { return };
+        if self.pending.is_none() {
+            if !self.has_news(engine, next) {
+                return;
+            }
+            let f = Flush::build(engine, &self.shape, next, self.prev.as_deref(), self.full);
+            self.full = false;
+            self.last = Some((next, engine.watermark()));
+            ChangelogFlushed { records: f.len(), bytes: f.bytes() }.emit(metrics);
+            self.pending = Some(f);
+            self.sent = 0;
+        }
+        let Some(f) = &self.pending else { return };
+        // Outputs of everything the flush holds must be acknowledged before it is written.
+        if self.sent == 0 && offsets.position().is_none_or(|p| p < f.offset) {
+            return;
+        }
+        while self.sent < f.len() {
+            let (key, value) = f.get(self.sent);
+            let pending = Pending {
+                offset: None,
+                kind: OutputKind::Changelog,
+                label: self.label.clone(),
+                action: self.label.clone(),
+                source_ts_ms: None,
+                truncated: None,
+            };
+            if sink.try_send_state(&self.topic, self.partition, key, value, pending).is_err() {
+                // The producer queue is full: the rest goes at the next step.
+                return;
+            }
+            self.sent += 1;
+            self.in_flight += 1;
+        }
+    }
+
+    /// A changelog record was acknowledged (`ok`) or failed for good.
+    pub fn settled(&mut self, ok: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if !ok {
+            self.failed = true;
+        }
+        let Some(f) = &self.pending else { return };
+        if self.in_flight == 0 && self.sent == f.len() {
+            if self.failed {
+                // Some user's record may be missing: the next flush writes everyone.
+                self.full = true;
+                self.failed = false;
+            } else {
+                self.durable = Some(f.offset);
+                self.prev = Some(f.clock_record().to_vec());
+            }
+            self.pending = None;
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The `churnguard run` service under test: its config, process, metrics and topics, and the
+//! event streams the Kafka tests push through it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use churnguard::features::spec::FeatureSpec;
+use churnguard::intervention::Intervention;
+use churnguard::model::artifact::{ModelArtifact, TierThreshold};
+use churnguard::time::{format_rfc3339_ms, HOUR_MS};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+
+use super as common;
+
+pub const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+/// A model whose risk depends only on silence: P = sigmoid(2 ln(1 + days silent) - 4), so
+/// medium (>= 0.5) after ~6.4 silent days and high (>= 0.9) after ~21.2.
+pub fn silence_model(path: &Path) {
+    let spec = FeatureSpec { event_types: vec!["login".into(), "purchase".into()], ..FeatureSpec::default() };
+    let tiers = vec![
+        TierThreshold { name: "high".into(), min_score: 0.9 },
+        TierThreshold { name: "medium".into(), min_score: 0.5 },
+    ];
+    let art =
+        ModelArtifact::from_weights(spec, "test-silence-1", &[("recency", 2.0)], -4.0, tiers).expect("valid model");
+    art.save(path).expect("writing the model");
+}
+
+pub fn event(user: &str, ty: &str, ts: i64) -> (String, Vec<u8>) {
+    (
+        user.to_string(),
+        format!(r#"{{"user_id":"{user}","event_type":"{ty}","ts":"{}"}}"#, format_rfc3339_ms(ts)).into_bytes(),
+    )
+}
+
+pub struct Topics {
+    pub events: String,
+    pub interventions: String,
+    pub control: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub async fn create(brokers: &str, prefix: &str, partitions: i32) -> Topics {
+        let t = Topics {
+            events: common::unique_topic(&format!("{prefix}-events")),
+            interventions: common::unique_topic(&format!("{prefix}-iv")),
+            control: common::unique_topic(&format!("{prefix}-ctl")),
+            dlq: common::unique_topic(&format!("{prefix}-dlq")),
+            group: common::unique_group(prefix),
+        };
+        common::create_topic(brokers, &t.events, partitions).await;
+        for o in [&t.interventions, &t.control, &t.dlq] {
+            common::create_topic(brokers, o, 1).await;
+        }
+        t
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub model: PathBuf,
+    pub port: u16,
+}
+
+impl Harness {
+    /// Config for the service under test; `extra` is appended TOML.
+    pub fn new(brokers: &str, t: &Topics, extra: &str) -> Harness {
+        Self::with(brokers, t, "", extra)
+    }
+
+    /// As `new`, with `source_extra` lines added to `[source]`.
+    pub fn with(brokers: &str, t: &Topics, source_extra: &str, extra: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("model.json");
+        silence_model(&model);
+        let port = free_port();
+        let config = dir.path().join("churnguard.toml");
+        let text = format!(
+            r#"[kafka]
+"bootstrap.servers" = "{brokers}"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"statistics.interval.ms" = "1000"
+
+[source]
+topics = ["{ev}"]
+group_id = "{group}"
+idle_timeout = "1s"
+{source_extra}
+
+[sink]
+interventions_topic = "{iv}"
+control_topic = "{ctl}"
+dead_letter_topic = "{dlq}"
+commit_interval = "200ms"
+
+[model]
+path = "{model}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[engine]
+allowed_lateness = "1s"
+warm_up = "off"
+{extra}
+"#,
+            ev = t.events,
+            group = t.group,
+            iv = t.interventions,
+            ctl = t.control,
+            dlq = t.dlq,
+            model = model.display(),
+        );
+        std::fs::write(&config, text).expect("writing config");
+        Harness { dir, config, model, port }
+    }
+
+    pub fn start(&self) -> Running {
+        Running(Some(
+            Command::new(env!("CARGO_BIN_EXE_churnguard"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "churnguard=info,rdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.path().join("service.log"))
+                        .expect("log file"),
+                ))
+                .spawn()
+                .expect("starting churnguard run"),
+        ))
+    }
+
+    /// Add a `[kafka]` setting to the config.
+    pub fn kafka_setting(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen("[kafka]\n", &format!("[kafka]\n\"{key}\" = \"{value}\"\n"), 1);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// The service's /metrics page, or "" while it is not listening yet.
+    pub fn metrics(&self) -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        let mut out = String::new();
+        if write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").is_ok() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        }
+        out
+    }
+
+    /// Sum of a metric's samples whose label set contains `filter` (e.g. `reason="not_json"`).
+    pub fn metric_sum(&self, name: &str, filter: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+            .filter(|l| l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn replay(&self, events: &[(String, Vec<u8>)]) -> Vec<Intervention> {
+        let file = self.dir.path().join("events.jsonl");
+        let mut f = std::fs::File::create(&file).expect("events file");
+        for (_, e) in events {
+            f.write_all(e).and_then(|_| f.write_all(b"\n")).expect("write event");
+        }
+        let out = self.dir.path().join("replay.jsonl");
+        let ctl = self.dir.path().join("replay-control.jsonl");
+        let st = Command::new(env!("CARGO_BIN_EXE_churnguard"))
+            .args(["replay", "--model"])
+            .arg(&self.model)
+            .arg("--events")
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--control-out")
+            .arg(&ctl)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("running replay");
+        assert!(st.status.success(), "replay failed: {}", String::from_utf8_lossy(&st.stderr));
+        let mut all = read_jsonl(&out);
+        all.extend(read_jsonl(&ctl));
+        all
+    }
+}
+
+pub fn read_jsonl(p: &Path) -> Vec<Intervention> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("intervention line"))
+        .collect()
+}
+
+/// Everything on `topic` from the beginning, read until nothing new arrives for `quiet`.
+pub async fn read_all(brokers: &str, topic: &str, quiet: Duration, max: Duration) -> Vec<OwnedMessage> {
+    let c = common::consumer(brokers, &common::unique_group("reader"), &[]);
+    c.subscribe(&[topic]).expect("subscribe");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while start.elapsed() < max {
+        match tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
+            Ok(Ok(m)) => {
+                out.push(m.detach());
+                last = Instant::now();
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) if last.elapsed() >= quiet && (!out.is_empty() || start.elapsed() >= max / 2) => break,
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+pub fn interventions(msgs: &[OwnedMessage]) -> Vec<Intervention> {
+    msgs.iter().map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("intervention JSON")).collect()
+}
+
+/// Poll `f` until it returns Some or `max` passes.
+pub async fn wait_for<T>(max: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+/// A service process that is killed if the test ends (or panics) without stopping it.
+pub struct Running(pub Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
+    let mut child = running.0.take().expect("a running service");
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st;
+        }
+        if start.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            panic!("service did not exit within 40s of {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sim-like traffic for many users, some of whom go quiet, for crash and equivalence tests.
+pub fn mixed_stream(users: usize, days: i64) -> Vec<(String, Vec<u8>)> {
+    let mut evs = Vec::new();
+    for h in (0..days * 24).step_by(4) {
+        let ts = T0 + h * HOUR_MS;
+        for u in 0..users {
+            // User u goes quiet after day (u % days); a third of users never do.
+            let quiet_from = if u % 3 == 0 { days } else { (u as i64 * 7) % days };
+            if h / 24 < quiet_from && (h / 4 + u as i64) % 3 == 0 {
+                evs.push(event(&format!("m{u:04}"), if u % 5 == 0 { "purchase" } else { "login" }, ts + u as i64));
+            }
+        }
+    }
+    evs
+}
+
+/// Produce `(partition, key, payload)` to explicit partitions and wait for every delivery.
+pub async fn produce_to(brokers: &str, topic: &str, items: &[(i32, String, Vec<u8>)]) {
+    use rdkafka::producer::FutureRecord;
+    let p = common::producer(brokers);
+    let mut pending = Vec::new();
+    for (part, k, v) in items {
+        let rec = FutureRecord::to(topic).partition(*part).key(k.as_bytes()).payload(v.as_slice());
+        pending.push(p.send(rec, Duration::from_secs(30)));
+    }
+    for d in futures::future::join_all(pending).await {
+        d.unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+}
+
+/// `n` logins of `users` users to partition 0, `step_ms` apart, produced in chunks.
+pub async fn produce_backlog(brokers: &str, topic: &str, n: i64, users: i64, step_ms: i64) {
+    let items: Vec<(i32, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let (k, v) = event(&format!("b{}", i % users), "login", T0 + i * step_ms);
+            (0, k, v)
+        })
+        .collect();
+    for chunk in items.chunks(50_000) {
+        produce_to(brokers, topic, chunk).await;
+    }
+}
+
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
