@@ -11,6 +11,7 @@ pub mod outcome;
 pub mod recovery;
 pub mod report;
 pub mod stats;
+pub mod table;
 
 use std::collections::BTreeMap;
 
