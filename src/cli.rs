@@ -1147,6 +1147,8 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         }
         None => ReplayConfig::default(),
     };
+    let mut cfg = cfg;
+    cfg.policy.resolve_uplift_from()?;
     cfg.policy.validate()?;
     cfg.engine.validate(&cfg.policy)?;
     let mut engine = Engine::new(&art, cfg.policy, cfg.engine);
