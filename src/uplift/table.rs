@@ -235,6 +235,8 @@ mod tests {
         assert!(s.contains("2 action uplift(s) from u.json") && s.contains("coupon +50.0"), "{s}");
     }
 
+    type Is = fn(&UpliftFileError) -> bool;
+
     #[test]
     fn errors_name_the_problem_and_never_the_files_contents() {
         let secret = "hunter2-SECRET";
@@ -242,7 +244,7 @@ mod tests {
         assert!(matches!(missing, UpliftFileError::Read { .. }), "{missing}");
         assert!(missing.to_string().contains("cannot read /nonexistent/uplift.json"), "{missing}");
 
-        let cases: [(String, fn(&UpliftFileError) -> bool, &str); 6] = [
+        let cases: [(String, Is, &str); 6] = [
             (format!("password = \"{secret}\"\n"), |e| matches!(e, UpliftFileError::Syntax { line: 1, .. }), "is not JSON"),
             (
                 format!("{{\"groups\": [{{\"dimension\": \"action\", \"group\": \"coupon\", \"uplift\": {{\"estimate\": \"{secret}\"}}}}]}}"),
