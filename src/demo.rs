@@ -88,6 +88,9 @@ pub fn check_options(opts: &DemoOptions) -> Result<ModelArtifact> {
         anyhow::anyhow!("--http {addr}: cannot listen there ({e}); pick a free port, e.g. --http 127.0.0.1:0")
     })?;
     if opts.uplift_users > 0 {
+        SimConfig { users: opts.uplift_users, days: UPLIFT_DAYS, seed: opts.seed, ..SimConfig::default() }
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--uplift-users {}: {e}", opts.uplift_users))?;
         // The uplift step comes last: a directory it cannot write must not cost a whole run.
         std::fs::create_dir_all(&opts.out).map_err(|e| {
             anyhow::anyhow!("--out {}: cannot create the directory ({e}); pick another, or --uplift-users 0 to skip the uplift step", opts.out.display())
@@ -266,6 +269,7 @@ async fn uplift_step(opts: &DemoOptions, model: ModelArtifact) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("churnguard-demo-uplift".into()).spawn(move || {
         let treatment = Treatment { model: &model, policy, engine, effects };
+        // A send fails only when the step was skipped and nobody waits for the result.
         let _ = tx.send(recovery::run(&RecoveryConfig { sim, treatment, horizon, dir }));
     })?;
     let rec = tokio::select! {
