@@ -297,6 +297,11 @@ fn demo_checks_its_flags_before_starting_anything() {
     assert_eq!(code, Some(1));
     assert!(err.starts_with(&format!("error: --out {below}: cannot create")), "{err}");
     quiet("unwritable --out", &out, &err);
+
+    let (code, out, err) = demo(&["--model", &m, "--http", "127.0.0.1:0", "--uplift-users", "99999999999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: --uplift-users 99999999999: "), "{err}");
+    quiet("too many uplift users", &out, &err);
 }
 
 #[test]
