@@ -207,6 +207,14 @@ pub struct DemoArgs {
     /// Print at most this many interventions per second.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub print_per_second: u32,
+    /// Directory for the uplift step's files: events, interventions, control records and the
+    /// HTML uplift report.
+    #[arg(long, value_name = "DIR", default_value = "target/demo")]
+    pub out: PathBuf,
+    /// Users of the uplift step (a closed-loop simulation with known effects, measured against
+    /// its control group after the live part); 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub uplift_users: u64,
 }
 
 #[derive(Args, Debug)]
@@ -575,6 +583,8 @@ fn demo_cmd(a: DemoArgs) -> Result<()> {
         model: a.model,
         http: a.http,
         print_per_second: a.print_per_second,
+        out: a.out,
+        uplift_users: a.uplift_users,
     };
     runtime()?.block_on(crate::demo::run(opts))
 }
@@ -1137,6 +1147,8 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         }
         None => ReplayConfig::default(),
     };
+    let mut cfg = cfg;
+    cfg.policy.resolve_uplift_from()?;
     cfg.policy.validate()?;
     cfg.engine.validate(&cfg.policy)?;
     let mut engine = Engine::new(&art, cfg.policy, cfg.engine);

@@ -256,6 +256,7 @@ impl Config {
             }
         })?;
         let mut cfg = cfg;
+        cfg.policy.resolve_uplift_from().map_err(|e| invalid(&format!("policy.{}", e.key), e.msg))?;
         cfg.validate()?;
         cfg.uplift.validate()?;
         // The engine judges outcomes; it takes the horizon from here.
@@ -341,6 +342,11 @@ impl Config {
             if is_secret(k) {
                 *v = "<redacted>".into();
             }
+        }
+        // The table read from uplift_from is on the start-up log's line before; printed here
+        // too, the output would set both keys and fail to load again.
+        if let Some(v) = c.policy.value.as_mut().filter(|v| v.uplift_from.is_some()) {
+            v.uplift.clear();
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
@@ -524,6 +530,62 @@ mod tests {
         assert_eq!(c.engine.outcome_horizon, Span::days(7));
         let e = load(&format!("{MIN}[uplift]\nhorizon = \"0d\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("uplift.horizon"), "{e}");
+    }
+
+    /// The action rows `churnguard uplift --json` writes, trimmed to what uplift_from reads.
+    const UPLIFT_JSON: &str = r#"{"groups": [
+        {"dimension": "overall", "group": "all records", "uplift": {"estimate": 0.3, "lower": 0.2, "upper": 0.4}},
+        {"dimension": "action", "group": "coupon", "uplift": {"estimate": 0.12, "lower": 0.05, "upper": 0.19}},
+        {"dimension": "action", "group": "reminder_email", "uplift": {"estimate": -0.02, "lower": -0.05, "upper": 0.01}}
+    ]}"#;
+
+    #[test]
+    fn uplift_from_fills_the_value_rule_at_load_and_config_check_output_loads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uplift.json");
+        std::fs::write(&path, UPLIFT_JSON).unwrap();
+        let text = format!("{MIN}[policy.value]\nuplift_from = {:?}\n", path.display().to_string());
+        let c = load(&text, &[]).unwrap();
+        let rule = c.policy.value.as_ref().unwrap();
+        let got: Vec<(&str, f64)> = rule.uplift.iter().map(|(a, u)| (a.as_str(), *u)).collect();
+        assert_eq!(got, [("coupon", 0.12), ("reminder_email", -0.02)]);
+        let printed = c.redacted_toml();
+        assert!(printed.contains("uplift_from"), "{printed}");
+        let again = load(&printed, &[]).unwrap();
+        assert_eq!(again.policy, c.policy, "config check's output must load to the same policy");
+    }
+
+    #[test]
+    fn uplift_from_errors_name_the_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, body: Option<&str>| {
+            let p = dir.path().join(name);
+            if let Some(b) = body {
+                std::fs::write(&p, b).unwrap();
+            }
+            format!("{MIN}[policy.value]\nuplift_from = {:?}\n", p.display().to_string())
+        };
+        let key_of = |e: &ConfigError| match e {
+            ConfigError::Invalid { key, .. } => key.clone(),
+            other => panic!("{other}"),
+        };
+        let cases = [
+            (at("missing.json", None), "cannot read"),
+            (at("text.txt", Some("uplift over 2026-01-01 ..")), "is not JSON"),
+            (at("shape.json", Some(r#"{"groups": 3}"#)), "not `churnguard uplift --json` output"),
+            (at("none.json", Some(r#"{"groups": []}"#)), "no action row"),
+            (format!("{MIN}[policy.value]\nuplift_from = \"\"\n"), "is empty"),
+        ];
+        for (text, says) in cases {
+            let e = load(&text, &[]).unwrap_err();
+            assert_eq!(key_of(&e), "policy.value.uplift_from", "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // Both given: neither silently wins.
+        let both = format!("{}[policy.value.uplift]\ncoupon = 0.1\n", at("ok.json", Some(UPLIFT_JSON)));
+        let e = load(&both, &[]).unwrap_err();
+        assert_eq!(key_of(&e), "policy.value.uplift_from");
+        assert!(e.to_string().contains("policy.value.uplift is set too; keep one"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `churnguard demo`: the whole service in one process with nothing installed: an in-process
 //! Kafka-protocol broker (librdkafka's mock cluster), the simulator producing events on an
 //! accelerated clock, the service, and a consumer printing the interventions it publishes.
+//! Then the uplift measurement on a closed-loop simulation whose effects are known
+//! ([`crate::uplift::recovery`]), so the demo shows the control group answering "does it work?".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,9 +20,12 @@ use rdkafka::Message;
 use crate::config::Config;
 use crate::intervention::Intervention;
 use crate::model::ModelArtifact;
+use crate::policy::PolicyConfig;
+use crate::sim::treatment::{Effects, Treatment};
 use crate::sim::{self, SimConfig};
 use crate::telemetry::Metrics;
 use crate::time::DAY_MS;
+use crate::uplift::recovery::{self, Recovery, RecoveryConfig};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -35,7 +40,30 @@ pub struct DemoOptions {
     pub http: String,
     /// Print at most this many interventions per second (the rest are counted).
     pub print_per_second: u32,
+    /// Where the uplift step writes its files and report.
+    pub out: PathBuf,
+    /// Users of the uplift step's closed-loop simulation; 0 skips the step.
+    pub uplift_users: u64,
 }
+
+/// Days of the uplift step: the default warm-up (the model's longest window, 90 days for the
+/// shipped model) plus decisions whose 30-day horizon ends inside the log.
+pub const UPLIFT_DAYS: u32 = 180;
+
+/// Half the users held out: a measurement run wants power, the service's default (10%) wants
+/// reach.
+pub const UPLIFT_CONTROL_FRACTION: f64 = 0.5;
+
+/// The uplift step's simulated effects (`*`: every other action), those of the example in
+/// docs/INTERVENTIONS.md: calls and offers work, emails a little.
+pub const UPLIFT_EFFECTS: [(&str, f64); 6] = [
+    ("care_call", 0.4),
+    ("onboarding_call", 0.4),
+    ("vip_outreach", 0.4),
+    ("coupon", 0.3),
+    ("winback_offer", 0.3),
+    ("*", 0.1),
+];
 
 const EVENTS_TOPIC: &str = "activity";
 
@@ -59,6 +87,15 @@ pub fn check_options(opts: &DemoOptions) -> Result<ModelArtifact> {
     std::net::TcpListener::bind(addr).map_err(|e| {
         anyhow::anyhow!("--http {addr}: cannot listen there ({e}); pick a free port, e.g. --http 127.0.0.1:0")
     })?;
+    if opts.uplift_users > 0 {
+        SimConfig { users: opts.uplift_users, days: UPLIFT_DAYS, seed: opts.seed, ..SimConfig::default() }
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--uplift-users {}: {e}", opts.uplift_users))?;
+        // The uplift step comes last: a directory it cannot write must not cost a whole run.
+        std::fs::create_dir_all(&opts.out).map_err(|e| {
+            anyhow::anyhow!("--out {}: cannot create the directory ({e}); pick another, or --uplift-users 0 to skip the uplift step", opts.out.display())
+        })?;
+    }
     Ok(model)
 }
 
@@ -200,7 +237,135 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     crate::outln!("interventions        {}  {}", summary.interventions, by_label(&metrics.interventions, "tier"));
     crate::outln!("control group        {}  {}", summary.control, by_label(&metrics.control, "tier"));
     drop(mock);
+    if opts.uplift_users > 0 {
+        uplift_step(&opts, model).await?;
+    }
     Ok(())
+}
+
+/// The closed loop with known effects, replay, uplift: runs on its own thread so that Ctrl-C
+/// (the live part's way to stop) can skip it too.
+async fn uplift_step(opts: &DemoOptions, model: ModelArtifact) -> Result<()> {
+    let defaults = Config::default();
+    let horizon = defaults.uplift.horizon;
+    let mut engine = defaults.engine;
+    engine.outcome_horizon = horizon;
+    let policy = PolicyConfig { control_fraction: UPLIFT_CONTROL_FRACTION, ..defaults.policy };
+    let effects =
+        Effects { per_action: UPLIFT_EFFECTS.iter().map(|(a, e)| (a.to_string(), *e)).collect(), ..Effects::default() };
+    let sim = SimConfig { users: opts.uplift_users, days: UPLIFT_DAYS, seed: opts.seed, ..SimConfig::default() };
+    crate::outln!();
+    crate::outln!("== uplift: do the interventions work? ==");
+    crate::outln!(
+        "closed loop: {} users over {} days (seed {}) in which interventions work: a treated user's churn is cut by the action's effect ({}); control users get nothing; {:.0}% of users held out as control for this measurement (Ctrl-C skips it)",
+        sim.users,
+        sim.days,
+        sim.seed,
+        describe_effects(),
+        100.0 * UPLIFT_CONTROL_FRACTION
+    );
+    let dir = opts.out.clone();
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("churnguard-demo-uplift".into()).spawn(move || {
+        let treatment = Treatment { model: &model, policy, engine, effects };
+        // A send fails only when the step was skipped and nobody waits for the result.
+        let _ = tx.send(recovery::run(&RecoveryConfig { sim, treatment, horizon, dir }));
+    })?;
+    let rec = tokio::select! {
+        r = rx => r.context("the uplift step stopped without a result")??,
+        _ = crate::service::shutdown_signal() => {
+            crate::outln!("uplift step skipped");
+            return Ok(());
+        }
+    };
+    print_recovery(&rec, horizon, started.elapsed());
+    Ok(())
+}
+
+fn describe_effects() -> String {
+    let mut by_effect: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for (a, e) in UPLIFT_EFFECTS {
+        by_effect.entry((e * 1000.0).round() as u64).or_default().push(a);
+    }
+    by_effect
+        .iter()
+        .rev()
+        .map(|(e, actions)| {
+            let names = actions.iter().map(|a| if *a == "*" { "any other action" } else { a }).collect::<Vec<_>>();
+            format!("{} {}", names.join(", "), *e as f64 / 1000.0)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The measured uplift per action next to the true one, then where the files and report are.
+fn print_recovery(rec: &Recovery, horizon: crate::time::Span, took: Duration) {
+    use crate::uplift::{pct, pp};
+    crate::outln!(
+        "replay: {} interventions, {} control records; outcomes over a {horizon} horizon ({} treated and {} control records decided in the last {horizon} are censored)",
+        rec.replay.counters.interventions,
+        rec.replay.counters.control,
+        rec.result.censored_treated,
+        rec.result.censored_control
+    );
+    crate::outln!(
+        "each user's first record, treated vs control (95% Newcombe interval, points); true: the effect on the treated users, from the same users simulated without effects"
+    );
+    crate::outln!(
+        "{:<20} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7} {:>16} {:>7}  {}",
+        "action",
+        "effect",
+        "treated",
+        "control",
+        "ret.T",
+        "ret.C",
+        "uplift",
+        "95% CI",
+        "true",
+        "true inside CI"
+    );
+    for row in std::iter::once(&rec.overall).chain(&rec.actions) {
+        let m = &row.measured;
+        let (uplift, ci) = match m.uplift {
+            Some(d) => (pp(d.estimate), format!("[{}, {}]", pp(d.lower), pp(d.upper))),
+            None => ("n/a".into(), "n/a".into()),
+        };
+        let inside = match row.covered() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None if m.control.n == 0 => "n/a (no control records)",
+            None => "n/a",
+        };
+        crate::outln!(
+            "{:<20} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7} {:>16} {:>7}  {}",
+            row.action.as_deref().unwrap_or("all actions"),
+            row.effect.map_or("-".into(), |e| format!("{e}")),
+            m.treated.n,
+            m.control.n,
+            pct(m.treated.retention),
+            pct(m.control.retention),
+            uplift,
+            ci,
+            row.true_uplift.map_or("n/a".into(), pp),
+            inside
+        );
+    }
+    let f = &rec.files;
+    crate::outln!(
+        "effect: the simulated cut in churn (not a retention difference); one interval in twenty misses by chance"
+    );
+    crate::outln!(
+        "uplift report: {} (every record, by tier, action and stage; took {:.1}s)",
+        f.report.join("index.html").display(),
+        took.as_secs_f64()
+    );
+    crate::outln!(
+        "rerun: churnguard uplift --events {} --interventions {} --control {}",
+        f.events.display(),
+        f.interventions.display(),
+        f.control.display()
+    );
 }
 
 fn by_label(v: &prometheus::IntCounterVec, label: &str) -> String {

@@ -2,12 +2,14 @@
 //! the tier x stage action table, and the deterministic control group.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::features::UserRef;
 use crate::model::artifact::TierThreshold;
 use crate::time::{Millis, Span};
+use crate::uplift::table::UpliftTable;
 
 /// Lifecycle stage of a user at a point in event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -117,9 +119,14 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValueRule {
-    /// Expected absolute uplift in retention per action (0.06 = 6 points), e.g. from the action
-    /// rows of `churnguard uplift --json`. An action not listed has no uplift.
+    /// Expected absolute uplift in retention per action (0.06 = 6 points). An action not listed
+    /// has no uplift.
     pub uplift: BTreeMap<String, f64>,
+    /// A `churnguard uplift --json` output file to fill `uplift` from at start-up, with the point
+    /// estimates of its action rows ([`PolicyConfig::load_uplift_from`]). Exclusive with an
+    /// inline `uplift`. A relative path starts at the working directory, as `model.path` does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplift_from: Option<PathBuf>,
     /// Cost of one record per action.
     pub cost: BTreeMap<String, f64>,
     /// Cost of an action not listed in `cost`.
@@ -135,6 +142,7 @@ impl Default for ValueRule {
     fn default() -> Self {
         ValueRule {
             uplift: BTreeMap::new(),
+            uplift_from: None,
             cost: BTreeMap::new(),
             default_cost: 0.0,
             value_feature: "amount.90d".to_string(),
@@ -230,6 +238,41 @@ impl PolicyConfig {
             }
             if !v.cost.values().chain([&v.default_cost, &v.base_value]).all(|x| x.is_finite() && *x >= 0.0) {
                 return err("value.cost", "costs and base_value must be finite and non-negative".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `value.uplift` from the file `value.uplift_from` names, and returns what the file
+    /// said (for [`PolicyConfig::resolve_uplift_from`]'s messages). Nothing to do without it.
+    pub fn load_uplift_from(&mut self) -> Result<Option<UpliftTable>, PolicyError> {
+        let Some(rule) = self.value.as_mut() else { return Ok(None) };
+        let Some(path) = &rule.uplift_from else { return Ok(None) };
+        let err = |msg: String| PolicyError { key: "value.uplift_from".into(), msg };
+        if !rule.uplift.is_empty() {
+            // Which one wins is a guess either way; the operator decides.
+            return Err(err(
+                "policy.value.uplift is set too; keep one: uplift_from reads the per-action uplift from a `churnguard uplift --json` file, uplift lists it inline".into(),
+            ));
+        }
+        if path.as_os_str().is_empty() {
+            return Err(err(
+                "is empty: give the path of a `churnguard uplift --json` output file, or remove the key".into()
+            ));
+        }
+        let table = crate::uplift::table::read(path).map_err(|e| err(e.to_string()))?;
+        rule.uplift = table.uplift();
+        Ok(Some(table))
+    }
+
+    /// [`PolicyConfig::load_uplift_from`], then the start-up messages: what was read, and
+    /// warnings for estimates whose interval covers zero.
+    pub fn resolve_uplift_from(&mut self) -> Result<(), PolicyError> {
+        if let Some(table) = self.load_uplift_from()? {
+            let path = self.value.as_ref().and_then(|v| v.uplift_from.as_deref()).unwrap_or(std::path::Path::new(""));
+            crate::term::note(&table.summary(path));
+            for w in table.warnings(path) {
+                crate::term::warn(&w);
             }
         }
         Ok(())

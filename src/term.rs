@@ -36,6 +36,15 @@ pub fn warn(msg: &str) {
     }
 }
 
+/// A message for the person running the command: a plain line on stderr, or a JSON log line at
+/// level INFO with `--log-format json`.
+pub fn note(msg: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!("{msg}"),
+        _ => stderr_line(format_args!("{msg}")),
+    }
+}
+
 /// Install the global tracing subscriber: `RUST_LOG` filter (default `info`), lines on stderr.
 pub fn init_logging(format: LogFormat) {
     let _ = FORMAT.set(format);

@@ -201,6 +201,9 @@ fn logs_in_a_file_carry_no_colour_and_json_logs_are_json_lines() {
             "2",
             "--http",
             "127.0.0.1:0",
+            // The logs of the live part are the point; the uplift step adds nothing to them.
+            "--uplift-users",
+            "0",
         ];
         args.extend_from_slice(extra);
         let o = Command::new(BIN)
@@ -285,6 +288,20 @@ fn demo_checks_its_flags_before_starting_anything() {
     assert_eq!(code, Some(1));
     assert!(err.contains("--partitions"), "{err}");
     quiet("no partitions", &out, &err);
+
+    // The uplift step runs last, but a directory it cannot create fails at once.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    let below = file.join("demo").display().to_string();
+    let (code, out, err) = demo(&["--model", &m, "--http", "127.0.0.1:0", "--out", &below]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with(&format!("error: --out {below}: cannot create")), "{err}");
+    quiet("unwritable --out", &out, &err);
+
+    let (code, out, err) = demo(&["--model", &m, "--http", "127.0.0.1:0", "--uplift-users", "99999999999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: --uplift-users 99999999999: "), "{err}");
+    quiet("too many uplift users", &out, &err);
 }
 
 #[test]

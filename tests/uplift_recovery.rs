@@ -237,3 +237,62 @@ fn uplift_command_reads_replay_files_and_writes_json_and_a_report() {
     assert!((all["roi"]["estimate"].as_f64().unwrap() - 4.0).abs() < 1e-9);
     assert!(p("report/index.html").exists());
 }
+
+/// The numbers inside `[+2.4, +15.4]`.
+fn parse_interval(s: &str) -> Option<(f64, f64)> {
+    let inner = s.split_once('[')?.1.split_once(']')?.0;
+    let (lo, hi) = inner.split_once(',')?;
+    Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?))
+}
+
+/// `churnguard demo` ends with the uplift step: a closed loop with known effects, replay with the
+/// control group, the uplift analysis. Its summary's first-record row must recover the true
+/// effect, and the report and the files to rerun `uplift` on must exist.
+#[test]
+fn demo_prints_the_uplift_summary_writes_the_report_and_recovers_the_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo-out");
+    // A short live part (its 20 days end inside the warm-up, so it decides nothing) keeps the
+    // test on the uplift step.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_churnguard"))
+        .args(["demo", "--duration", "1s", "--users", "200", "--days", "20", "--day-seconds", "0.05"])
+        .args(["--partitions", "2", "--http", "127.0.0.1:0", "--uplift-users", "3000", "--out"])
+        .arg(&out_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines.iter().position(|l| *l == "== uplift: do the interventions work? ==").expect("uplift heading");
+    let summary = &lines[start..];
+    let header = summary.iter().position(|l| l.starts_with("action ")).expect("table header");
+    assert!(summary[header].contains("95% CI") && summary[header].contains("true inside CI"), "{}", summary[header]);
+
+    let overall = summary[header + 1];
+    assert!(overall.starts_with("all actions "), "{overall}");
+    let (lower, upper) = parse_interval(overall).unwrap_or_else(|| panic!("no interval in {overall:?}"));
+    let after: Vec<&str> = overall.split_once(']').unwrap().1.split_whitespace().collect();
+    let truth: f64 = after[0].parse().unwrap_or_else(|_| panic!("no true uplift in {overall:?}"));
+    assert!(truth > 2.0, "the simulated effect should be visible, got {truth} points: {overall}");
+    // Printed to 0.1 point: the interval covers the true effect on the treated.
+    assert!(lower <= truth && truth <= upper, "true {truth} outside [{lower}, {upper}]: {overall}");
+    assert_eq!(after[1], "yes", "{overall}");
+
+    let actions: Vec<&str> = summary[header + 2..].iter().take_while(|l| !l.starts_with("effect:")).copied().collect();
+    assert!(actions.len() >= 3, "one row per action expected: {actions:?}");
+    assert!(actions.iter().any(|l| l.starts_with("coupon ")), "{actions:?}");
+
+    let report_line = summary.iter().find_map(|l| l.strip_prefix("uplift report: ")).expect("report line");
+    let report = std::path::PathBuf::from(report_line.split(" (").next().unwrap());
+    assert_eq!(report, out_dir.join("uplift").join("index.html"));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<svg"), "the report has plots");
+    let rerun = summary.iter().find_map(|l| l.strip_prefix("rerun: churnguard uplift ")).expect("rerun line");
+    for name in ["events.jsonl", "interventions.jsonl", "control.jsonl"] {
+        let p = out_dir.join(name);
+        assert!(rerun.contains(&p.display().to_string()), "{rerun}");
+        assert!(std::fs::metadata(&p).unwrap().len() > 0, "{} is empty", p.display());
+    }
+}

@@ -209,7 +209,8 @@ pub fn simulate_cli(a: &crate::cli::SimulateArgs) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
             let pick = |k: &str| table.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
-            let policy: PolicyConfig = pick("policy").try_into().context("[policy]")?;
+            let mut policy: PolicyConfig = pick("policy").try_into().context("[policy]")?;
+            policy.resolve_uplift_from()?;
             let engine: EngineConfig = pick("engine").try_into().context("[engine]")?;
             (policy, engine)
         }

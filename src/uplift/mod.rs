@@ -8,8 +8,10 @@
 
 pub mod cost;
 pub mod outcome;
+pub mod recovery;
 pub mod report;
 pub mod stats;
+pub mod table;
 
 use std::collections::BTreeMap;
 
@@ -167,11 +169,11 @@ pub fn build_result(
     }
 }
 
-fn pct(x: Option<f64>) -> String {
+pub(crate) fn pct(x: Option<f64>) -> String {
     x.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v))
 }
 
-fn pp(x: f64) -> String {
+pub(crate) fn pp(x: f64) -> String {
     format!("{:+.1}", 100.0 * x)
 }
 
