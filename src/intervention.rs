@@ -54,6 +54,10 @@ pub fn describe_feature(name: &str) -> String {
             Some((short, long)) => format!("{short}/{long} activity ratio"),
             None => name.to_string(),
         },
+        // On in the default spec since issue 10, so the shipped model's reasons name them.
+        ["rhythm", "mean_gap"] => "mean days between active days".into(),
+        ["rhythm", "last_gap"] => "days between the last two active days".into(),
+        ["rhythm", "overdue"] => "silence over the usual gap".into(),
         _ => name.to_string(),
     }
 }
@@ -116,6 +120,9 @@ mod tests {
         assert_eq!(r("tenure", 12.0, 0.1), "days since first seen 12 (+0.10)");
         assert_eq!(r("amount.30d", 19.5, 0.1), "amount in 30d 19.5 (+0.10)");
         assert_eq!(r("lifetime.amount", 0.0, 0.1), "amount ever 0 (+0.10)");
+        assert_eq!(r("rhythm.overdue", 1.4, 0.5), "silence over the usual gap 1.4 (+0.50)");
+        assert_eq!(r("rhythm.mean_gap", 5.0, 0.1), "mean days between active days 5 (+0.10)");
+        assert_eq!(r("rhythm.last_gap", 7.0, 0.1), "days between the last two active days 7 (+0.10)");
         assert_eq!(r("mystery", 1.0, 0.1), "mystery 1 (+0.10)");
     }
 }

@@ -219,22 +219,28 @@ fn rhythm_features_by_hand() {
     assert_eq!(one[names.iter().position(|x| x == "rhythm.mean_gap").unwrap()], 91.0);
 }
 
-/// The new options are off by default and absent from the spec's JSON, so the fingerprints of
-/// models written before them are unchanged.
+/// The options are on by default and written to the spec's JSON. An artifact written before they
+/// existed (the 67-feature model shipped until issue 10, kept as a fixture) has no such keys: it
+/// still loads, with its fingerprint matching and the options off, so it computes the features it
+/// was trained on. The shipped model has them on.
 #[test]
-fn new_feature_options_leave_default_fingerprints_alone() {
+fn artifacts_from_before_the_options_load_with_them_off() {
     let json = serde_json::to_string(&FeatureSpec::default()).unwrap();
-    assert!(!json.contains("rhythm") && !json.contains("recency_to_tenure"), "{json}");
-    let model = churnguard::model::ModelArtifact::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/models/default.json"
-    )))
-    .expect("the shipped model still loads (its spec fingerprint matches)");
-    assert!(!model.spec.aggregates.rhythm);
-    let hourly = FeatureSpec {
-        windows: vec![Span(12 * HOUR_MS)],
-        aggregates: Aggregates { rhythm: true, ..Aggregates::default() },
-        ..FeatureSpec::default()
-    };
+    assert!(json.contains("\"rhythm\":true") && json.contains("\"recency_to_tenure\":true"), "{json}");
+    let load =
+        |rel: &str| churnguard::model::ModelArtifact::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
+    let old = load("tests/fixtures/model-before-rhythm.json").expect("the pre-option artifact still loads");
+    assert!(!old.spec.aggregates.rhythm && !old.spec.aggregates.recency_to_tenure);
+    assert_eq!(old.spec_fingerprint, "f608322cb06a61fecaad3ff7a8c6027c");
+    assert_eq!(old.feature_names.len(), 67);
+    let shipped = load("models/default.json").expect("the shipped model loads");
+    assert!(shipped.spec.aggregates.rhythm && shipped.spec.aggregates.recency_to_tenure);
+    assert!(shipped.feature_names.iter().any(|n| n == "rhythm.overdue"));
+    // Rhythm reads the activity-day bitmap `active_days` already keeps: the state does not grow
+    // (docs/FEATURES.md, "State per user": 1104 bytes for both).
+    let bytes = |spec: &FeatureSpec| Layout::new(spec, 30 * DAY_MS).state_bytes();
+    assert_eq!((bytes(&old.spec), bytes(&shipped.spec)), (1104, 1104));
+    assert_eq!(shipped.feature_names.len(), 70);
+    let hourly = FeatureSpec { windows: vec![Span(12 * HOUR_MS)], ..FeatureSpec::default() };
     assert!(hourly.validate().unwrap_err().to_string().contains("rhythm needs a whole-day window"));
 }

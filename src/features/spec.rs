@@ -26,6 +26,11 @@ pub enum SpecError {
 }
 
 /// Which aggregates to compute. All are on by default.
+///
+/// `rhythm` and `recency_to_tenure` were added after models had shipped without them. A model
+/// artifact's JSON leaves them out when off and reads a missing key as off, so older artifacts
+/// load with the features they were trained on and keep their fingerprints. A TOML spec file is
+/// read through [`FeatureSpec::from_toml_str`], where a missing key means the default (on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Aggregates {
@@ -43,19 +48,20 @@ pub struct Aggregates {
     pub lifetime: bool,
     /// `trend.<short>_<long>`: the short window's event rate over the long window's.
     pub trends: bool,
-    /// Off by default. `rhythm.mean_gap`, `rhythm.last_gap` and `rhythm.overdue`: the user's own
-    /// rhythm over the active days within the longest whole-day window up to their last
-    /// event (see docs/FEATURES.md). Needs a whole-day window.
-    #[serde(skip_serializing_if = "is_false")]
+    /// `rhythm.mean_gap`, `rhythm.last_gap` and `rhythm.overdue`: the user's own rhythm over
+    /// the active days within the longest whole-day window up to their last event (see
+    /// docs/FEATURES.md). Needs a whole-day window.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub rhythm: bool,
-    /// Off by default. Recency features are capped at the user's tenure instead of
-    /// `recency_cap`: the silence is never capped, and a type never seen reads as the tenure.
-    #[serde(skip_serializing_if = "is_false")]
+    /// Recency features are capped at the user's tenure instead of `recency_cap`: the silence
+    /// is never capped, and a type never seen reads as the tenure.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub recency_to_tenure: bool,
 }
 
 // Options added after models were shipped are left out of the JSON when off, so the spec
-// fingerprints of existing models do not change.
+// fingerprints of existing models do not change. Their field-level `default` (false) overrides
+// the struct-level one (true), so an artifact without the key reads as off, as it was trained.
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -70,8 +76,10 @@ impl Default for Aggregates {
             tenure: true,
             lifetime: true,
             trends: true,
-            rhythm: false,
-            recency_to_tenure: false,
+            // On since issue 10: the 90-day recency cap hides how long a user has been gone,
+            // which real data showed to matter (models/README.md, "Old and new defaults").
+            rhythm: true,
+            recency_to_tenure: true,
         }
     }
 }
@@ -148,8 +156,22 @@ pub struct FeatureDef {
 }
 
 impl FeatureSpec {
+    /// Parse and validate a spec file. `[aggregates]` keys left out take their default; see
+    /// [`Aggregates`] for why the serde defaults alone would read the newer options as off.
     pub fn from_toml_str(s: &str) -> Result<Self, SpecError> {
-        let spec: FeatureSpec = toml::from_str(s).map_err(|e| SpecError::Parse(e.to_string()))?;
+        let parse_err = |e: toml::de::Error| SpecError::Parse(e.to_string());
+        // Typed parse first: its errors point at the offending line.
+        let mut spec: FeatureSpec = toml::from_str(s).map_err(parse_err)?;
+        let table: toml::Table = toml::from_str(s).map_err(parse_err)?;
+        let given = table.get("aggregates").and_then(toml::Value::as_table);
+        let has = |key: &str| given.is_some_and(|a| a.contains_key(key));
+        let defaults = Aggregates::default();
+        if !has("rhythm") {
+            spec.aggregates.rhythm = defaults.rhythm;
+        }
+        if !has("recency_to_tenure") {
+            spec.aggregates.recency_to_tenure = defaults.recency_to_tenure;
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -205,7 +227,7 @@ impl FeatureSpec {
             }
         }
         if self.aggregates.rhythm && self.day_windows().next().is_none() {
-            return bad("aggregates.rhythm needs a whole-day window (e.g. \"90d\") to read active days from".into());
+            return bad("aggregates.rhythm needs a whole-day window (e.g. \"90d\") to read active days from; add one, or set rhythm = false (it is on by default)".into());
         }
         if let Some(cap) = self.recency_cap {
             if cap.ms() <= 0 {
@@ -367,6 +389,50 @@ mod tests {
         assert!(!spec.aggregates.trends);
         let err = FeatureSpec::from_toml_str("event_types = []\nwindows = [\"7d\"]\nwindow = 3\n").unwrap_err();
         assert!(err.to_string().contains("window"), "{err}");
+    }
+
+    /// A spec file that leaves `rhythm` and `recency_to_tenure` out gets the defaults (on); one
+    /// that sets them gets what it says, `false` included.
+    #[test]
+    fn spec_file_options_default_on_and_can_be_turned_off() {
+        let head = "event_types = [\"login\"]\nwindows = [\"7d\", \"90d\"]\n";
+        let omitted = FeatureSpec::from_toml_str(head).unwrap();
+        assert!(omitted.aggregates.rhythm && omitted.aggregates.recency_to_tenure);
+        let other_keys = FeatureSpec::from_toml_str(&format!("{head}[aggregates]\ntrends = false\n")).unwrap();
+        assert!(other_keys.aggregates.rhythm && other_keys.aggregates.recency_to_tenure);
+        assert!(!other_keys.aggregates.trends);
+        let on = FeatureSpec::from_toml_str(&format!("{head}[aggregates]\nrhythm = true\nrecency_to_tenure = true\n"))
+            .unwrap();
+        assert_eq!(on, omitted);
+        let off =
+            FeatureSpec::from_toml_str(&format!("{head}[aggregates]\nrhythm = false\nrecency_to_tenure = false\n"))
+                .unwrap();
+        assert!(!off.aggregates.rhythm && !off.aggregates.recency_to_tenure);
+        assert!(!off.feature_names().iter().any(|n| n.starts_with("rhythm.")));
+        let one_off = FeatureSpec::from_toml_str(&format!("{head}[aggregates]\nrecency_to_tenure = false\n")).unwrap();
+        assert!(one_off.aggregates.rhythm && !one_off.aggregates.recency_to_tenure);
+        // Without a whole-day window the default rhythm cannot be computed: the error says how to
+        // turn it off.
+        let err = FeatureSpec::from_toml_str("event_types = []\nwindows = [\"6h\"]\n").unwrap_err().to_string();
+        assert!(err.contains("rhythm = false"), "{err}");
+        FeatureSpec::from_toml_str("event_types = []\nwindows = [\"6h\"]\n[aggregates]\nrhythm = false\n").unwrap();
+    }
+
+    /// In an artifact's JSON the options are written only when on, and a missing key reads as
+    /// off: that is how artifacts from before the options were written.
+    #[test]
+    fn json_round_trips_and_a_missing_option_reads_as_off() {
+        let on = FeatureSpec::default();
+        let json = serde_json::to_string(&on).unwrap();
+        assert!(json.contains("\"rhythm\":true") && json.contains("\"recency_to_tenure\":true"), "{json}");
+        assert_eq!(serde_json::from_str::<FeatureSpec>(&json).unwrap(), on);
+        let mut off = on.clone();
+        off.aggregates.rhythm = false;
+        off.aggregates.recency_to_tenure = false;
+        let json = serde_json::to_string(&off).unwrap();
+        assert!(!json.contains("rhythm") && !json.contains("recency_to_tenure"), "{json}");
+        assert_eq!(serde_json::from_str::<FeatureSpec>(&json).unwrap(), off);
+        assert_ne!(on.fingerprint(), off.fingerprint());
     }
 
     #[test]
