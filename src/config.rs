@@ -67,8 +67,21 @@ pub struct SinkConfig {
     pub dead_letter_topic: String,
     /// Outputs awaiting broker acknowledgement before consumption pauses.
     pub max_in_flight: usize,
-    /// How often acknowledged offsets are committed.
+    /// How often acknowledged offsets are committed (with exactly once: how often a partition's
+    /// transaction commits).
     pub commit_interval: Span,
+    /// `"at_least_once"` (the default) or `"exactly_once"`: transactional outputs, changelog and
+    /// offsets, one transaction per partition per `commit_interval` (docs/KAFKA.md).
+    pub processing_guarantee: Guarantee,
+}
+
+/// `sink.processing_guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 impl Default for SinkConfig {
@@ -79,6 +92,7 @@ impl Default for SinkConfig {
             dead_letter_topic: "churn-dead-letter".into(),
             max_in_flight: 50_000,
             commit_interval: Span(1_000),
+            processing_guarantee: Guarantee::AtLeastOnce,
         }
     }
 }

@@ -259,6 +259,24 @@ impl ChangelogRestored<'_> {
     }
 }
 
+/// A partition's transaction was committed (`error: None`) or not.
+pub struct TransactionFinished<'a> {
+    pub partition: &'a PartitionId,
+    pub error: Option<&'a str>,
+}
+
+impl TransactionFinished<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        match self.error {
+            None => m.transactions.with_label_values(&["committed"]).inc(),
+            Some(e) => {
+                m.transactions.with_label_values(&["failed"]).inc();
+                tracing::warn!(partition = %self.partition, error = e, "transaction not committed");
+            }
+        }
+    }
+}
+
 /// A flush of state records was handed to the producer.
 pub struct ChangelogFlushed {
     pub records: usize,

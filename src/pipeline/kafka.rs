@@ -256,6 +256,7 @@ impl Service {
                 &self.cfg.source.group_id,
             ),
             message_max_bytes,
+            producer_settings: producer_settings.clone(),
             shadow: self.shadow.clone().map(Arc::new),
         });
         let workers = Arc::new(Workers {

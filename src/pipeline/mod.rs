@@ -10,3 +10,4 @@ pub mod offsets;
 pub mod partition;
 pub mod replay;
 pub mod restore;
+pub mod transaction;

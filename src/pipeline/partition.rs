@@ -21,11 +21,15 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineCounters, Population};
 use crate::event::parse_event;
 use crate::model::ModelArtifact;
+use crate::config::Guarantee;
 use crate::pipeline::changelog::ChangelogWriter;
+use crate::pipeline::transaction::{transactional_id, Transactions, TxnError};
+use crate::state::changelog::Flush;
+use crate::state::codec::Shape;
 use crate::pipeline::events::{
     Backpressured, ChangelogRestored, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged,
     MessageTimed, MessagesConsumed, OutputAcked, OutputFailed, OutputKind, OutputRetried, PartitionClock,
-    RestoreFinished, RestoreProgress, RestoreStarted,
+    RestoreFinished, RestoreProgress, RestoreStarted, TransactionFinished, ChangelogFlushed,
 };
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
@@ -50,6 +54,8 @@ pub struct Shared {
     /// Per-partition population figures, summed by the coordinator for the gauges.
     pub populations: Mutex<HashMap<PartitionId, PartitionStats>>,
     pub restore_settings: rdkafka::config::ClientConfig,
+    /// The producer's settings, for a partition's transactional producer (exactly once).
+    pub producer_settings: rdkafka::config::ClientConfig,
     pub message_max_bytes: usize,
     pub shadow: Option<Arc<ModelArtifact>>,
 }
@@ -153,7 +159,10 @@ fn restore_partition(
         }
     }
     let Some(range) = restore::plan(group, id, timeout)? else { return Ok(RestoredFrom::Nothing) };
-    RestoreStarted { partition: id, from: range.from, until: range.until }.emit(&shared.metrics);
+    if !shared.cfg.state.changelog {
+        // (With a changelog, the restore was announced when it began there.)
+        RestoreStarted { partition: id, from: range.from, until: range.until }.emit(&shared.metrics);
+    }
     shared.health.restore_progress(label, 0);
     let mut read = 0u64;
     let events = restore::restore(
@@ -198,6 +207,24 @@ pub struct PartitionWorker {
     resume_from: i64,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
+    /// Exactly once: the partition's transactions and what its next changelog flush needs.
+    eos: Option<Eos>,
+    /// The restored flush's clock record and offset (the next flush's `PREV`), if any.
+    restored_clock: Option<(Vec<u8>, i64)>,
+    topics: crate::sink::kafka::Topics,
+    consumer: Option<Arc<GroupConsumer>>,
+    /// Another owner fenced this one: nothing more may be committed.
+    fenced: bool,
+    /// Check the first message after a changelog restore against the state's offset.
+    check_gap: bool,
+}
+
+struct Eos {
+    txn: Arc<Transactions>,
+    shape: Shape,
+    prev: Option<Vec<u8>>,
+    full: bool,
+    last: Option<(i64, Millis)>,
 }
 
 /// How a partition's state came back.
@@ -227,7 +254,7 @@ impl PartitionWorker {
             // Checked against the live spec at start-up and on every reload.
             let _ = engine.set_shadow(shadow);
         }
-        let sink = KafkaSink::new(producer, topics, shared.message_max_bytes);
+        let sink = KafkaSink::new(producer, topics.clone(), shared.message_max_bytes);
         PartitionWorker {
             id,
             shared,
@@ -246,7 +273,93 @@ impl PartitionWorker {
             skip: None,
             resume_from: 0,
             reported: None,
+            eos: None,
+            restored_clock: None,
+            topics,
+            consumer: None,
+            fenced: false,
+            check_gap: false,
         }
+    }
+
+    /// Open the partition's transactions (exactly once): outputs go through its own producer
+    /// from now on. Fails if another owner holds the transactional id for good.
+    async fn start_transactions(&mut self) -> Result<(), TxnError> {
+        let id = transactional_id(&self.shared.cfg.source.group_id, self.id.topic(), self.id.partition());
+        let settings = self.shared.producer_settings.clone();
+        let timeout = Duration::from_secs(30);
+        let txn = tokio::task::spawn_blocking(move || Transactions::start(&settings, &id, timeout))
+            .await
+            .map_err(|e| TxnError::Fatal(e.to_string()))??;
+        let txn = Arc::new(txn);
+        self.sink = KafkaSink::new(txn.producer(), self.topics.clone(), self.shared.message_max_bytes);
+        // What the first flush builds on is set once the state is restored.
+        self.eos = Some(Eos { txn, shape: Shape::of(self.engine.store().layout()), prev: None, full: true, last: None });
+        Ok(())
+    }
+
+    /// Commit the partition's transaction: its outputs so far, a changelog flush of what changed,
+    /// and the input offset the state reflects. Nothing to do when nothing changed.
+    async fn commit_transaction(&mut self, consumer: &GroupConsumer) -> Result<(), TxnError> {
+        let Some(next) = self.offsets.next_to_process() else { return Ok(()) };
+        let Some(mut eos) = self.eos.take() else { return Ok(()) };
+        let watermark = self.engine.watermark();
+        if !eos.full && self.engine.pending_changes() == 0 && eos.last == Some((next, watermark)) {
+            self.eos = Some(eos);
+            return Ok(());
+        }
+        let result = self.send_flush_and_commit(&mut eos, next, consumer).await;
+        if result.is_ok() {
+            eos.full = false;
+            eos.last = Some((next, watermark));
+        } else {
+            // Whatever the flush held may be lost: the next one writes everyone.
+            eos.full = true;
+        }
+        self.eos = Some(eos);
+        TransactionFinished { partition: &self.id, error: result.as_ref().err().map(|e| e.to_string()).as_deref() }
+            .emit(self.metrics());
+        result
+    }
+
+    async fn send_flush_and_commit(&mut self, eos: &mut Eos, next: i64, consumer: &GroupConsumer) -> Result<(), TxnError> {
+        let flush = Flush::build(&mut self.engine, &eos.shape, next, eos.prev.as_deref(), eos.full);
+        let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
+        ChangelogFlushed { records: flush.len(), bytes: flush.bytes() }.emit(self.metrics());
+        for i in 0..flush.len() {
+            loop {
+                let (key, value) = flush.get(i);
+                let pending = crate::sink::kafka::Pending {
+                    offset: None,
+                    kind: OutputKind::Changelog,
+                    label: Arc::from(""),
+                    action: Arc::from(""),
+                    source_ts_ms: None,
+                    truncated: None,
+                };
+                if self.sink.try_send_state(&topic, self.id.partition(), key, value, pending).is_ok() {
+                    InFlightChanged { delta: 1 }.emit(self.metrics());
+                    break;
+                }
+                // The producer queue is full: settle an acknowledgement, then try again.
+                if self.sink.in_flight() > 0 {
+                    let s = self.sink.next().await;
+                    self.settle(s);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let group = consumer.group_metadata().ok_or_else(|| TxnError::Fatal("no consumer group metadata".into()))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(self.id.topic(), self.id.partition(), rdkafka::Offset::Offset(next))
+            .map_err(|e| TxnError::Fatal(crate::source::kafka::kafka_error_code(&e)))?;
+        let txn = eos.txn.clone();
+        tokio::task::spawn_blocking(move || txn.commit(&tpl, &group))
+            .await
+            .map_err(|e| TxnError::Fatal(e.to_string()))??;
+        eos.prev = Some(flush.clock_record().to_vec());
+        Ok(())
     }
 
     fn step_changelog(&mut self) {
@@ -267,8 +380,22 @@ impl PartitionWorker {
     /// Restore (partition paused), resume, then process until stopped. Returns the offset to
     /// commit for this partition, if any.
     pub async fn run(mut self, queue: PartitionQueue, consumer: Arc<GroupConsumer>, mut stop: StopRx) -> Option<i64> {
+        if self.shared.cfg.sink.processing_guarantee == Guarantee::ExactlyOnce {
+            // Fence the previous owner before reading its state: initialising the transactional
+            // id completes or aborts whatever transaction it left, so the changelog and the
+            // group's offset read next are final, and agree.
+            if let Err(e) = self.start_transactions().await {
+                tracing::error!(partition = %self.id, error = %e, "cannot start the partition's transactions; leaving it");
+                return self.finish(tokio::time::Instant::now()).await;
+            }
+            self.consumer = Some(consumer.clone());
+        }
         if let Err(deadline) = self.restore(&consumer, &mut stop).await {
             return self.finish(deadline).await;
+        }
+        if let Some(eos) = self.eos.as_mut() {
+            eos.prev = self.restored_clock.take().map(|(c, _)| c);
+            eos.full = eos.prev.is_none();
         }
         if let Err(e) = consumer.resume(&self.id.list()) {
             tracing::error!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot resume the partition after restore");
@@ -296,7 +423,36 @@ impl PartitionWorker {
                     }
                 }
                 s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if self.eos.is_some() {
+                        match self.commit_transaction(&consumer).await {
+                            Ok(()) => {}
+                            Err(TxnError::Aborted(why)) => {
+                                // The aborted outputs are gone and the state is ahead of what is
+                                // committed: start the partition again from what is committed.
+                                tracing::warn!(partition = %self.id, error = %why, "transaction aborted; restoring the partition from its last commit");
+                                self.offsets = OffsetTracker::default();
+                                self.skip = None;
+                                self.resume_from = 0;
+                                if let Err(d) = self.restore(&consumer, &mut stop).await {
+                                    break d;
+                                }
+                                if let Some(eos) = self.eos.as_mut() {
+                                    eos.prev = self.restored_clock.take().map(|(c, _)| c);
+                                    eos.full = eos.prev.is_none();
+                                    eos.last = None;
+                                }
+                            }
+                            Err(TxnError::Fatal(why)) => {
+                                tracing::error!(partition = %self.id, error = %why, "transactions fenced or failed for good; leaving the partition to its new owner");
+                                self.eos = None;
+                                self.fenced = true;
+                                break tokio::time::Instant::now();
+                            }
+                        }
+                    }
+                }
                 Some(m) = messages.next(), if !full => {
                     let now = Instant::now();
                     if self.model.has_changed().unwrap_or(false) {
@@ -402,7 +558,8 @@ impl PartitionWorker {
             Ok((mut engine, Ok(from))) => {
                 engine.track_changes(changelog);
                 let events = match &from {
-                    RestoredFrom::Nothing => None,
+                    // With a changelog the restore was announced before it was known to be empty.
+                    RestoredFrom::Nothing => changelog.then_some(0),
                     RestoredFrom::Input { events, .. } | RestoredFrom::Changelog { events, .. } => Some(*events),
                 };
                 let mut restored_clock = None;
@@ -422,14 +579,22 @@ impl PartitionWorker {
                         })
                         .await;
                         if let Ok(Err(e)) = seek {
-                            tracing::warn!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot seek to the changelog's offset; messages before it are skipped as they arrive");
+                            // A paused partition that has not fetched yet refuses a seek; it then
+                            // starts at the group's committed offset, which never passes the
+                            // state's (the changelog flush commits first), and the messages
+                            // before the state's offset are skipped as they arrive.
+                            tracing::debug!(partition = %self.id, error = %e, "no seek to the changelog's offset");
                         }
+                        self.check_gap = true;
                         restored_clock = Some((restored.clock_record, restored.resume));
                     }
                 }
-                if changelog {
+                let exactly_once = self.shared.cfg.sink.processing_guarantee == Guarantee::ExactlyOnce;
+                if changelog && !exactly_once {
                     let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
                     self.changelog = Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock));
+                } else {
+                    self.restored_clock = restored_clock;
                 }
                 self.engine = engine;
                 if let Some(events) = events {
@@ -468,6 +633,11 @@ impl PartitionWorker {
         self.consumed += 1;
         self.last_message = now;
         let offset = m.offset();
+        if std::mem::take(&mut self.check_gap) && offset > self.resume_from {
+            // Would mean the group's offset passed the changelog's: those messages are missing
+            // from the state. Never expected; said loudly if it happens.
+            tracing::error!(partition = %self.id, state_offset = self.resume_from, first_offset = offset, "input resumes after the offset the restored state reflects");
+        }
         if offset < self.resume_from {
             // Fetched before the seek to the changelog's offset: already in the state.
             return Ok(());
@@ -629,7 +799,9 @@ impl PartitionWorker {
         self.advance_idle_clock();
         self.flush_counts();
         self.step_changelog();
+        // With exactly once, offsets are committed with the partition's transaction instead.
         let pos = match &self.changelog {
+            _ if self.eos.is_some() || self.fenced => None,
             Some(w) => w.committable(self.offsets.position()),
             None => self.offsets.position(),
         };
@@ -744,6 +916,18 @@ impl PartitionWorker {
         }
         if let Ok(mut p) = self.shared.populations.lock() {
             p.remove(&self.id);
+        }
+        if self.eos.is_some() {
+            // Offsets go with the transaction, never through the group's commit.
+            if let Some(consumer) = self.consumer.clone() {
+                if let Err(e) = self.commit_transaction(&consumer).await {
+                    tracing::warn!(partition = %self.id, error = %e, "last transaction not committed; the next owner resumes from the one before");
+                }
+            }
+            return None;
+        }
+        if self.fenced {
+            return None;
         }
         match &self.changelog {
             Some(w) => w.committable(self.offsets.position()),

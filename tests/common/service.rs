@@ -146,6 +146,13 @@ warm_up = "off"
         ))
     }
 
+    /// Add a `[sink]` setting (TOML value, e.g. `"\"exactly_once\""`) to the config.
+    pub fn sink_setting(&self, key: &str, toml_value: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen("[sink]\n", &format!("[sink]\n{key} = {toml_value}\n"), 1);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
     /// Add a `[kafka]` setting to the config.
     pub fn kafka_setting(&self, key: &str, value: &str) {
         let text = std::fs::read_to_string(&self.config).expect("config");
