@@ -330,7 +330,7 @@ pub struct TrainArgs {
     /// Where to write the model (JSON).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Seed of the train/validation split and the class rebalancing.
+    /// Seed of the train/validation split and of the L2 search's row sample.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
     /// Write an HTML report (ROC, PR, calibration, histograms, coefficients) to this directory.
@@ -709,8 +709,7 @@ pub fn training_set(a: &RowArgs) -> Result<TrainingSet> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    let TrainingSet { log, spec, labelling: lab, cutoffs, data, load_seconds, build_seconds } =
-        training_set(&a.rows)?;
+    let TrainingSet { log, spec, labelling: lab, cutoffs, data, load_seconds, build_seconds } = training_set(&a.rows)?;
     crate::errln!(
         "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features; events loaded in {load_seconds:.1}s, rows built in {build_seconds:.1}s",
         data.rows(),
@@ -761,12 +760,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     let t = &outcome.timings;
     crate::errln!(
-        "fit time: prepare (split, transform, standardise) {:.1}s, L2 search {:.1}s ({} fits on {} rows), final fit {:.1}s",
+        "fit time: prepare (split, transform, standardise) {:.1}s, L2 search {:.1}s ({} fits on {} rows), final fit {:.1}s (gradient norm {:.1e}, converged below {:.1e})",
         t.prepare_seconds,
         t.search_seconds,
         t.search_fits,
         t.search_rows,
-        t.final_fit_seconds
+        t.final_fit_seconds,
+        t.final_fit_gradient,
+        t.final_fit_tolerance
     );
     if let Some(dir) = &a.report {
         let path = write_report(

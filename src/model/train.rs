@@ -74,6 +74,10 @@ pub struct TrainTimings {
     pub search_fits: usize,
     pub search_rows: usize,
     pub final_fit_seconds: f64,
+    /// Norm of the mean loss's gradient at the final fit: below `final_fit_tolerance` the fit
+    /// converged, above it L-BFGS stopped at its iteration cap.
+    pub final_fit_gradient: f64,
+    pub final_fit_tolerance: f64,
 }
 
 /// What training produced besides the artifact: the validation rows' scores, for reports.
@@ -202,35 +206,38 @@ pub fn train(
     let search_started = Instant::now();
     // (l2, validation log loss, fit), in the order tried.
     let mut tried: Vec<(f64, f64, Fitted)> = Vec::new();
+    // The first fit starts from the base rate alone (zero weights, intercept at its log odds).
+    let search_churned = y_search.iter().filter(|v| **v).count() as f64 / n_search.max(1) as f64;
+    let log_odds = (search_churned / (1.0 - search_churned)).ln();
+    let base = Fitted { w: vec![0.0; p], b: if log_odds.is_finite() { log_odds } else { 0.0 } };
     let try_l2 = |l2: f64, tried: &mut Vec<(f64, f64, Fitted)>| -> Result<(), TrainError> {
         // Start from the fit at the nearest strength already tried: the optimum moves little
         // between neighbouring strengths, so L-BFGS needs far fewer steps than from zero.
         let start = tried
             .iter()
             .min_by(|a, b| (a.0.ln() - l2.ln()).abs().total_cmp(&(b.0.ln() - l2.ln()).abs()))
-            .map(|t| &t.2);
-        let f = fit(z_search, y_search, l2, opt, start)?;
+            .map_or(&base, |t| &t.2);
+        let f = fit(z_search, y_search, l2, opt, Some(start))?;
         let ll = metrics::log_loss(&predict(z_valid, &f), y_valid);
         tried.push((l2, ll, f));
         Ok(())
     };
-    for &l2 in &opt.l2_grid {
+    // Strongest first, a regularisation path: a strongly penalised fit is well conditioned and
+    // quick, and each weaker one starts from its neighbour's optimum. On a tie the first tried,
+    // the stronger penalty, is kept.
+    let mut first = opt.l2_grid.clone();
+    first.sort_by(|a, b| b.total_cmp(a));
+    for l2 in first {
         try_l2(l2, &mut tried)?;
     }
     if tried.len() >= 2 {
         loop {
             let mut grid: Vec<(f64, f64)> = tried.iter().map(|t| (t.0, t.1)).collect();
             grid.sort_by(|a, b| a.0.total_cmp(&b.0));
-            // The first of equal losses, as the choice below keeps it.
-            let best_ll = grid.iter().map(|g| g.1).fold(f64::INFINITY, f64::min);
-            let at = grid.iter().position(|g| g.1 == best_ll).unwrap_or(0);
-            let next = if at + 1 == grid.len() {
-                grid[at].0 * 10.0
-            } else if at == 0 {
-                grid[0].0 / 10.0
-            } else {
+            let Some((at, next)) = extend_grid(&grid) else {
                 break;
             };
+            let best_ll = grid[at].1;
             if !(L2_LIMITS.0..=L2_LIMITS.1).contains(&next) || !best_ll.is_finite() {
                 warnings.push(format!(
                     "the L2 search stopped at its limit, {:e}, with the validation log loss still falling: the features may carry little signal here",
@@ -263,8 +270,11 @@ pub fn train(
 
     // Final fit on all rows with the chosen strength, from the search's optimum.
     let final_started = Instant::now();
-    let Fitted { w: coefficients, b: intercept } = fit(z.view(), ArrayView1::from(&y[..]), l2, opt, Some(&held_out))?;
+    let last = fit(z.view(), ArrayView1::from(&y[..]), l2, opt, Some(&held_out))?;
     timings.final_fit_seconds = final_started.elapsed().as_secs_f64();
+    timings.final_fit_gradient = gradient_norm(z.view(), &y, l2, &last);
+    timings.final_fit_tolerance = gradient_tolerance(n, p);
+    let Fitted { w: coefficients, b: intercept } = last;
     drop(z);
 
     let created = chrono::Utc::now();
@@ -314,6 +324,26 @@ fn model_version(a: &ModelArtifact, at: &chrono::DateTime<chrono::Utc>) -> Strin
     let coef = serde_json::to_string(&(&a.coefficients, a.intercept, &a.spec_fingerprint)).unwrap_or_default();
     let h = crate::hash::stable_u64("model", &coef);
     format!("cg-{}-{:08x}", at.format("%Y%m%d"), h >> 32)
+}
+
+/// Where the L2 search goes next, given the strengths tried (sorted, with their validation log
+/// losses): tenfold past an edge that holds the best loss and is strictly better than its
+/// neighbour, as `(index of that edge, next strength)`; None when the best is inside. Fits that
+/// stop within the gradient tolerance of the same point tie, and a tie says the strengths are
+/// indistinguishable, not that the loss is still falling.
+fn extend_grid(grid: &[(f64, f64)]) -> Option<(usize, f64)> {
+    let last = grid.len().checked_sub(1).filter(|&l| l >= 1)?;
+    let best = grid.iter().map(|g| g.1).fold(f64::INFINITY, f64::min);
+    if grid[last].1 == best && grid[last].1 < grid[last - 1].1 {
+        Some((last, grid[last].0 * 10.0))
+    } else if grid[0].1 == best && grid[0].1 < grid[1].1 {
+        Some((0, grid[0].0 / 10.0))
+    } else if !best.is_finite() {
+        // Every loss infinite or NaN: nothing to compare; the caller stops with a warning.
+        Some((0, L2_LIMITS.1 * 10.0))
+    } else {
+        None
+    }
 }
 
 /// Rows this many at a time are moved out of the raw buffer before it is shrunk: small enough
@@ -382,6 +412,30 @@ fn predict(z: ArrayView2<f64>, f: &Fitted) -> Vec<f64> {
     logit.iter().map(|v| super::score::sigmoid(*v)).collect()
 }
 
+/// When L-BFGS stops: the norm of the mean loss's gradient, a tenth of its sampling noise.
+///
+/// At the population optimum the gradient of the mean loss over `rows` rows is not zero but noise
+/// of norm about `sqrt(features / (4 rows))` (each standardised feature times a residual of
+/// variance at most 1/4). Optimising far below that noise moves the coefficients by less than
+/// resampling the rows would, yet on correlated features it costs most of L-BFGS's iterations.
+/// Never tighter than the 1e-4 used before, so small data fits as before or looser.
+fn gradient_tolerance(rows: usize, features: usize) -> f64 {
+    let noise = (features.max(1) as f64 / (4.0 * rows.max(1) as f64)).sqrt();
+    (0.1 * noise).max(1e-4)
+}
+
+/// Norm of the gradient of the mean penalised log loss at `f`: how far the fit is from the
+/// optimum (L-BFGS stops below [`gradient_tolerance`], or at its iteration cap).
+fn gradient_norm(z: ArrayView2<f64>, y: &[bool], l2: f64, f: &Fitted) -> f64 {
+    let n = z.nrows().max(1) as f64;
+    let r: Array1<f64> = predict(z, f).iter().zip(y).map(|(p, &y)| p - if y { 1.0 } else { 0.0 }).collect();
+    let mut sq = (r.sum() / n).powi(2);
+    for (col, w) in z.columns().into_iter().zip(&f.w) {
+        sq += (col.dot(&r) / n + l2 * w).powi(2);
+    }
+    sq.sqrt()
+}
+
 /// Maximum-likelihood L2 logistic regression on the rows as they are: no resampling and no
 /// intercept correction. The unweighted fit of a model with an intercept matches the mean
 /// prediction to the base rate, so its output is P(churned) directly; a balanced resample with
@@ -399,8 +453,8 @@ fn fit(
     let mut params = LogisticRegression::default()
         .alpha(l2 * rows)
         .max_iterations(opt.max_iterations)
-        // The loss is a sum over rows, so the gradient scales with them.
-        .gradient_tolerance(1e-4 * rows);
+        // linfa's loss is a sum over rows, so its gradient is `rows` times the mean's.
+        .gradient_tolerance(gradient_tolerance(z.nrows(), z.ncols()) * rows);
     if let Some(s) = start {
         // linfa's parameters describe the class it calls positive: the more frequent one, or the
         // first seen on a tie. A wrong guess here only costs iterations: the sign below is read
@@ -607,6 +661,24 @@ mod tests {
         assert_eq!(a.artifact.scaler, b.artifact.scaler);
         assert_eq!(a.artifact.training.l2_grid, b.artifact.training.l2_grid);
         assert_eq!(a.validation_scores, b.validation_scores);
+    }
+
+    #[test]
+    fn grid_extends_past_a_strictly_better_edge_only() {
+        assert_eq!(extend_grid(&[(1e-4, 0.40), (1e-3, 0.41), (1e-2, 0.42)]), Some((0, 1e-5)));
+        assert_eq!(extend_grid(&[(1e-4, 0.42), (1e-3, 0.41), (1e-2, 0.40)]), Some((2, 1e-1)));
+        assert_eq!(extend_grid(&[(1e-4, 0.41), (1e-3, 0.40), (1e-2, 0.42)]), None);
+        // A tie at the edge: the strengths are indistinguishable, so the search stops.
+        assert_eq!(extend_grid(&[(1e-5, 0.40), (1e-4, 0.40), (1e-3, 0.41)]), None);
+        assert_eq!(extend_grid(&[(1e-4, 0.40)]), None);
+    }
+
+    #[test]
+    fn gradient_tolerance_is_a_tenth_of_the_noise_and_never_below_1e_4() {
+        assert_eq!(gradient_tolerance(100, 67), 0.1 * (67.0f64 / 400.0).sqrt());
+        assert_eq!(gradient_tolerance(1_000_000_000, 67), 1e-4);
+        let at_1m = gradient_tolerance(1_000_000, 67);
+        assert!((at_1m - 4.09e-4).abs() < 1e-6, "{at_1m}");
     }
 
     /// Row i lands at row dest[i], transformed, and the result is column-major.
