@@ -151,15 +151,16 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
     };
     reset_peak_rss();
     let t = Instant::now();
-    let outcome = train::train(&art.spec, &data, ctx, &TrainOptions::default())?;
+    let (rows, n_features) = (data.rows(), data.n_features);
+    let outcome = train::train(&art.spec, data, ctx, &TrainOptions::default())?;
     let train_secs = t.elapsed().as_secs_f64();
     line(&mut out, String::new());
     line(
         &mut out,
         format!(
             "training: {} labelled rows x {} features over {} cutoffs; dataset built (replay to each cutoff) in {build_secs:.1}s; fit (L2 search on <= 200k rows over {} strengths, then the final fit on all rows) in {train_secs:.1}s; peak RSS {:.0} MB; validation ROC AUC {:.4}",
-            data.rows(),
-            data.n_features,
+            rows,
+            n_features,
             cutoffs.len(),
             TrainOptions::default().l2_grid.len(),
             peak_rss_bytes() as f64 / 1e6,

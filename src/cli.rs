@@ -338,7 +338,7 @@ pub struct TrainArgs {
     /// Where to write the model (JSON).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Seed of the train/validation split and the class rebalancing.
+    /// Seed of the train/validation split and of the L2 search's row sample.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
     /// Write an HTML report (ROC, PR, calibration, histograms, coefficients) to this directory.
@@ -684,6 +684,10 @@ pub struct TrainingSet {
     pub labelling: Labelling,
     pub cutoffs: Vec<Millis>,
     pub data: dataset::Dataset,
+    /// Reading and parsing the event log.
+    pub load_seconds: f64,
+    /// Replaying it to the cutoffs and labelling the rows.
+    pub build_seconds: f64,
 }
 
 /// Load the events, choose the spec, label and build the rows: the one code path of `train` and
@@ -699,21 +703,25 @@ pub fn training_set(a: &RowArgs) -> Result<TrainingSet> {
     let cutoff = a.label.cutoff;
     let cutoffs: Vec<Millis> = (0..a.cutoffs as i64).map(|i| cutoff - i * a.every.ms()).collect();
     let lab = labelling(&a.label, cutoffs.clone())?;
+    let t = std::time::Instant::now();
     let log = load_log(&a.events)?;
+    let load_seconds = t.elapsed().as_secs_f64();
     let spec = match &a.spec {
         Some(p) => FeatureSpec::from_file(p)?,
         None => FeatureSpec::derive_from_counts(&log.type_counts(), 0.0005, 16),
     };
     spec.validate()?;
+    let t = std::time::Instant::now();
     let data = dataset::build_with(&log, &spec, &lab, &opts)?;
+    let build_seconds = t.elapsed().as_secs_f64();
     report_labels(&lab, &data);
-    Ok(TrainingSet { log, spec, labelling: lab, cutoffs, data })
+    Ok(TrainingSet { log, spec, labelling: lab, cutoffs, data, load_seconds, build_seconds })
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    let TrainingSet { log, spec, labelling: lab, cutoffs, data } = training_set(&a.rows)?;
+    let TrainingSet { log, spec, labelling: lab, cutoffs, data, load_seconds, build_seconds } = training_set(&a.rows)?;
     crate::errln!(
-        "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features",
+        "{} rows ({} users) over {} cutoff(s), churn rate {:.3}, {} features; events loaded in {load_seconds:.1}s, rows built in {build_seconds:.1}s",
         data.rows(),
         data.distinct_users(),
         cutoffs.len(),
@@ -729,12 +737,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         active_within: a.rows.label.active_within.map(|s| s.to_string()),
         label_source: lab.source.describe(),
     };
+    // Only the rows are needed from here on; the log is as large as a third of them.
+    drop(log);
     let opt = TrainOptions { seed: a.seed, ..TrainOptions::default() };
     let spin = crate::progress::spinner(&format!(
         "fitting: L2 search over {} strengths, then the final fit",
         opt.l2_grid.len()
     ));
-    let outcome = train::train(&spec, &data, ctx, &opt)?;
+    let outcome = train::train(&spec, data, ctx, &opt)?;
     spin.finish_and_clear();
     for w in &outcome.warnings {
         crate::term::warn(w);
@@ -757,6 +767,17 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         art.training.l2_grid.iter().map(|(l2, _)| format!("{l2:.0e}")).collect::<Vec<_>>().join(" "),
         art.thresholds.tiers.iter().map(|t| format!("{}>={:.3}", t.name, t.min_score)).collect::<Vec<_>>().join(", "),
         art.training.train_seconds
+    );
+    let t = &outcome.timings;
+    crate::errln!(
+        "fit time: prepare (split, transform, standardise) {:.1}s, L2 search {:.1}s ({} fits on {} rows), final fit {:.1}s (gradient norm {:.1e}, converged below {:.1e})",
+        t.prepare_seconds,
+        t.search_seconds,
+        t.search_fits,
+        t.search_rows,
+        t.final_fit_seconds,
+        t.final_fit_gradient,
+        t.final_fit_tolerance
     );
     if let Some(dir) = &a.report {
         let path = write_report(

@@ -207,7 +207,7 @@ fn trained() -> &'static Trained {
             label_source: lab.source.describe(),
         };
         let opt = TrainOptions { l2_grid: vec![1e-2], ..TrainOptions::default() };
-        let model = train::train(&spec, &data, ctx, &opt).expect("train").artifact;
+        let model = train::train(&spec, data, ctx, &opt).expect("train").artifact;
         model.validate().expect("trained artifact validates");
         Trained { events: parse_lines(&bytes), events_path, model, _dir: dir }
     })
