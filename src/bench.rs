@@ -185,6 +185,10 @@ pub struct KafkaBenchOptions {
     pub repeat: usize,
     /// `[kafka]` overrides for the service and the bare consumer.
     pub kafka: Vec<(String, String)>,
+    /// Processing guarantees to measure the service with, side by side in each round.
+    pub guarantees: Vec<crate::config::Guarantee>,
+    /// `sink.commit_interval` of the service runs (commits, changelog flushes, transactions).
+    pub commit_interval: Span,
 }
 
 /// The q-quantile of a Prometheus histogram, interpolated within its bucket.
@@ -423,25 +427,29 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     // Latency is measured on interventions: emit them from the first event (no warm-up).
     cfg.engine.warm_up = WarmUp::Off;
     // Counts reach the registry at each worker tick; a short tick keeps the timing resolution fine.
-    cfg.sink.commit_interval = Span(20);
+    cfg.sink.commit_interval = o.commit_interval;
     cfg.validate()?;
 
     // Side by side, interleaved per round so that machine noise hits every side alike.
     let mut bare = Vec::new();
     let mut engine = Vec::new();
     let mut engine_cpu = Vec::new();
-    let mut service: Vec<Vec<f64>> = vec![Vec::new(); o.workers.len()];
-    let mut service_cpu: Vec<Vec<f64>> = vec![Vec::new(); o.workers.len()];
+    let guarantees = if o.guarantees.is_empty() { vec![crate::config::Guarantee::AtLeastOnce] } else { o.guarantees.clone() };
+    let runs: Vec<(usize, crate::config::Guarantee)> =
+        o.workers.iter().flat_map(|&w| guarantees.iter().map(move |&g| (w, g))).collect();
+    let mut service: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut service_cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     let mut outputs = 0.0;
     for round in 0..o.repeat.max(1) {
         bare.push(bare_rate(&o.brokers, &events, n, &o.kafka, round).await?);
         let (wall, cpu) = engine_rate(&items, &model, &cfg);
         engine.push(wall);
         engine_cpu.push(cpu);
-        for (i, &w) in o.workers.iter().enumerate() {
+        for (i, &(w, g)) in runs.iter().enumerate() {
             let mut c = cfg.clone();
-            c.source.group_id = format!("bench-svc-{tag}-{round}-{w}");
+            c.source.group_id = format!("bench-svc-{tag}-{round}-{w}-{i}");
             c.runtime.workers = w;
+            c.sink.processing_guarantee = g;
             let (metrics, stop, handle) = spawn_service(c, w)?;
             let mut first = None;
             let mut cpu_first = f64::NAN;
@@ -510,11 +518,27 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     out.push_str(&format!("| engine alone, one core, same events (events/s) | {eng_min:.0} | {eng_med:.0} |\n"));
     let (ec_min, ec_med) = min_median(&engine_cpu);
     out.push_str(&format!("| engine alone, events per CPU second | {ec_min:.0} | {ec_med:.0} |\n"));
-    for (i, w) in o.workers.iter().enumerate() {
+    for (i, (w, g)) in runs.iter().enumerate() {
         let (mn, md) = min_median(&service[i]);
+        let mode = match g {
+            crate::config::Guarantee::AtLeastOnce => "at least once",
+            crate::config::Guarantee::ExactlyOnce => "exactly once",
+        };
         out.push_str(&format!(
-            "| churnguard run, {w} worker(s) (events/s, outputs acked, offsets committed) | {mn:.0} | {md:.0} |\n"
+            "| churnguard run, {w} worker(s), {mode} (events/s, outputs acked, offsets committed) | {mn:.0} | {md:.0} |\n"
         ));
+        if *g == crate::config::Guarantee::ExactlyOnce {
+            if let Some(j) = runs.iter().position(|r| *r == (*w, crate::config::Guarantee::AtLeastOnce)) {
+                // Per round, so that both sides of each ratio saw the same machine noise.
+                let ratios: Vec<f64> = service[i].iter().zip(&service[j]).map(|(e, a)| e / a).collect();
+                let (rmn, rmd) = min_median(&ratios);
+                out.push_str(&format!(
+                    "| ... exactly once / at least once, same round | {:.0}% | {:.0}% |\n",
+                    100.0 * rmn,
+                    100.0 * rmd
+                ));
+            }
+        }
         out.push_str(&format!(
             "| ... per worker / engine on one core | {:.0}% | {:.0}% |\n",
             100.0 * mn / *w as f64 / eng_med,

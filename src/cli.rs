@@ -157,6 +157,13 @@ pub enum BenchCommand {
         /// A librdkafka setting for the service and the bare consumer, as in [kafka] (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         kafka: Vec<(String, String)>,
+        /// Processing guarantees to run the service with, side by side in each round
+        /// (comma-separated: at_least_once, exactly_once).
+        #[arg(long, value_name = "G", value_delimiter = ',', default_value = "at_least_once", value_parser = parse_guarantee)]
+        guarantees: Vec<crate::config::Guarantee>,
+        /// The service's sink.commit_interval (commits, changelog flushes, transactions).
+        #[arg(long, value_name = "DUR", default_value = "20ms")]
+        commit_interval: crate::time::Span,
     },
 }
 
@@ -497,6 +504,8 @@ pub fn run(cli: Cli) -> Result<()> {
             workers,
             repeat,
             kafka,
+            guarantees,
+            commit_interval,
         }) => {
             let o = crate::bench::KafkaBenchOptions {
                 brokers,
@@ -509,6 +518,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 workers,
                 repeat,
                 kafka,
+                guarantees,
+                commit_interval,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
             crate::term::stdout_str(&report);
@@ -520,6 +531,14 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::errln!("{}: ok", file.display());
             Ok(())
         }
+    }
+}
+
+fn parse_guarantee(s: &str) -> Result<crate::config::Guarantee, String> {
+    match s.trim() {
+        "at_least_once" => Ok(crate::config::Guarantee::AtLeastOnce),
+        "exactly_once" => Ok(crate::config::Guarantee::ExactlyOnce),
+        other => Err(format!("{other:?}: expected at_least_once or exactly_once")),
     }
 }
 

@@ -571,14 +571,14 @@ async fn ten_sigkills_at_random_points_lose_nothing() {
         seed % n
     };
     const KILLS: usize = 10;
-    // Half the stream is a backlog before the first start; the rest arrives in slices, live.
-    let half = evs.len() / 2;
+    // Half the stream is a backlog before the first start; the rest arrives in slices, live,
+    // each ending between time steps (see `step_slices`).
+    let slices = step_slices(&evs, 2 * KILLS);
+    let half = slices[KILLS].start;
     common::produce_all(&producer, &t.events, &evs[..half]).await;
-    let slice = (evs.len() - half).div_ceil(KILLS);
-    for k in 0..KILLS {
+    for (k, part) in slices[KILLS..].iter().enumerate() {
         let child = h.start();
-        let from = half + k * slice;
-        let live = &evs[from.min(evs.len())..(from + slice).min(evs.len())];
+        let live = &evs[part.clone()];
         // Killed once it holds its partitions: the kill lands in a restore, a catch-up or live.
         let joined = wait_for(Duration::from_secs(60), || {
             (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())

@@ -15,7 +15,7 @@ use churnguard::intervention::{Intervention, Trigger};
 use churnguard::model::artifact::ModelArtifact;
 use churnguard::state::changelog::{topic_name, CLOCK_KEY, END_KEY, PREV_KEY};
 use churnguard::state::codec::{self, Shape};
-use churnguard::time::{format_rfc3339_ms, DAY_MS, HOUR_MS};
+use churnguard::time::{format_rfc3339_ms, DAY_MS};
 use common::service::*;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -210,23 +210,11 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
     let producer = common::producer(&brokers);
     let child_a = a.start();
     const ROUNDS: usize = 4;
-    // Slices end between two 4-hour steps of the stream: while a slice is awaited every
-    // partition is idle and the idle clock moves event time on by the seconds that pass, which
-    // would make the rest of a step late (dropped, unlike in replay).
-    let ts = |e: &(String, Vec<u8>)| parse_event(&e.1, 4096).expect("valid event").ts;
-    let cuts: Vec<usize> = (0..=ROUNDS)
-        .map(|r| {
-            let mut i = (evs.len() * r / ROUNDS).min(evs.len());
-            while i > 0 && i < evs.len() && ts(&evs[i]) - ts(&evs[i - 1]) < HOUR_MS {
-                i += 1;
-            }
-            i
-        })
-        .collect();
-    for r in 0..ROUNDS {
+    // Slices end between time steps (see `step_slices`).
+    let slices = step_slices(&evs, ROUNDS);
+    for (r, part) in slices.iter().enumerate() {
         let child_b = b.start();
-        let part = &evs[cuts[r]..cuts[r + 1]];
-        common::produce_all(&producer, &t.events, part).await;
+        common::produce_all(&producer, &t.events, &evs[part.clone()]).await;
         // B joins (a rebalance), works a little, and leaves (another).
         let joined = wait_for(Duration::from_secs(60), || {
             (b.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
@@ -302,13 +290,14 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
         seed % n
     };
     const KILLS: usize = 10;
-    let half = evs.len() / 2;
+    // A backlog of about half the stream, then slices that end between time steps (see
+    // `step_slices`), produced live.
+    let slices = step_slices(&evs, 2 * KILLS);
+    let half = slices[KILLS].start;
     common::produce_all(&producer, &t.events, &evs[..half]).await;
-    let slice = (evs.len() - half).div_ceil(KILLS);
-    for k in 0..KILLS {
+    for (k, part) in slices[KILLS..].iter().enumerate() {
         let child = h.start();
-        let from = half + k * slice;
-        let live = evs[from.min(evs.len())..(from + slice).min(evs.len())].to_vec();
+        let live = evs[part.clone()].to_vec();
         let joined = wait_for(Duration::from_secs(60), || {
             (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
         })
@@ -342,6 +331,16 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
         .collect();
     let log = h.log();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
-    assert!(missing.is_empty(), "lost: {missing:#?}\nwarnings:\n{}", warnings.join("\n"));
+    let lost_users: BTreeSet<&str> = missing.iter().filter_map(|m| m.split(' ').next()).collect();
+    let theirs: Vec<String> = got
+        .iter()
+        .filter(|i| lost_users.contains(i.user_id.as_str()))
+        .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost: {missing:#?}\nthe service's decisions for those users: {theirs:#?}\nwarnings:\n{}",
+        warnings.join("\n")
+    );
     assert_same_decisions_at_least_once(&expected, &got, T0 + 49 * DAY_MS);
 }

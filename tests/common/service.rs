@@ -286,6 +286,26 @@ pub fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
 }
 
 /// Sim-like traffic for many users, some of whom go quiet, for crash and equivalence tests.
+/// Cut `evs` (in time order) into `n` slices of about equal size, each ending between two time
+/// steps of the stream (a gap of an hour or more). The tests run with one second of allowed
+/// lateness: a slice that ended inside a step would leave the rest of the step behind a
+/// watermark the idle clock moved on while the service waited for it (late, so dropped, unlike in
+/// replay).
+pub fn step_slices(evs: &[(String, Vec<u8>)], n: usize) -> Vec<std::ops::Range<usize>> {
+    let ts = |e: &(String, Vec<u8>)| churnguard::event::parse_event(&e.1, 4096).expect("valid event").ts;
+    let mut cuts: Vec<usize> = (0..=n)
+        .map(|r| {
+            let mut i = evs.len() * r / n;
+            while i > 0 && i < evs.len() && ts(&evs[i]) - ts(&evs[i - 1]) < HOUR_MS {
+                i += 1;
+            }
+            i
+        })
+        .collect();
+    cuts.dedup();
+    cuts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
 pub fn mixed_stream(users: usize, days: i64) -> Vec<(String, Vec<u8>)> {
     let mut evs = Vec::new();
     for h in (0..days * 24).step_by(4) {
