@@ -259,6 +259,22 @@ impl ChangelogRestored<'_> {
     }
 }
 
+/// Messages whose key was not their event's `user_id` (a key-less message is not counted).
+pub struct KeysMismatched<'a> {
+    pub partition: &'a PartitionId,
+    pub count: u64,
+}
+
+impl KeysMismatched<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.key_mismatches.with_label_values(&[self.partition.topic()]).inc_by(self.count);
+        static LIMIT: RateLimit = RateLimit::new();
+        if LIMIT.allow(1) {
+            tracing::warn!(partition = %self.partition, count = self.count, "messages keyed by something other than their user_id: a user's events may land on several partitions and split their state; key the topic by user_id");
+        }
+    }
+}
+
 /// A partition's transaction was committed (`error: None`) or not.
 pub struct TransactionFinished<'a> {
     pub partition: &'a PartitionId,

@@ -29,7 +29,7 @@ use crate::state::codec::Shape;
 use crate::pipeline::events::{
     Backpressured, ChangelogRestored, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged,
     MessageTimed, MessagesConsumed, OutputAcked, OutputFailed, OutputKind, OutputRetried, PartitionClock,
-    RestoreFinished, RestoreProgress, RestoreStarted, TransactionFinished, ChangelogFlushed,
+    RestoreFinished, RestoreProgress, RestoreStarted, TransactionFinished, ChangelogFlushed, KeysMismatched,
 };
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
@@ -217,6 +217,8 @@ pub struct PartitionWorker {
     fenced: bool,
     /// Check the first message after a changelog restore against the state's offset.
     check_gap: bool,
+    /// Messages whose key is not their event's user id, since the last tick.
+    key_mismatches: u64,
 }
 
 struct Eos {
@@ -279,6 +281,7 @@ impl PartitionWorker {
             consumer: None,
             fenced: false,
             check_gap: false,
+            key_mismatches: 0,
         }
     }
 
@@ -400,6 +403,10 @@ impl PartitionWorker {
         if let Err(e) = consumer.resume(&self.id.list()) {
             tracing::error!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot resume the partition after restore");
         }
+        // Idle time counts from now, not from the assignment: a partition that has just spent
+        // seconds restoring has not had the chance to fetch its backlog yet, and were it taken
+        // for idle, the idle clock would move its event time past that backlog (making it late).
+        self.last_message = Instant::now();
         let period = Duration::from_millis(self.shared.cfg.sink.commit_interval.ms().clamp(10, 1000) as u64);
         let mut tick = tokio::time::interval(period);
         let max_in_flight = self.shared.cfg.sink.max_in_flight;
@@ -650,6 +657,11 @@ impl PartitionWorker {
             Ok(ev) => {
                 let t = started.map(|_| Instant::now());
                 let emitted_at = chrono::Utc::now().timestamp_millis();
+                if m.key().is_some_and(|k| k != ev.user_id.as_bytes()) {
+                    // The user's state lives with the partition their key hashes to; a key that is
+                    // not the user id may split a user across partitions (docs/KAFKA.md).
+                    self.key_mismatches += 1;
+                }
                 if self.skip.as_ref().is_some_and(|s| offset >= s.until) {
                     self.skip = None;
                 }
@@ -877,6 +889,9 @@ impl PartitionWorker {
     }
 
     fn flush_counts(&mut self) {
+        if self.key_mismatches > 0 {
+            KeysMismatched { partition: &self.id, count: std::mem::take(&mut self.key_mismatches) }.emit(self.metrics());
+        }
         EngineProgress { before: &self.flushed, after: &self.engine.counters }.emit(self.metrics());
         self.flushed = self.engine.counters.clone();
         MessagesConsumed { partition: &self.id, count: self.consumed - self.consumed_flushed }.emit(self.metrics());
