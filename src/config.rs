@@ -45,6 +45,26 @@ pub struct SourceConfig {
     /// Rebuild a newly assigned partition's state by re-reading it from the beginning up to the
     /// committed offset (outputs suppressed). Needs topic retention >= the state horizon.
     pub restore_on_assign: bool,
+    /// `"trust"` (the default): the input is keyed by user id. `"repartition"`: it is not, so
+    /// every valid event is first re-keyed by its `user_id` through the internal topic
+    /// `<group_id>-repartition`, and scored from there.
+    pub keys: KeyMode,
+}
+
+/// `source.keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMode {
+    #[default]
+    Trust,
+    Repartition,
+}
+
+impl SourceConfig {
+    /// The internal topic of `keys = "repartition"`.
+    pub fn repartition_topic(&self) -> String {
+        format!("{}-repartition", self.group_id)
+    }
 }
 
 impl Default for SourceConfig {
@@ -55,6 +75,7 @@ impl Default for SourceConfig {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             idle_timeout: Span(30_000),
             restore_on_assign: true,
+            keys: KeyMode::Trust,
         }
     }
 }
@@ -185,11 +206,16 @@ pub struct StateConfig {
     pub changelog: bool,
     /// Replication factor of a changelog topic this service creates (-1: the broker's default).
     pub changelog_replication_factor: i32,
+    /// At least once: how often a partition writes its changed users to the changelog. A busy
+    /// user is one record per flush, so a longer interval writes less; the group's committed
+    /// offset trails by up to this much (more input is read again after a crash). With exactly
+    /// once, every transaction (`sink.commit_interval`) carries a flush instead.
+    pub flush_interval: Span,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { changelog: true, changelog_replication_factor: -1 }
+        StateConfig { changelog: true, changelog_replication_factor: -1, flush_interval: Span(5_000) }
     }
 }
 
@@ -320,6 +346,9 @@ impl Config {
         }
         if s.commit_interval.ms() <= 0 {
             return Err(invalid("sink.commit_interval", "must be positive"));
+        }
+        if self.state.flush_interval.ms() <= 0 {
+            return Err(invalid("state.flush_interval", "must be positive (e.g. \"5s\")"));
         }
         self.http
             .listen

@@ -344,3 +344,84 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
     );
     assert_same_decisions_at_least_once(&expected, &got, T0 + 49 * DAY_MS);
 }
+
+/// Input keyed by something other than the user id, with `source.keys = "repartition"`: every
+/// event is re-keyed by its user id through the internal repartition topic, so each user's state
+/// lives in one place. The decisions are replay's, and so is every user's feature state.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_input_is_repartitioned_by_user_id_and_decides_as_replay() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "repart", 3).await;
+    let h = Harness::with(&brokers, &t, "keys = \"repartition\"", "");
+    // Events reach the repartition topic from three input partitions at their own pace: a day of
+    // lateness absorbs the reordering of the half-day slices produced below.
+    h.lateness("1d");
+    let evs = mixed_stream(90, 40);
+    let expected = h.replay(&evs);
+    assert!(expected.len() > 30, "the stream must produce interventions ({})", expected.len());
+    let child = h.start();
+    let joined = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_partitions_assigned", "") == 6.0).then_some(())
+    })
+    .await;
+    assert!(joined.is_some(), "3 input and 3 repartition partitions assigned:\n{}", h.log());
+    let mut sent = 0usize;
+    for (i, part) in step_slices(&evs, 80).into_iter().enumerate() {
+        // Round-robin over partitions, with keys that are not user ids.
+        let items: Vec<(i32, String, Vec<u8>)> =
+            evs[part].iter().enumerate().map(|(j, (_, v))| (((i + j) % 3) as i32, format!("k{}", (i + j) % 7), v.clone())).collect();
+        sent += items.len();
+        produce_to(&brokers, &t.events, &items).await;
+        let n = sent as f64;
+        let forwarded = wait_for(Duration::from_secs(30), || {
+            (h.metric_sum("churnguard_repartitioned_total", "") >= n).then_some(())
+        })
+        .await;
+        assert!(forwarded.is_some(), "slice {i} was not re-keyed:\n{}", h.log());
+    }
+    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(90)).await;
+    let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let mismatches = h.metric_sum("churnguard_key_mismatches_total", "");
+    assert!(stop(child, "-TERM").success(), "{}", h.log());
+    assert_eq!(mismatches, 0.0, "the scoring partitions read events keyed by user id");
+    let mut got = interventions(&msgs);
+    got.extend(interventions(&ctl));
+    // Replay decides to the end of the file; the service's watermark trails its newest event by
+    // the day of lateness.
+    assert_same_decisions_at_least_once(&expected, &got, T0 + 38 * DAY_MS);
+    let scored = Topics {
+        events: format!("{}-repartition", t.group),
+        interventions: t.interventions.clone(),
+        control: t.control.clone(),
+        dlq: t.dlq.clone(),
+        group: t.group.clone(),
+    };
+    assert_changelog_features_equal_replay(&brokers, &h, &scored, &evs).await;
+}
+
+/// With the input trusted to be keyed by user id (the default), a message keyed otherwise is
+/// processed and counted.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_keyed_by_something_else_are_counted() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "keys", 1).await;
+    let h = Harness::new(&brokers, &t, "");
+    let items: Vec<(i32, String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            let (user, v) = event(&format!("u{i}"), "login", T0 + i * 1000);
+            (0, if i < 4 { user } else { format!("not-{user}") }, v)
+        })
+        .collect();
+    produce_to(&brokers, &t.events, &items).await;
+    let child = h.start();
+    let counted = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == 10.0
+            && h.metric_sum("churnguard_key_mismatches_total", "") == 6.0)
+            .then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "6 mismatched keys counted:\n{}", h.metrics());
+    assert!(stop(child, "-TERM").success());
+}

@@ -32,12 +32,21 @@ pub struct ChangelogWriter {
     durable: Option<i64>,
     last: Option<(i64, Millis)>,
     label: Arc<str>,
+    /// When the last flush was built, and how long to wait before the next.
+    built_at: Option<std::time::Instant>,
+    interval: std::time::Duration,
 }
 
 impl ChangelogWriter {
     /// `prev`: the restored flush's clock record and offset, when state came from the changelog;
     /// otherwise the first flush writes every user.
-    pub fn new(topic: &str, partition: i32, engine: &Engine, restored: Option<(Vec<u8>, i64)>) -> ChangelogWriter {
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        engine: &Engine,
+        restored: Option<(Vec<u8>, i64)>,
+        interval: std::time::Duration,
+    ) -> ChangelogWriter {
         let full = restored.is_none();
         let (prev, durable) = match restored {
             Some((clock, offset)) => (Some(clock), Some(offset)),
@@ -56,6 +65,8 @@ impl ChangelogWriter {
             durable,
             last: durable.map(|d| (d, engine.watermark())),
             label: Arc::from(""),
+            built_at: None,
+            interval,
         }
     }
 
@@ -76,12 +87,15 @@ impl ChangelogWriter {
 
     /// Build a flush if there is news, and send what may be sent. `next`: the input offset the
     /// engine's state reflects (one past the last processed message).
-    pub fn step(&mut self, engine: &mut Engine, offsets: &OffsetTracker, sink: &mut KafkaSink, metrics: &Metrics) {
+    /// `now`: flush whatever is new even if the interval has not passed (revoke, shutdown).
+    pub fn step(&mut self, engine: &mut Engine, offsets: &OffsetTracker, sink: &mut KafkaSink, metrics: &Metrics, now: bool) {
         let Some(next) = offsets.next_to_process() else { return };
         if self.pending.is_none() {
-            if !self.has_news(engine, next) {
+            let due = now || self.built_at.is_none_or(|t| t.elapsed() >= self.interval);
+            if !due || !self.has_news(engine, next) {
                 return;
             }
+            self.built_at = Some(std::time::Instant::now());
             let f = Flush::build(engine, &self.shape, next, self.prev.as_deref(), self.full);
             self.full = false;
             self.last = Some((next, engine.watermark()));

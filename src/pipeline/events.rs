@@ -20,6 +20,8 @@ pub enum OutputKind {
     DeadLetter,
     /// A state record on a changelog topic.
     Changelog,
+    /// A valid event re-keyed by its user id onto the repartition topic.
+    Repartitioned,
 }
 
 impl OutputKind {
@@ -29,6 +31,7 @@ impl OutputKind {
             OutputKind::Control => "control",
             OutputKind::DeadLetter => "dead_letter",
             OutputKind::Changelog => "changelog",
+            OutputKind::Repartitioned => "repartitioned",
         }
     }
 }
@@ -113,6 +116,7 @@ impl OutputAcked<'_> {
             OutputKind::Control => m.control.with_label_values(&[self.label]).inc(),
             OutputKind::DeadLetter => m.dead_lettered.with_label_values(&[self.label]).inc(),
             OutputKind::Changelog => m.changelog_records.inc(),
+            OutputKind::Repartitioned => m.repartitioned.inc(),
         }
         if let Some(s) = self.latency_seconds {
             m.event_to_intervention_seconds.with_label_values(&[self.label]).observe(s);

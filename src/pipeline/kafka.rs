@@ -273,9 +273,28 @@ impl Service {
             drain_timeout: Duration::from_millis(self.cfg.shutdown.timeout.ms().clamp(1, 10_000) as u64),
         });
         self.health.set_model_loaded(true);
+        let mut topics = self.cfg.source.topics.clone();
+        if self.cfg.source.keys == crate::config::KeyMode::Repartition {
+            let repartition = self.cfg.source.repartition_topic();
+            let settings = shared.restore_settings.clone();
+            let inputs = self.cfg.source.topics.clone();
+            let topic = repartition.clone();
+            let created = tokio::task::spawn_blocking(move || {
+                let t = Duration::from_secs(10);
+                let n = crate::pipeline::restore::partition_count(&settings, &inputs, t)?;
+                crate::pipeline::restore::ensure_repartition_topic(&settings, &topic, n.max(1), t)
+            })
+            .await;
+            match created {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(topic = %repartition, error = %e, "cannot create the repartition topic; create it (as many partitions as the input)"),
+                Err(e) => tracing::error!(error = %e, "repartition topic task failed"),
+            }
+            topics.push(repartition);
+        }
         let consumer = source::subscribe(
             self.consumer_config(),
-            &self.cfg.source.topics,
+            &topics,
             workers.clone() as Arc<dyn RebalanceListener>,
             self.metrics.clone(),
         )

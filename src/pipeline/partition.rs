@@ -219,6 +219,10 @@ pub struct PartitionWorker {
     check_gap: bool,
     /// Messages whose key is not their event's user id, since the last tick.
     key_mismatches: u64,
+    /// `source.keys = "repartition"` and this is an input partition: valid events are only
+    /// re-keyed onto this topic (no engine, no state).
+    forward: Option<Arc<str>>,
+    no_headers: rdkafka::message::OwnedHeaders,
 }
 
 struct Eos {
@@ -257,6 +261,9 @@ impl PartitionWorker {
             let _ = engine.set_shadow(shadow);
         }
         let sink = KafkaSink::new(producer, topics.clone(), shared.message_max_bytes);
+        let repartition = shared.cfg.source.repartition_topic();
+        let forward = (shared.cfg.source.keys == crate::config::KeyMode::Repartition && id.topic() != repartition)
+            .then(|| Arc::from(repartition.as_str()));
         PartitionWorker {
             id,
             shared,
@@ -282,6 +289,8 @@ impl PartitionWorker {
             fenced: false,
             check_gap: false,
             key_mismatches: 0,
+            forward,
+            no_headers: rdkafka::message::OwnedHeaders::new(),
         }
     }
 
@@ -326,7 +335,12 @@ impl PartitionWorker {
     }
 
     async fn send_flush_and_commit(&mut self, eos: &mut Eos, next: i64, consumer: &GroupConsumer) -> Result<(), TxnError> {
-        let flush = Flush::build(&mut self.engine, &eos.shape, next, eos.prev.as_deref(), eos.full);
+        // An input partition that only re-keys events has no state to flush.
+        let flush = if self.forward.is_some() {
+            Flush::default()
+        } else {
+            Flush::build(&mut self.engine, &eos.shape, next, eos.prev.as_deref(), eos.full)
+        };
         let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
         ChangelogFlushed { records: flush.len(), bytes: flush.bytes() }.emit(self.metrics());
         for i in 0..flush.len() {
@@ -361,14 +375,16 @@ impl PartitionWorker {
         tokio::task::spawn_blocking(move || txn.commit(&tpl, &group))
             .await
             .map_err(|e| TxnError::Fatal(e.to_string()))??;
-        eos.prev = Some(flush.clock_record().to_vec());
+        if !flush.is_empty() {
+            eos.prev = Some(flush.clock_record().to_vec());
+        }
         Ok(())
     }
 
-    fn step_changelog(&mut self) {
+    fn step_changelog(&mut self, now: bool) {
         if let Some(w) = self.changelog.as_mut() {
             let before = self.sink.in_flight();
-            w.step(&mut self.engine, &self.offsets, &mut self.sink, &self.shared.metrics);
+            w.step(&mut self.engine, &self.offsets, &mut self.sink, &self.shared.metrics, now);
             let sent = self.sink.in_flight() - before;
             if sent > 0 {
                 InFlightChanged { delta: sent as i64 }.emit(&self.shared.metrics);
@@ -393,8 +409,10 @@ impl PartitionWorker {
             }
             self.consumer = Some(consumer.clone());
         }
-        if let Err(deadline) = self.restore(&consumer, &mut stop).await {
-            return self.finish(deadline).await;
+        if self.forward.is_none() {
+            if let Err(deadline) = self.restore(&consumer, &mut stop).await {
+                return self.finish(deadline).await;
+            }
         }
         if let Some(eos) = self.eos.as_mut() {
             eos.prev = self.restored_clock.take().map(|(c, _)| c);
@@ -599,7 +617,8 @@ impl PartitionWorker {
                 let exactly_once = self.shared.cfg.sink.processing_guarantee == Guarantee::ExactlyOnce;
                 if changelog && !exactly_once {
                     let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
-                    self.changelog = Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock));
+                    let every = Duration::from_millis(self.shared.cfg.state.flush_interval.ms().max(1) as u64);
+                    self.changelog = Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock, every));
                 } else {
                     self.restored_clock = restored_clock;
                 }
@@ -654,6 +673,32 @@ impl PartitionWorker {
         staging.clear();
         let mut scoring = None;
         match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
+            Ok(ev) if self.forward.is_some() => {
+                // Re-keyed by user id, the payload as it came: the repartition topic's partition
+                // scores it (by the producer's default partitioner, one partition per user).
+                let topic = self.forward.clone().unwrap_or_else(|| Arc::from(""));
+                let headers = self.no_headers.clone();
+                let user = ev.user_id.clone();
+                let label: Arc<str> = Arc::from("");
+                self.send(Some(offset), stop, |sink| {
+                    let pending = crate::sink::kafka::Pending {
+                        offset: Some(offset),
+                        kind: OutputKind::Repartitioned,
+                        label: label.clone(),
+                        action: label.clone(),
+                        source_ts_ms: None,
+                        truncated: None,
+                    };
+                    let record = crate::sink::kafka::RecordRef {
+                        topic: &topic,
+                        key: user.as_bytes(),
+                        payload,
+                        headers: &headers,
+                    };
+                    sink.try_send(record, pending).map_err(drop)
+                })
+                .await?;
+            }
             Ok(ev) => {
                 let t = started.map(|_| Instant::now());
                 let emitted_at = chrono::Utc::now().timestamp_millis();
@@ -798,6 +843,10 @@ impl PartitionWorker {
 
     /// After a batch: this partition is active at its new watermark.
     fn report_clock(&mut self) {
+        if self.forward.is_some() {
+            // No event time of its own: it must not hold back the partitions that score.
+            return;
+        }
         if let Ok(mut c) = self.shared.clocks.lock() {
             c.report(&self.id, self.engine.watermark(), self.last_message, true);
         }
@@ -810,7 +859,7 @@ impl PartitionWorker {
         }
         self.advance_idle_clock();
         self.flush_counts();
-        self.step_changelog();
+        self.step_changelog(false);
         // With exactly once, offsets are committed with the partition's transaction instead.
         let pos = match &self.changelog {
             _ if self.eos.is_some() || self.fenced => None,
@@ -845,6 +894,9 @@ impl PartitionWorker {
     /// Timer outputs belong to no input offset; they are decided again after a restart because
     /// their due times are deterministic.
     fn advance_idle_clock(&mut self) {
+        if self.forward.is_some() {
+            return;
+        }
         let idle_after = Duration::from_millis(self.shared.cfg.source.idle_timeout.ms().max(0) as u64);
         let now = Instant::now();
         let target = match self.shared.clocks.lock() {
@@ -902,7 +954,7 @@ impl PartitionWorker {
     async fn finish(mut self, deadline: tokio::time::Instant) -> Option<i64> {
         // Drain the outputs, then write the final state, so the next owner starts from here.
         loop {
-            self.step_changelog();
+            self.step_changelog(true);
             let flushing = self.changelog.as_ref().is_some_and(|w| !w.idle());
             if self.sink.in_flight() == 0 && !flushing {
                 break;

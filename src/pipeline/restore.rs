@@ -129,6 +129,45 @@ pub fn restore(
     Ok(n)
 }
 
+/// Create the repartition topic (`partitions` partitions, deletion after `retention_ms`) unless
+/// it exists. Blocking.
+pub fn ensure_repartition_topic(
+    settings: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), RestoreError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut settings = settings.clone();
+    settings.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> = settings.create()?;
+    // A week: the events only pass through, but a stopped service must find its backlog there.
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)).set("retention.ms", "604800000");
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    for r in futures::executor::block_on(admin.create_topics([&new], &opts))? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(RestoreError::Kafka(format!("cannot create repartition topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The largest partition count among `topics` (0 when none is known yet). Blocking.
+pub fn partition_count(settings: &ClientConfig, topics: &[String], timeout: Duration) -> Result<i32, RestoreError> {
+    let c: BaseConsumer = settings.create()?;
+    let mut most = 0;
+    for t in topics {
+        let md = c.fetch_metadata(Some(t), timeout)?;
+        if let Some(m) = md.topics().iter().find(|m| m.name() == t) {
+            most = most.max(m.partitions().len() as i32);
+        }
+    }
+    Ok(most)
+}
+
 /// Create `topic` (compacted, `partitions` partitions) unless it exists. A changelog with fewer
 /// partitions than its input cannot hold every partition's state: an error naming the fix.
 pub fn ensure_changelog(

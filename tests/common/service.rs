@@ -146,6 +146,13 @@ warm_up = "off"
         ))
     }
 
+    /// Replace the `allowed_lateness` of the harness config (`"1s"`) with `value` (e.g. `"1d"`).
+    pub fn lateness(&self, value: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen("allowed_lateness = \"1s\"", &format!("allowed_lateness = \"{value}\""), 1);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
     /// Add a `[sink]` setting (TOML value, e.g. `"\"exactly_once\""`) to the config.
     pub fn sink_setting(&self, key: &str, toml_value: &str) {
         let text = std::fs::read_to_string(&self.config).expect("config");
