@@ -434,7 +434,8 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     let mut bare = Vec::new();
     let mut engine = Vec::new();
     let mut engine_cpu = Vec::new();
-    let guarantees = if o.guarantees.is_empty() { vec![crate::config::Guarantee::AtLeastOnce] } else { o.guarantees.clone() };
+    let guarantees =
+        if o.guarantees.is_empty() { vec![crate::config::Guarantee::AtLeastOnce] } else { o.guarantees.clone() };
     let runs: Vec<(usize, crate::config::Guarantee)> =
         o.workers.iter().flat_map(|&w| guarantees.iter().map(move |&g| (w, g))).collect();
     let mut service: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];

@@ -319,9 +319,17 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
     let mut got = interventions(&msgs);
     got.extend(interventions(&ctl));
     let mut seen = BTreeSet::new();
-    let doubled: Vec<&str> =
-        got.iter().filter(|iv| !seen.insert(iv.intervention_id.clone())).map(|iv| iv.intervention_id.as_str()).collect();
-    assert!(doubled.is_empty(), "{} decisions seen twice by a read_committed reader, e.g. {:?}", doubled.len(), doubled.first());
+    let doubled: Vec<&str> = got
+        .iter()
+        .filter(|iv| !seen.insert(iv.intervention_id.clone()))
+        .map(|iv| iv.intervention_id.as_str())
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "{} decisions seen twice by a read_committed reader, e.g. {:?}",
+        doubled.len(),
+        doubled.first()
+    );
     let have: BTreeSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
     let until = format_rfc3339_ms(T0 + 49 * DAY_MS);
     let missing: Vec<String> = expected
@@ -361,16 +369,18 @@ async fn unkeyed_input_is_repartitioned_by_user_id_and_decides_as_replay() {
     let expected = h.replay(&evs);
     assert!(expected.len() > 30, "the stream must produce interventions ({})", expected.len());
     let child = h.start();
-    let joined = wait_for(Duration::from_secs(60), || {
-        (h.metric_sum("churnguard_partitions_assigned", "") == 6.0).then_some(())
-    })
-    .await;
+    let joined =
+        wait_for(Duration::from_secs(60), || (h.metric_sum("churnguard_partitions_assigned", "") == 6.0).then_some(()))
+            .await;
     assert!(joined.is_some(), "3 input and 3 repartition partitions assigned:\n{}", h.log());
     let mut sent = 0usize;
     for (i, part) in step_slices(&evs, 80).into_iter().enumerate() {
         // Round-robin over partitions, with keys that are not user ids.
-        let items: Vec<(i32, String, Vec<u8>)> =
-            evs[part].iter().enumerate().map(|(j, (_, v))| (((i + j) % 3) as i32, format!("k{}", (i + j) % 7), v.clone())).collect();
+        let items: Vec<(i32, String, Vec<u8>)> = evs[part]
+            .iter()
+            .enumerate()
+            .map(|(j, (_, v))| (((i + j) % 3) as i32, format!("k{}", (i + j) % 7), v.clone()))
+            .collect();
         sent += items.len();
         produce_to(&brokers, &t.events, &items).await;
         let n = sent as f64;

@@ -88,7 +88,14 @@ impl ChangelogWriter {
     /// Build a flush if there is news, and send what may be sent. `next`: the input offset the
     /// engine's state reflects (one past the last processed message).
     /// `now`: flush whatever is new even if the interval has not passed (revoke, shutdown).
-    pub fn step(&mut self, engine: &mut Engine, offsets: &OffsetTracker, sink: &mut KafkaSink, metrics: &Metrics, now: bool) {
+    pub fn step(
+        &mut self,
+        engine: &mut Engine,
+        offsets: &OffsetTracker,
+        sink: &mut KafkaSink,
+        metrics: &Metrics,
+        now: bool,
+    ) {
         let Some(next) = offsets.next_to_process() else { return };
         if self.pending.is_none() {
             let due = now || self.built_at.is_none_or(|t| t.elapsed() >= self.interval);

@@ -287,7 +287,9 @@ impl Service {
             .await;
             match created {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(topic = %repartition, error = %e, "cannot create the repartition topic; create it (as many partitions as the input)"),
+                Ok(Err(e)) => {
+                    tracing::error!(topic = %repartition, error = %e, "cannot create the repartition topic; create it (as many partitions as the input)")
+                }
                 Err(e) => tracing::error!(error = %e, "repartition topic task failed"),
             }
             topics.push(repartition);

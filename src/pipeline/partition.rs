@@ -18,25 +18,25 @@ use rdkafka::Message;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::config::Guarantee;
 use crate::engine::{Engine, EngineCounters, Population};
 use crate::event::parse_event;
 use crate::model::ModelArtifact;
-use crate::config::Guarantee;
 use crate::pipeline::changelog::ChangelogWriter;
-use crate::pipeline::transaction::{transactional_id, Transactions, TxnError};
-use crate::state::changelog::Flush;
-use crate::state::codec::Shape;
 use crate::pipeline::events::{
-    Backpressured, ChangelogRestored, DeadLetterTruncated, EngineProgress, EventRejected, InFlightChanged,
-    MessageTimed, MessagesConsumed, OutputAcked, OutputFailed, OutputKind, OutputRetried, PartitionClock,
-    RestoreFinished, RestoreProgress, RestoreStarted, TransactionFinished, ChangelogFlushed, KeysMismatched,
+    Backpressured, ChangelogFlushed, ChangelogRestored, DeadLetterTruncated, EngineProgress, EventRejected,
+    InFlightChanged, KeysMismatched, MessageTimed, MessagesConsumed, OutputAcked, OutputFailed, OutputKind,
+    OutputRetried, PartitionClock, RestoreFinished, RestoreProgress, RestoreStarted, TransactionFinished,
 };
 use crate::pipeline::health::Health;
 use crate::pipeline::offsets::OffsetTracker;
 use crate::pipeline::restore;
+use crate::pipeline::transaction::{transactional_id, Transactions, TxnError};
 use crate::sink::kafka::{KafkaSink, Settled, Staging};
 use crate::source::kafka::{GroupConsumer, PartitionId, PartitionQueue};
+use crate::state::changelog::Flush;
 use crate::state::changelog::{Restored, Skip};
+use crate::state::codec::Shape;
 use crate::telemetry::Metrics;
 use crate::time::Millis;
 
@@ -306,7 +306,8 @@ impl PartitionWorker {
         let txn = Arc::new(txn);
         self.sink = KafkaSink::new(txn.producer(), self.topics.clone(), self.shared.message_max_bytes);
         // What the first flush builds on is set once the state is restored.
-        self.eos = Some(Eos { txn, shape: Shape::of(self.engine.store().layout()), prev: None, full: true, last: None });
+        self.eos =
+            Some(Eos { txn, shape: Shape::of(self.engine.store().layout()), prev: None, full: true, last: None });
         Ok(())
     }
 
@@ -334,7 +335,12 @@ impl PartitionWorker {
         result
     }
 
-    async fn send_flush_and_commit(&mut self, eos: &mut Eos, next: i64, consumer: &GroupConsumer) -> Result<(), TxnError> {
+    async fn send_flush_and_commit(
+        &mut self,
+        eos: &mut Eos,
+        next: i64,
+        consumer: &GroupConsumer,
+    ) -> Result<(), TxnError> {
         // An input partition that only re-keys events has no state to flush.
         let flush = if self.forward.is_some() {
             Flush::default()
@@ -618,7 +624,8 @@ impl PartitionWorker {
                 if changelog && !exactly_once {
                     let topic = crate::state::changelog::topic_name(&self.shared.cfg.source.group_id, self.id.topic());
                     let every = Duration::from_millis(self.shared.cfg.state.flush_interval.ms().max(1) as u64);
-                    self.changelog = Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock, every));
+                    self.changelog =
+                        Some(ChangelogWriter::new(&topic, self.id.partition(), &engine, restored_clock, every));
                 } else {
                     self.restored_clock = restored_clock;
                 }
@@ -942,7 +949,8 @@ impl PartitionWorker {
 
     fn flush_counts(&mut self) {
         if self.key_mismatches > 0 {
-            KeysMismatched { partition: &self.id, count: std::mem::take(&mut self.key_mismatches) }.emit(self.metrics());
+            KeysMismatched { partition: &self.id, count: std::mem::take(&mut self.key_mismatches) }
+                .emit(self.metrics());
         }
         EngineProgress { before: &self.flushed, after: &self.engine.counters }.emit(self.metrics());
         self.flushed = self.engine.counters.clone();

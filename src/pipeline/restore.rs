@@ -149,7 +149,9 @@ pub fn ensure_repartition_topic(
     for r in futures::executor::block_on(admin.create_topics([&new], &opts))? {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(RestoreError::Kafka(format!("cannot create repartition topic {topic}: {code}"))),
+            Err((_, code)) => {
+                return Err(RestoreError::Kafka(format!("cannot create repartition topic {topic}: {code}")))
+            }
         }
     }
     Ok(())
