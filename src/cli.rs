@@ -159,7 +159,7 @@ pub enum BenchCommand {
         kafka: Vec<(String, String)>,
         /// Processing guarantees to run the service with, side by side in each round
         /// (comma-separated: at_least_once, exactly_once).
-        #[arg(long, value_name = "G", value_delimiter = ',', default_value = "at_least_once", value_parser = parse_guarantee)]
+        #[arg(long, value_name = "TYPE", value_delimiter = ',', default_value = "at_least_once", value_parser = parse_guarantee)]
         guarantees: Vec<crate::config::Guarantee>,
         /// The service's sink.commit_interval (commits, changelog flushes, transactions).
         #[arg(long, value_name = "DUR", default_value = "20ms")]
