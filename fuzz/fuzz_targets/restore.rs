@@ -4,14 +4,17 @@
 //! allocation may grow without bound (libFuzzer's -rss_limit_mb/-malloc_limit_mb catch that),
 //! and every state the engine then holds must encode and decode as itself.
 //!
-//! Input (see churnguard_fuzz::next_frame and next_op): an engine variant byte, frames
-//! (user record, deletion, ... , the clock record), then 4-byte ops.
+//! Input (see churnguard_fuzz::next_frame and next_op): an engine variant byte, frames (user
+//! records, deletions, users given field by field, then a clock record or a clock derived from
+//! the users), then 4-byte ops.
 #![no_main]
 
 use churnguard::decision::Decision;
 use churnguard::engine::{Change, UserRecord};
 use churnguard::state::codec::{decode_clock, decode_user, encode_clock, encode_user, Shape};
-use churnguard_fuzz::{advance_to, engine, event, next_frame, next_op, same_record, Frame, Input, Op};
+use churnguard_fuzz::{
+    advance_to, clock_from_fields, engine, event, next_frame, next_op, same_record, user_from_fields, Frame, Input, Op,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Ops per input: enough for timers to fire and outcomes to close, few enough to keep runs fast.
@@ -23,31 +26,47 @@ fuzz_target!(|data: &[u8]| {
     let shape = Shape::of(e.store().layout());
     let mut rec = UserRecord::default();
     let mut ids: Vec<String> = Vec::new();
+    let mut built = UserRecord::default();
+    let mut value = Vec::new();
     let mut clock = None;
     while let Some(frame) = next_frame(&mut input) {
-        match frame {
-            Frame::User { key, value } => {
-                // A record that does not decode or restore stops the restore, as it would in
-                // the service: the state is then rebuilt from the input topic instead.
-                if decode_user(key, value, &shape, &mut rec).is_err() || e.restore_user(&rec.view()).is_err() {
-                    return;
-                }
-                if ids.len() < 128 {
-                    ids.push(rec.user_id.clone());
-                }
+        let (key, value) = match frame {
+            Frame::User { key, value } => (key, value),
+            Frame::UserFields { key, fields } => {
+                // Built field by field, then encoded: the restore still goes through the codec.
+                let Ok(id) = std::str::from_utf8(key) else { return };
+                user_from_fields(id, fields, &shape, &mut built);
+                value.clear();
+                encode_user(&mut value, &shape, &built.view());
+                (key, &value[..])
             }
             Frame::Delete { key } => {
                 if let Ok(id) = std::str::from_utf8(key) {
                     e.restore_delete(id);
                 }
+                continue;
             }
             Frame::Clock { value } => {
-                clock = Some(value);
+                clock = Some(value.to_vec());
                 break;
             }
+            Frame::ClockFields { fields } => {
+                let mut v = Vec::new();
+                encode_clock(&mut v, &shape, &clock_from_fields(fields, &e), 0);
+                clock = Some(v);
+                break;
+            }
+        };
+        // A record that does not decode or restore stops the restore, as it would in the
+        // service: the state is then rebuilt from the input topic instead.
+        if decode_user(key, value, &shape, &mut rec).is_err() || e.restore_user(&rec.view()).is_err() {
+            return;
+        }
+        if ids.len() < 128 {
+            ids.push(rec.user_id.clone());
         }
     }
-    let Some(Ok((c, _))) = clock.map(|v| decode_clock(v, &shape)) else {
+    let Some(Ok((c, _))) = clock.map(|v| decode_clock(&v, &shape)) else {
         return;
     };
     if e.restore_clock(&c).is_err() {

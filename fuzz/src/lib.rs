@@ -9,10 +9,11 @@ use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use churnguard::engine::{Engine, EngineConfig, TimeOfDay, UserRecord, WarmUp};
+use churnguard::engine::{ClockState, Engine, EngineConfig, PendingOutcome, TimeOfDay, UserRecord, WarmUp, NO_OUTCOME};
 use churnguard::event::{ActivityEvent, MAX_TS, MIN_TS};
 use churnguard::features::{FeatureSpec, Layout};
 use churnguard::model::artifact::{ModelArtifact, TierThreshold};
+use churnguard::policy::Memory;
 use churnguard::policy::PolicyConfig;
 use churnguard::state::codec::Shape;
 use churnguard::time::{Millis, Span, HOUR_MS, MINUTE_MS};
@@ -213,10 +214,12 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The frames of a restore input, after its variant byte. A frame's tag is taken modulo 3.
+/// The frames of a restore input, after its variant byte. A frame's tag is taken modulo 5.
 pub const TAG_USER: u8 = 0;
 pub const TAG_DELETE: u8 = 1;
 pub const TAG_CLOCK: u8 = 2;
+pub const TAG_USER_FIELDS: u8 = 3;
+pub const TAG_CLOCK_FIELDS: u8 = 4;
 
 #[derive(Debug, PartialEq)]
 pub enum Frame<'a> {
@@ -226,13 +229,19 @@ pub enum Frame<'a> {
     Delete { key: &'a [u8] },
     /// The clock record (2-byte length): it ends the records; what follows are [`Op`]s.
     Clock { value: &'a [u8] },
+    /// A user state given field by field (see [`user_from_fields`]; 2-byte length), for the
+    /// harness to encode: reaches states whose encoding mutations rarely hit.
+    UserFields { key: &'a [u8], fields: &'a [u8] },
+    /// A clock consistent with the restored users (see [`clock_from_fields`]), for the harness to
+    /// encode; it ends the records like [`Frame::Clock`].
+    ClockFields { fields: &'a [u8] },
 }
 
 pub fn next_frame<'a>(input: &mut Input<'a>) -> Option<Frame<'a>> {
     if input.is_empty() {
         return None;
     }
-    Some(match input.byte() % 3 {
+    Some(match input.byte() % 5 {
         TAG_USER => {
             let n = input.byte();
             let key = input.take(n.into());
@@ -243,11 +252,99 @@ pub fn next_frame<'a>(input: &mut Input<'a>) -> Option<Frame<'a>> {
             let n = input.byte();
             Frame::Delete { key: input.take(n.into()) }
         }
-        _ => {
+        TAG_CLOCK => {
             let n = input.u16();
             Frame::Clock { value: input.take(n.into()) }
         }
+        TAG_USER_FIELDS => {
+            let n = input.byte();
+            let key = input.take(n.into());
+            let n = input.u16();
+            Frame::UserFields { key, fields: input.take(n.into()) }
+        }
+        _ => {
+            let n = input.u16();
+            Frame::ClockFields { fields: input.take(n.into()) }
+        }
     })
+}
+
+/// A time for a field-built state: a sentinel, any i64, or one near [`T0`] (hours or minutes
+/// away), by a selector byte.
+fn time_field(f: &mut Input<'_>) -> Millis {
+    match f.byte() % 5 {
+        0 => Millis::MIN,
+        1 => Millis::MAX,
+        2 => {
+            let mut b = [0u8; 8];
+            let raw = f.take(8);
+            b[..raw.len()].copy_from_slice(raw);
+            i64::from_le_bytes(b)
+        }
+        3 => T0 + i64::from(f.u16() as i16) * HOUR_MS,
+        _ => T0 + i64::from(i32::from(f.u16()) | i32::from(f.u16() as i16) << 16) * MINUTE_MS,
+    }
+}
+
+/// Fill `out` with a user's state for `shape` from `fields`: sparse narrow cells (a count, then
+/// index and 4-byte value pairs), each wide cell, the due time, the policy memory and an open
+/// outcome or none. Every combination is representable: the decoder accepts any of them.
+pub fn user_from_fields(key: &str, fields: &[u8], shape: &Shape, out: &mut UserRecord) {
+    let mut f = Input::new(fields);
+    out.user_id.clear();
+    out.user_id.push_str(key);
+    out.narrow.clear();
+    out.narrow.resize(shape.narrow, 0);
+    for _ in 0..f.byte() {
+        let i = usize::from(f.byte());
+        let v = u32::from(f.u16()) | u32::from(f.u16()) << 16;
+        if let Some(c) = out.narrow.get_mut(i % shape.narrow.max(1)) {
+            *c = v;
+        }
+    }
+    out.wide.clear();
+    for _ in 0..shape.wide {
+        out.wide.push(time_field(&mut f) as u64);
+    }
+    out.next_due = time_field(&mut f);
+    out.memory = Memory { last_sent: time_field(&mut f), last_rank: f.byte() };
+    out.outcome = if f.byte() % 2 == 0 {
+        NO_OUTCOME
+    } else {
+        PendingOutcome {
+            due: time_field(&mut f),
+            decided: time_field(&mut f),
+            cell: u32::from(f.byte() % 4),
+            retained: f.byte() % 2 == 1,
+            spend: f64::from(f.u16() as i16) * 0.25,
+        }
+    };
+}
+
+/// A clock for `e`'s restored users: the newest event time is their latest (what restore_clock
+/// requires), the watermark the allowed lateness (6 h in [`engine`]) behind it or, by a
+/// selector byte, further; up to 4 outcome keys; the wheels start where their first entry puts
+/// them.
+pub fn clock_from_fields(fields: &[u8], e: &Engine) -> ClockState {
+    let mut f = Input::new(fields);
+    let max_ts = e.store().indices().map(|i| e.store().user(i).last_ts()).max().unwrap_or(Millis::MIN);
+    let behind = match f.byte() % 3 {
+        0 => 6 * HOUR_MS,
+        1 => i64::from(f.u16()) * HOUR_MS,
+        _ => 0,
+    };
+    let watermark = if max_ts == Millis::MIN { Millis::MIN } else { max_ts.saturating_sub(behind) };
+    let keys = (0..f.byte() % 5)
+        .map(|i| (i % 2 == 1, ["high", "medium"][usize::from(i / 2)].to_string(), "email".to_string()))
+        .collect();
+    ClockState {
+        max_ts,
+        watermark,
+        warm_until: time_field(&mut f),
+        timer_base: Millis::MIN,
+        outcome_base: Millis::MIN,
+        outcome_keys: keys,
+    }
 }
 
 /// Write a frame in the form [`next_frame`] reads (for seeds).
@@ -273,6 +370,15 @@ pub fn put_frame(out: &mut Vec<u8>, f: &Frame<'_>) {
         Frame::Clock { value: v } => {
             out.push(TAG_CLOCK);
             value(out, v);
+        }
+        Frame::UserFields { key: k, fields } => {
+            out.push(TAG_USER_FIELDS);
+            key(out, k);
+            value(out, fields);
+        }
+        Frame::ClockFields { fields } => {
+            out.push(TAG_CLOCK_FIELDS);
+            value(out, fields);
         }
     }
 }

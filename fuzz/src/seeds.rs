@@ -195,6 +195,39 @@ fn all_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         put_op(&mut input, op);
     }
     seeds.push(("restore", "seed-empty".into(), input));
+
+    // Users given field by field (see user_from_fields) and a clock derived from them.
+    let hours = |h: i16| {
+        let [lo, hi] = h.to_le_bytes();
+        [3, lo, hi]
+    };
+    let mut input = vec![0u8];
+    for (u, back) in [("f1", 2i16), ("f2", 30)] {
+        let mut fields = vec![3u8, 5, 2, 0, 0, 0, 10, 1, 0, 0, 0, 200, 7, 0, 0, 0];
+        fields.extend_from_slice(&hours(-48 - back)); // first event
+        fields.extend_from_slice(&hours(-back)); // last event
+        fields.push(2); // lifetime amount: raw, 12.50 in cents
+        fields.extend_from_slice(&1250i64.to_le_bytes());
+        fields.push(0); // returned_at: never
+        fields.extend_from_slice(&hours(-back)); // last login
+        fields.push(0); // last purchase: never
+        fields.extend_from_slice(&hours(10)); // next due
+        fields.extend_from_slice(&[0, 255]); // memory: nothing sent
+        fields.push(1); // an open outcome
+        fields.extend_from_slice(&hours(50));
+        fields.extend_from_slice(&hours(-70));
+        fields.extend_from_slice(&[1, 0, 8, 0]);
+        put_frame(&mut input, &Frame::UserFields { key: u.as_bytes(), fields: &fields });
+    }
+    put_frame(&mut input, &Frame::ClockFields { fields: &[0, 2, 0] });
+    for op in [
+        Op::Event { kind: 1, user: 0, offset: 1 },
+        Op::Advance { hours: 60 },
+        Op::Event { kind: 0, user: 1, offset: 3 },
+    ] {
+        put_op(&mut input, op);
+    }
+    seeds.push(("restore", "seed-fields".into(), input));
     seeds
 }
 
@@ -222,6 +255,13 @@ fn restores(data: &[u8]) -> bool {
                     return false;
                 }
             }
+            Frame::UserFields { key, fields } => {
+                let Ok(id) = std::str::from_utf8(key) else { return false };
+                user_from_fields(id, fields, &shape, &mut rec);
+                if e.restore_user(&rec.view()).is_err() {
+                    return false;
+                }
+            }
             Frame::Delete { key } => {
                 if let Ok(id) = std::str::from_utf8(key) {
                     e.restore_delete(id);
@@ -230,6 +270,7 @@ fn restores(data: &[u8]) -> bool {
             Frame::Clock { value } => {
                 return decode_clock(value, &shape).is_ok_and(|(c, _)| e.restore_clock(&c).is_ok());
             }
+            Frame::ClockFields { fields } => return e.restore_clock(&clock_from_fields(fields, &e)).is_ok(),
         }
     }
     false
