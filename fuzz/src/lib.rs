@@ -323,8 +323,8 @@ pub fn user_from_fields(key: &str, fields: &[u8], shape: &Shape, out: &mut UserR
 
 /// A clock for `e`'s restored users: the newest event time is their latest (what restore_clock
 /// requires), the watermark the allowed lateness (6 h in [`engine`]) behind it or, by a
-/// selector byte, further; up to 4 outcome keys; the wheels start where their first entry puts
-/// them.
+/// selector byte, further; up to 4 outcome keys; each timer wheel unset or starting up to
+/// 32767 buckets from the watermark's (a wheel with entries needs a start).
 pub fn clock_from_fields(fields: &[u8], e: &Engine) -> ClockState {
     let mut f = Input::new(fields);
     let max_ts = e.store().indices().map(|i| e.store().user(i).last_ts()).max().unwrap_or(Millis::MIN);
@@ -337,14 +337,16 @@ pub fn clock_from_fields(fields: &[u8], e: &Engine) -> ClockState {
     let keys = (0..f.byte() % 5)
         .map(|i| (i % 2 == 1, ["high", "medium"][usize::from(i / 2)].to_string(), "email".to_string()))
         .collect();
-    ClockState {
-        max_ts,
-        watermark,
-        warm_until: time_field(&mut f),
-        timer_base: Millis::MIN,
-        outcome_base: Millis::MIN,
-        outcome_keys: keys,
-    }
+    let warm_until = time_field(&mut f);
+    // The wheels' bucket widths in [`engine`]: a 24th of the rescore interval (12 h) and of the
+    // outcome horizon (5 days).
+    let mut base = |granularity: Millis| match f.byte() % 2 {
+        0 => Millis::MIN,
+        _ => watermark.div_euclid(granularity).saturating_add(i64::from(f.u16() as i16)),
+    };
+    let timer_base = base(HOUR_MS / 2);
+    let outcome_base = base(5 * HOUR_MS);
+    ClockState { max_ts, watermark, warm_until, timer_base, outcome_base, outcome_keys: keys }
 }
 
 /// Write a frame in the form [`next_frame`] reads (for seeds).

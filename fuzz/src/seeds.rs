@@ -219,7 +219,8 @@ fn all_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         fields.extend_from_slice(&[1, 0, 8, 0]);
         put_frame(&mut input, &Frame::UserFields { key: u.as_bytes(), fields: &fields });
     }
-    put_frame(&mut input, &Frame::ClockFields { fields: &[0, 2, 0] });
+    // Watermark 6 h behind, 2 outcome keys, no warm-up, both wheels starting a bucket back.
+    put_frame(&mut input, &Frame::ClockFields { fields: &[0, 2, 0, 1, 0xff, 0xff, 1, 0xff, 0xff] });
     for op in [
         Op::Event { kind: 1, user: 0, offset: 1 },
         Op::Advance { hours: 60 },
