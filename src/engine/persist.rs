@@ -105,6 +105,8 @@ pub enum RestoreError {
     DueTime { due: Millis, last: Millis },
     #[error("an open outcome refers to key {cell}, the clock record has {keys}")]
     OutcomeKey { cell: u32, keys: usize },
+    #[error("a user's state holds a time outside the event-time range")]
+    Time,
 }
 
 impl Engine {
@@ -195,6 +197,13 @@ impl Engine {
     pub fn restore_user(&mut self, r: &UserView<'_>) -> Result<(), RestoreError> {
         let layout = self.store.layout();
         let (want_narrow, want_wide) = (layout.narrow_len(), layout.wide_len());
+        // A state built from events holds event times only, and a due time after one: the
+        // feature, lifecycle and timer arithmetic subtracts them and would overflow on others
+        // (found by the restore fuzz target: a last event time near i64::MIN).
+        let due_ok = r.next_due == NO_DUE || r.next_due >= crate::event::MIN_TS;
+        if r.wide.len() == want_wide && !(layout.times_valid(r.wide) && due_ok) {
+            return Err(RestoreError::Time);
+        }
         let Some((idx, _)) = self.store.put(r.user_id, r.narrow, r.wide) else {
             return Err(RestoreError::Layout {
                 got_narrow: r.narrow.len(),
@@ -353,10 +362,10 @@ mod tests {
     }
 
     /// A user last seen at `last`, due for a rescore at `due`.
-    fn user(e: &mut Engine, id: &str, last: Millis, due: Millis) {
+    fn try_user(e: &mut Engine, id: &str, last: Millis, due: Millis) -> Result<(), RestoreError> {
         let layout = e.store().layout();
         let mut wide = vec![i64::MIN as u64; layout.wide_len()];
-        wide[0] = last as u64;
+        wide[0] = last.min(T0) as u64;
         wide[1] = last as u64;
         wide[2] = 0;
         let narrow = vec![0; layout.narrow_len()];
@@ -368,7 +377,23 @@ mod tests {
             memory: Memory::NONE,
             outcome: NO_OUTCOME,
         };
-        e.restore_user(&view).expect("user restores");
+        e.restore_user(&view)
+    }
+
+    fn user(e: &mut Engine, id: &str, last: Millis, due: Millis) {
+        try_user(e, id, last, due).expect("user restores");
+    }
+
+    #[test]
+    fn times_outside_the_event_range_are_refused() {
+        // Found by the restore fuzz target: a last event time near i64::MIN overflowed the
+        // lifecycle stage's `at - last` once the clock was restored.
+        let mut e = engine();
+        assert_eq!(try_user(&mut e, "early", i64::MIN + 5, NO_DUE), Err(RestoreError::Time));
+        assert_eq!(try_user(&mut e, "late", crate::event::MAX_TS, NO_DUE), Err(RestoreError::Time));
+        assert_eq!(try_user(&mut e, "due", T0, i64::MIN + 5), Err(RestoreError::Time));
+        assert_eq!(e.store().len(), 0, "a refused record changes nothing");
+        assert_eq!(try_user(&mut e, "ok", T0, T0 + HOUR_MS), Ok(()));
     }
 
     fn clock(timer_base: i64) -> ClockState {
@@ -377,10 +402,11 @@ mod tests {
 
     #[test]
     fn due_times_without_a_wheel_start_are_refused() {
-        // Found by the restore fuzz target: due times 300 years apart with no wheel start made
-        // the wheel allocate a bucket per hour between them.
+        // Found by the restore fuzz target: due times centuries apart with no wheel start made
+        // the wheel allocate a bucket per hour between them (805 MB). Due times before 1970 are
+        // now refused with the user, but 1970 and 2026 would still be 490,000 buckets apart.
         let mut e = engine();
-        user(&mut e, "old", T0, T0 - 300 * 365 * crate::time::DAY_MS);
+        user(&mut e, "old", T0, crate::event::MIN_TS);
         user(&mut e, "now", T0, T0 + HOUR_MS);
         assert_eq!(e.restore_clock(&clock(Millis::MIN)), Err(RestoreError::WheelStart { base: Millis::MIN }));
     }
