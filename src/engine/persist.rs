@@ -105,6 +105,8 @@ pub enum RestoreError {
     DueTime { due: Millis, last: Millis },
     #[error("an open outcome refers to key {cell}, the clock record has {keys}")]
     OutcomeKey { cell: u32, keys: usize },
+    #[error("a user's state holds a time outside the event-time range")]
+    Time,
 }
 
 impl Engine {
@@ -200,6 +202,13 @@ impl Engine {
     pub fn restore_user(&mut self, r: &UserView<'_>) -> Result<(), RestoreError> {
         let layout = self.store.layout();
         let (want_narrow, want_wide) = (layout.narrow_len(), layout.wide_len());
+        // A state built from events holds event times only, and a due time after one: the
+        // feature, lifecycle and timer arithmetic subtracts them and would overflow on others
+        // (found by the restore fuzz target: a last event time near i64::MIN).
+        let due_ok = r.next_due == NO_DUE || r.next_due >= crate::event::MIN_TS;
+        if r.wide.len() == want_wide && !(layout.times_valid(r.wide) && due_ok) {
+            return Err(RestoreError::Time);
+        }
         let Some((idx, _)) = self.store.put(r.user_id, r.narrow, r.wide) else {
             return Err(RestoreError::Layout {
                 got_narrow: r.narrow.len(),
@@ -274,9 +283,22 @@ impl Engine {
         // after a clock jump pushes due times long past), but not by more than a bound: beyond
         // it the record is corrupt, and the wheel would span centuries.
         const MAX_BUCKETS_BEHIND: i64 = 1 << 20;
-        for (base, wheel) in [(c.timer_base, &self.timers), (c.outcome_base, &self.outcome_timers)] {
+        for (base, wheel, entries) in
+            [(c.timer_base, &self.timers, due.len()), (c.outcome_base, &self.outcome_timers, outcome_due.len())]
+        {
             let floor = wheel.bucket_of(c.watermark).saturating_sub(MAX_BUCKETS_BEHIND);
-            if base != Millis::MIN && (c.watermark == Millis::MIN || base < floor) {
+            // No bucket is past that of the last representable time: a larger start would
+            // overflow `TimerWheel::push`'s offset arithmetic for an early due time.
+            if base != Millis::MIN
+                && (c.watermark == Millis::MIN || base < floor || base > wheel.bucket_of(Millis::MAX))
+            {
+                return Err(RestoreError::WheelStart { base });
+            }
+            // A wheel's first push sets its start, which never returns to unset: due times with
+            // no start are a corrupt record. Restored anyway, the first (earliest) due time would
+            // start the wheel and the latest end it, one bucket each between, and due times have
+            // no lower bound: an unbounded allocation (found by the restore fuzz target).
+            if base == Millis::MIN && entries > 0 {
                 return Err(RestoreError::WheelStart { base });
             }
         }
@@ -329,5 +351,90 @@ impl Engine {
             return;
         }
         self.start_clock(ts, emit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::features::FeatureSpec;
+    use crate::model::artifact::{ModelArtifact, TierThreshold};
+    use crate::policy::PolicyConfig;
+    use crate::time::HOUR_MS;
+
+    const T0: Millis = 1_767_225_600_000;
+
+    fn engine() -> Engine {
+        let tiers = vec![TierThreshold { name: "high".into(), min_score: 0.8 }];
+        let model = ModelArtifact::from_weights(FeatureSpec::default(), "persist-1", &[("recency", 1.0)], -2.0, tiers)
+            .expect("model");
+        Engine::new(&model, PolicyConfig::default(), EngineConfig::default())
+    }
+
+    /// A user last seen at `last`, due for a rescore at `due`.
+    fn try_user(e: &mut Engine, id: &str, last: Millis, due: Millis) -> Result<(), RestoreError> {
+        let layout = e.store().layout();
+        let mut wide = vec![i64::MIN as u64; layout.wide_len()];
+        wide[0] = last.min(T0) as u64;
+        wide[1] = last as u64;
+        wide[2] = 0;
+        let narrow = vec![0; layout.narrow_len()];
+        let view = UserView {
+            user_id: id,
+            narrow: &narrow,
+            wide: &wide,
+            next_due: due,
+            memory: Memory::NONE,
+            outcome: NO_OUTCOME,
+        };
+        e.restore_user(&view)
+    }
+
+    fn user(e: &mut Engine, id: &str, last: Millis, due: Millis) {
+        try_user(e, id, last, due).expect("user restores");
+    }
+
+    #[test]
+    fn times_outside_the_event_range_are_refused() {
+        // Found by the restore fuzz target: a last event time near i64::MIN overflowed the
+        // lifecycle stage's `at - last` once the clock was restored.
+        let mut e = engine();
+        assert_eq!(try_user(&mut e, "early", i64::MIN + 5, NO_DUE), Err(RestoreError::Time));
+        assert_eq!(try_user(&mut e, "late", crate::event::MAX_TS, NO_DUE), Err(RestoreError::Time));
+        assert_eq!(try_user(&mut e, "due", T0, i64::MIN + 5), Err(RestoreError::Time));
+        assert_eq!(e.store().len(), 0, "a refused record changes nothing");
+        assert_eq!(try_user(&mut e, "ok", T0, T0 + HOUR_MS), Ok(()));
+    }
+
+    fn clock(timer_base: i64) -> ClockState {
+        ClockState { max_ts: T0, watermark: T0 - HOUR_MS, timer_base, ..ClockState::default() }
+    }
+
+    #[test]
+    fn due_times_without_a_wheel_start_are_refused() {
+        // Found by the restore fuzz target: due times centuries apart with no wheel start made
+        // the wheel allocate a bucket per hour between them (805 MB). Due times before 1970 are
+        // now refused with the user, but 1970 and 2026 would still be 490,000 buckets apart.
+        let mut e = engine();
+        user(&mut e, "old", T0, crate::event::MIN_TS);
+        user(&mut e, "now", T0, T0 + HOUR_MS);
+        assert_eq!(e.restore_clock(&clock(Millis::MIN)), Err(RestoreError::WheelStart { base: Millis::MIN }));
+    }
+
+    #[test]
+    fn a_wheel_start_past_every_time_is_refused() {
+        let mut e = engine();
+        user(&mut e, "u", T0, T0 + HOUR_MS);
+        assert_eq!(e.restore_clock(&clock(i64::MAX)), Err(RestoreError::WheelStart { base: i64::MAX }));
+    }
+
+    #[test]
+    fn a_start_with_due_times_restores() {
+        let mut e = engine();
+        user(&mut e, "u", T0, T0 + HOUR_MS);
+        let base = e.timers.bucket_of(T0);
+        assert_eq!(e.restore_clock(&clock(base)), Ok(()));
+        assert_eq!(e.clock_state().timer_base, base);
     }
 }

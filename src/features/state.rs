@@ -120,6 +120,21 @@ impl Layout {
         self.n_features
     }
 
+    /// Whether every time in a user's `wide` cells is an event time [`crate::event::parse_event`]
+    /// accepts (`MIN_TS..MAX_TS`), or "never" in the cells that may hold it, as every state
+    /// built from events is. For state read from outside (a restore): the feature and lifecycle
+    /// arithmetic subtracts these times, which cannot overflow then.
+    pub fn times_valid(&self, wide: &[u64]) -> bool {
+        use crate::event::{MAX_TS, MIN_TS};
+        let event_time = |v: u64| (MIN_TS..MAX_TS).contains(&(v as i64));
+        wide.len() == self.wide_len
+            && wide.iter().enumerate().all(|(i, &v)| match i {
+                W_FIRST_TS | W_LAST_TS => event_time(v),
+                W_LIFETIME_AMOUNT => true,
+                _ => v == NEVER || event_time(v),
+            })
+    }
+
     /// Reset a slot for a user whose first event is at `ts`.
     pub fn init(&self, u: UserMut<'_>, ts: Millis) {
         u.narrow.fill(0);
@@ -193,8 +208,10 @@ impl Layout {
             let acc = &mut counts[w][..nt];
             let mut amount = 0i64;
             r.for_each_in_window(u.narrow, head, at, |cells| {
+                // Saturating, as each slot's count is: slots near u32::MAX (a restored state,
+                // found by the restore fuzz target) would overflow the sum.
                 for (a, c) in acc.iter_mut().zip(&cells[..nt]) {
-                    *a += *c;
+                    *a = a.saturating_add(*c);
                 }
                 amount += i64::from(cells[nt] as i32);
             });
@@ -287,5 +304,30 @@ impl<'a> UserRef<'a> {
     pub fn returned_at(&self) -> Option<Millis> {
         let v = self.wide[W_RETURNED_AT];
         (v != NEVER).then_some(v as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_saturate_instead_of_overflowing() {
+        let spec = FeatureSpec::default();
+        let layout = Layout::new(&spec, 30 * DAY_MS);
+        let (mut narrow, mut wide) = (vec![0u32; layout.narrow_len()], vec![0u64; layout.wide_len()]);
+        let t0 = 1_767_225_600_000;
+        layout.init(UserMut { narrow: &mut narrow, wide: &mut wide }, t0);
+        // Every slot of the first window full for the first type: the window sums them all.
+        let ring = &layout.rings[0];
+        for slot in 0..ring.len() / layout.slot_cells {
+            narrow[slot * layout.slot_cells] = u32::MAX;
+        }
+        let mut out = vec![0.0; layout.n_features()];
+        layout.vector_at(UserRef { narrow: &narrow, wide: &wide }, t0, &mut out);
+        assert_eq!(out[0], f64::from(u32::MAX), "the first feature is that window's count of that type");
+        assert!(layout.times_valid(&wide));
+        wide[W_LAST_TS] = (i64::MIN + 5) as u64;
+        assert!(!layout.times_valid(&wide));
     }
 }
