@@ -194,7 +194,7 @@ pub enum BenchCommand {
         /// --idle: engine.state_ttl in days.
         #[arg(long, value_name = "N", default_value_t = 10)]
         ttl_days: u32,
-        /// --idle: share of users who stay active to the end.
+        /// --idle: share of users who, after their burst, come back every 1-4 days for a TTL.
         #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
         active_share: f64,
         /// --idle: event time between changelog flushes (e.g. 1h).
