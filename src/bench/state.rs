@@ -281,7 +281,9 @@ fn broker_restore(
     let parts = o.partitions.max(1);
     let topic = format!("bench-state-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
     let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", brokers);
+    // The service's default for every client (pipeline/kafka.rs): librdkafka's 1 s would stall
+    // the restore consumer each time its local queue fills.
+    base.set("bootstrap.servers", brokers).set("fetch.queue.backoff.ms", "10");
     crate::pipeline::restore::ensure_changelog(&base, &topic, parts, 1, Duration::from_secs(30))?;
     let producer: ThreadedProducer<DefaultProducerContext> = base
         .clone()
