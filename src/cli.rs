@@ -165,6 +165,52 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DUR", default_value = "20ms")]
         commit_interval: crate::time::Span,
     },
+    /// Durable state: changelog restore speed (in process and via a broker), bytes per user,
+    /// changelog bytes per user; with --idle, RSS and eviction with most users going silent.
+    #[command(
+        after_help = "Examples:\n  churnguard bench state --users 1000000\n  churnguard bench state --brokers $CHURNGUARD_KAFKA_BROKERS --partitions 4\n  churnguard bench state --idle"
+    )]
+    State {
+        /// Users (with --idle: users arriving over the run).
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        users: u64,
+        /// Events per user (with --idle: the burst each user has before going silent).
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        events_per_user: u32,
+        /// Rounds of the restore measurements; reported as min and median.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        repeat: usize,
+        /// Model file (JSON) whose feature layout the state has.
+        #[arg(long, value_name = "FILE", default_value = "models/default.json")]
+        model: PathBuf,
+        /// Also restore through this broker (host:port) with the service's changelog reader.
+        #[arg(long, value_name = "ADDRS")]
+        brokers: Option<String>,
+        /// Changelog partitions; users are split across them by index, an engine per partition.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        partitions: i32,
+        /// The broker's log.dirs, to report the changelog topic's size on disk.
+        #[arg(long, value_name = "DIR")]
+        broker_data_dir: Option<PathBuf>,
+        /// Measure memory with most users going idle and TTL eviction under way instead.
+        #[arg(long)]
+        idle: bool,
+        /// --idle: days of event time.
+        #[arg(long, value_name = "N", default_value_t = 40)]
+        days: u32,
+        /// --idle: engine.state_ttl in days.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        ttl_days: u32,
+        /// --idle: share of users who, after their burst, come back every 1-4 days for a TTL.
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
+        active_share: f64,
+        /// --idle: event time between changelog flushes (e.g. 1h).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        flush_every: Span,
+        /// --idle: event time between RSS samples (e.g. 2d).
+        #[arg(long, value_name = "DURATION", default_value = "2d")]
+        sample_every: Span,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -522,6 +568,41 @@ pub fn run(cli: Cli) -> Result<()> {
                 commit_interval,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
+            crate::term::stdout_str(&report);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::State {
+            users,
+            events_per_user,
+            repeat,
+            model,
+            brokers,
+            partitions,
+            broker_data_dir,
+            idle,
+            days,
+            ttl_days,
+            active_share,
+            flush_every,
+            sample_every,
+        }) => {
+            let idle = idle.then_some(crate::bench::state::IdleOptions {
+                days,
+                ttl_days,
+                active_share,
+                flush_every,
+                sample_every,
+            });
+            let report = crate::bench::state::state_bench(&crate::bench::state::StateBenchOptions {
+                users,
+                events_per_user,
+                repeat,
+                model,
+                brokers,
+                partitions,
+                broker_data_dir,
+                idle,
+            })?;
             crate::term::stdout_str(&report);
             Ok(())
         }

@@ -123,10 +123,31 @@ impl FeatureStore {
         if narrow.len() != n || wide.len() != w {
             return None;
         }
-        let (idx, created) = self.get_or_insert(user_id, 0);
-        let i = idx as usize;
-        self.narrow[i * n..(i + 1) * n].copy_from_slice(narrow);
-        self.wide[i * w..(i + 1) * w].copy_from_slice(wide);
+        let h = self.hasher.hash_one(user_id);
+        let known = self.table.find(h, |&i| &*self.ids[i as usize] == user_id).copied();
+        let (idx, created) = match known.or_else(|| self.free.pop()) {
+            Some(idx) => {
+                let i = idx as usize;
+                self.narrow[i * n..(i + 1) * n].copy_from_slice(narrow);
+                self.wide[i * w..(i + 1) * w].copy_from_slice(wide);
+                (idx, known.is_none())
+            }
+            None => {
+                // A restore fills an empty store: appending the cells writes them once, where
+                // `get_or_insert` would zero, initialise and then overwrite them.
+                self.narrow.extend_from_slice(narrow);
+                self.wide.extend_from_slice(wide);
+                self.ids.push(Box::from(""));
+                ((self.ids.len() - 1) as UserIdx, true)
+            }
+        };
+        if created {
+            self.ids[idx as usize] = user_id.into();
+            let ids = &self.ids;
+            let hasher = &self.hasher;
+            self.table.insert_unique(h, idx, |&i| hasher.hash_one(&*ids[i as usize]));
+            self.live += 1;
+        }
         Some((idx, created))
     }
 
@@ -153,5 +174,31 @@ impl FeatureStore {
             + self.wide.capacity() * 8
             + self.table.capacity() * (std::mem::size_of::<UserIdx>() + 1)
             + self.free.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FeatureSpec;
+
+    #[test]
+    fn put_creates_replaces_and_reuses_evicted_slots() {
+        let mut st = FeatureStore::new(Layout::new(&FeatureSpec::default(), 30 * crate::time::DAY_MS));
+        let (n, w) = (st.layout().narrow_len(), st.layout().wide_len());
+        let cells = |k: u32| ((0..n as u32).map(|c| c + k).collect::<Vec<u32>>(), vec![u64::from(k); w]);
+        let (a, b) = (cells(1), cells(2));
+        assert_eq!(st.put("a", &a.0, &a.1), Some((0, true)));
+        assert_eq!(st.put("b", &b.0, &b.1), Some((1, true)));
+        assert_eq!((st.user(1).narrow, st.user(1).wide), (&b.0[..], &b.1[..]));
+        assert_eq!(st.put("a", &b.0, &b.1), Some((0, false)));
+        assert_eq!(st.user(0).narrow, &b.0[..]);
+        st.evict(0);
+        let c = cells(3);
+        assert_eq!(st.put("c", &c.0, &c.1), Some((0, true)));
+        assert_eq!((st.get("c"), st.get("a"), st.get("b"), st.len()), (Some(0), None, Some(1), 2));
+        assert_eq!((st.user(0).narrow, st.user(0).wide), (&c.0[..], &c.1[..]));
+        assert_eq!(st.put("d", &c.0[1..], &c.1), None);
+        assert_eq!(st.len(), 2);
     }
 }

@@ -154,6 +154,20 @@ pub enum ReplayError {
     Restore(#[from] crate::engine::RestoreError),
 }
 
+/// The ids laid end to end in `ids`, each ending at its offset in `ends`.
+fn split_ids(ids: &str, ends: &[usize]) -> HashSet<Box<str>> {
+    let mut start = 0;
+    let mut set = HashSet::with_capacity(ends.len());
+    for &end in ends {
+        // Offsets were taken after whole UTF-8 ids were pushed: always char boundaries.
+        if let Some(id) = ids.get(start..end) {
+            set.insert(id.into());
+        }
+        start = end;
+    }
+    set
+}
+
 /// Applies a changelog partition's records, in log order, to a fresh engine.
 pub struct Replayer<'e> {
     engine: &'e mut Engine,
@@ -162,7 +176,11 @@ pub struct Replayer<'e> {
     prev: Option<Vec<u8>>,
     clock: Option<Vec<u8>>,
     end: Option<i64>,
-    after_clock: HashSet<Box<str>>,
+    /// Ids of the users read since the latest `CLOCK`, end to end, with their end offsets: only
+    /// needed when the last flush turns out to be cut short, so the set is built in `finish`
+    /// then, and a whole restore allocates nothing per record for it.
+    after_clock: String,
+    after_clock_ends: Vec<usize>,
     /// Records read: users (including tombstones), unreadable ones (skipped), ones written
     /// for another feature layout (skipped).
     pub users: u64,
@@ -180,7 +198,8 @@ impl<'e> Replayer<'e> {
             prev: None,
             clock: None,
             end: None,
-            after_clock: HashSet::new(),
+            after_clock: String::new(),
+            after_clock_ends: Vec::new(),
             users: 0,
             corrupt: 0,
             other_layout: 0,
@@ -193,6 +212,7 @@ impl<'e> Replayer<'e> {
             CLOCK_KEY => {
                 self.clock = value.map(<[u8]>::to_vec);
                 self.after_clock.clear();
+                self.after_clock_ends.clear();
             }
             END_KEY => self.end = value.and_then(|v| codec::decode_end(v, &self.shape).ok()),
             id => {
@@ -202,7 +222,8 @@ impl<'e> Replayer<'e> {
                 };
                 self.users += 1;
                 if self.clock.is_some() {
-                    self.after_clock.insert(id.into());
+                    self.after_clock.push_str(id);
+                    self.after_clock_ends.push(self.after_clock.len());
                 }
                 let Some(value) = value else {
                     self.engine.restore_delete(id);
@@ -244,9 +265,29 @@ impl<'e> Replayer<'e> {
         self.engine.restore_clock_behind(&prev_state, state.max_ts)?;
         Ok(Some(Restored {
             resume: prev_offset,
-            skip: Some(Skip { users: self.after_clock, until: offset }),
+            skip: Some(Skip { users: split_ids(&self.after_clock, &self.after_clock_ends), until: offset }),
             clock_record: prev,
             users: self.users,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_ids_gives_back_each_id() {
+        let mut ids = String::new();
+        let mut ends = Vec::new();
+        for id in ["u1", "\u{e9}t\u{e9}", "u1", "a-long-user-id"] {
+            ids.push_str(id);
+            ends.push(ids.len());
+        }
+        let set = split_ids(&ids, &ends);
+        let mut got: Vec<&str> = set.iter().map(|s| &**s).collect();
+        got.sort_unstable();
+        assert_eq!(got, ["a-long-user-id", "u1", "\u{e9}t\u{e9}"]);
+        assert!(split_ids("", &[]).is_empty());
     }
 }
