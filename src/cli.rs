@@ -205,10 +205,10 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
         active_share: f64,
         /// --idle: event time between changelog flushes (e.g. 1h).
-        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        #[arg(long, value_name = "DUR", default_value = "1h")]
         flush_every: Span,
         /// --idle: event time between RSS samples (e.g. 2d).
-        #[arg(long, value_name = "DURATION", default_value = "2d")]
+        #[arg(long, value_name = "DUR", default_value = "2d")]
         sample_every: Span,
     },
 }
@@ -649,7 +649,11 @@ fn run_cmd(a: RunArgs, log_format: LogFormat) -> Result<()> {
     let rt = service_runtime(&cfg)?;
     let summary = rt.block_on(crate::service::run(cfg, metrics, crate::service::shutdown_signal(), |addr| {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    }))?;
+    }));
+    // A blocking call still running (a restore's broker request) must not hold the exit: the
+    // service has already drained and committed within shutdown.timeout.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    let summary = summary?;
     if log_format == LogFormat::Json {
         tracing::info!(
             consumed = summary.consumed,
@@ -686,7 +690,10 @@ fn demo_cmd(a: DemoArgs) -> Result<()> {
         out: a.out,
         uplift_users: a.uplift_users,
     };
-    runtime()?.block_on(crate::demo::run(opts))
+    let rt = runtime()?;
+    let done = rt.block_on(crate::demo::run(opts));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    done
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {

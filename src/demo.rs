@@ -106,6 +106,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     cfg.model.path = opts.model.clone();
     cfg.http.listen = opts.http.clone();
     cfg.source.idle_timeout = crate::time::Span(2_000);
+    // librdkafka's mock cluster has no log compaction and no topic creation through the admin
+    // API, and the demo starts from an empty topic anyway: no changelog here.
+    cfg.state.changelog = false;
 
     let sim_cfg = SimConfig { users: opts.users, days: opts.days, seed: opts.seed, ..SimConfig::default() };
     let mut events = Vec::new();
