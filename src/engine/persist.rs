@@ -284,7 +284,7 @@ impl Engine {
         // it the record is corrupt, and the wheel would span centuries.
         const MAX_BUCKETS_BEHIND: i64 = 1 << 20;
         for (base, wheel, entries) in
-            [(c.timer_base, &self.timers, due.len()), (c.outcome_base, &self.outcome_timers, outcome_due.len())]
+            [(c.timer_base, &self.timers, &due), (c.outcome_base, &self.outcome_timers, &outcome_due)]
         {
             let floor = wheel.bucket_of(c.watermark).saturating_sub(MAX_BUCKETS_BEHIND);
             // No bucket is past that of the last representable time: a larger start would
@@ -294,12 +294,27 @@ impl Engine {
             {
                 return Err(RestoreError::WheelStart { base });
             }
-            // A wheel's first push sets its start, which never returns to unset: due times with
-            // no start are a corrupt record. Restored anyway, the first (earliest) due time would
-            // start the wheel and the latest end it, one bucket each between, and due times have
-            // no lower bound: an unbounded allocation (found by the restore fuzz target).
-            if base == Millis::MIN && entries > 0 {
-                return Err(RestoreError::WheelStart { base });
+            // Due times with no start: legitimate when users already at a newer flush come with
+            // the clock of the flush before it, which had scheduled nothing yet (a flush cut
+            // short). The earliest due time then starts the wheel and the latest ends it, one
+            // bucket each between: bounded here, or hostile records would allocate without
+            // bound (found by the restore fuzz target).
+            if base == Millis::MIN {
+                if let (Some(&(first, _)), Some(&(last, _))) = (entries.first(), entries.last()) {
+                    // Such users' due times lie within their TTL (plus a horizon) of events no
+                    // older than the TTL before the clock and no newer than `newest`.
+                    let span = newest
+                        .max(c.max_ts)
+                        .saturating_sub(c.watermark.max(newest.saturating_sub(ttl)))
+                        .saturating_add(2 * ttl)
+                        .saturating_add(self.cfg.outcome_horizon.ms())
+                        .saturating_add(2 * super::DAY_MS);
+                    if last.saturating_sub(first) > span
+                        || wheel.bucket_of(last).saturating_sub(wheel.bucket_of(first)) > MAX_BUCKETS_BEHIND
+                    {
+                        return Err(RestoreError::WheelStart { base });
+                    }
+                }
             }
         }
         if c.max_ts != Millis::MIN && c.watermark < c.max_ts.saturating_sub(self.cfg.allowed_lateness.ms()) {
