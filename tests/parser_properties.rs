@@ -335,10 +335,12 @@ proptest! {
             "{\"user_id\":\"u1\",\"event_type\":\"login\",\"ts\":1767225601500,",
             "{\"user_id\":\"u1\",\"event_type\":\"login\",\"ts\":",
         ]),
-        tail in proptest::collection::vec(select(b"{}[]\":, \t0123456789-+.eEtrufalsnu\\_idvypm".to_vec()), 0..48),
+        // Short tails often, so that some inputs end an object where it could end.
+        tail_len in prop_oneof![0usize..6, 0usize..48],
+        tail_bytes in proptest::collection::vec(select(b"{}[]\":, \t0123456789-+.eEtrufalsnu\\_idvypm".to_vec()), 48),
     ) {
         let mut b = start.as_bytes().to_vec();
-        b.extend_from_slice(&tail);
+        b.extend_from_slice(&tail_bytes[..tail_len]);
         check(&b, DEFAULT_MAX_EVENT_BYTES)?;
     }
 }
@@ -403,4 +405,31 @@ fn the_scanner_takes_every_generated_valid_event_without_escapes() {
     }
     eprintln!("{plain} plain valid events, all scanned; {escaped_scanned} of {escaped} with escapes scanned");
     assert!(plain >= 100, "only {plain} plain valid events generated");
+}
+
+/// Every odd value under every key, before and after the same field in a valid event: the
+/// cases where the last occurrence decides but every occurrence must be readable, and
+/// escapes in ignored strings that serde_json accepts or rejects.
+#[test]
+fn odd_values_under_every_key_parse_the_same() {
+    let bases = [
+        r#"{"user_id":"u1","event_type":"login","ts":1767225601500}"#,
+        r#"{"user_id":"u1","event_type":"purchase","ts":"2026-01-01T00:00:00Z","amount":2.5}"#,
+    ];
+    let ignored_strings = ["\"\\q\"", "\"\\u12g4\"", "\"\\ud800\"", "\"\\\"\"", "\"a\u{1}b\"", "\"\\u00"];
+    for base in bases {
+        for key in KEYS {
+            for value in ODD_VALUES.iter().chain(&ignored_strings) {
+                for (before, after) in [(format!("{{\"{key}\":{value},"), "}"), ("{".to_string(), "")] {
+                    let text = if after.is_empty() {
+                        format!("{}{},\"{key}\":{value}}}", before, &base[1..base.len() - 1])
+                    } else {
+                        format!("{before}{}", &base[1..])
+                    };
+                    let r = check(text.as_bytes(), DEFAULT_MAX_EVENT_BYTES);
+                    assert!(r.is_ok(), "{r:?}");
+                }
+            }
+        }
+    }
 }
