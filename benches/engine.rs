@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use churnguard::engine::{Engine, EngineConfig, WarmUp};
-use churnguard::event::{parse_event, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
+use churnguard::event::{parse_event, parse_event_reference, ActivityEvent, DEFAULT_MAX_EVENT_BYTES};
 use churnguard::features::spec::FeatureSpec;
 use churnguard::features::{FeatureStore, Layout};
 use churnguard::model::artifact::{ModelArtifact, TierThreshold};
@@ -124,6 +124,84 @@ fn bench_parse_event(c: &mut Criterion) {
     g.finish();
 }
 
+/// Simulator events written the ways producers write them, in rotation: the simulator's own line
+/// (RFC3339 with milliseconds), epoch-ms `ts` with a nested `properties` object, fields in
+/// another order with escaped and non-ASCII strings in extra fields, RFC3339 without
+/// milliseconds with `amount: null` and whitespace; and one in 50 with an escaped `user_id`.
+fn realistic_lines() -> &'static [Vec<u8>] {
+    static LINES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let cfg = SimConfig { users: 500, days: 30, seed: 11, start_ms: T0 };
+        let mut out = Vec::with_capacity(PARSE_LINES);
+        sim::generate(&cfg, |e| {
+            if out.len() >= PARSE_LINES {
+                return;
+            }
+            let i = out.len();
+            let uid = sim::user_id_string(e.user_id);
+            let ty = e.event_type.as_str();
+            let mut rfc = Vec::new();
+            churnguard::time::write_rfc3339_ms(&mut rfc, e.ts);
+            let rfc = String::from_utf8_lossy(&rfc).into_owned();
+            let amount = e.amount.map_or("null".to_string(), |a| ryu::Buffer::new().format_finite(a).to_string());
+            let line = if i % 50 == 49 {
+                format!(r#"{{"user_id":"{}\u0041","event_type":"{ty}","ts":{},"amount":{amount}}}"#, uid, e.ts)
+            } else {
+                match i % 4 {
+                    0 => {
+                        let mut l = Vec::new();
+                        sim::write_event_json(&mut l, e);
+                        String::from_utf8_lossy(l.strip_suffix(b"\n").unwrap_or(&l)).into_owned()
+                    }
+                    1 => format!(
+                        r#"{{"user_id":"{uid}","event_type":"{ty}","ts":{},"amount":{amount},"properties":{{"sku":"SKU-{i}","tags":["promo","mobile"],"price":{{"value":19.99,"currency":"EUR"}},"qty":2}}}}"#,
+                        e.ts
+                    ),
+                    2 => format!(
+                        r#"{{"ts":"{rfc}","session":"s-{i} \"quoted\" caf\u00e9","event_type":"{ty}","app":{{"version":"4.2.1","beta":false,"locale":"fr-FR ünïcödé"}},"user_id":"{uid}"}}"#
+                    ),
+                    _ => format!(
+                        "{{ \"user_id\": \"{uid}\", \"event_type\": \"{ty}\", \"ts\": \"{}Z\", \"amount\": null, \"source\": \"web\" }}",
+                        &rfc[..19]
+                    ),
+                }
+            };
+            out.push(line.into_bytes());
+        })
+        .expect("simulate");
+        assert_eq!(out.len(), PARSE_LINES);
+        for l in &out {
+            assert!(parse_event_reference(l, DEFAULT_MAX_EVENT_BYTES).is_ok(), "{}", String::from_utf8_lossy(l));
+        }
+        out
+    })
+}
+
+const PARSE_LINES: usize = 1_000;
+
+/// Both parsers on the same lines, one iteration parsing all of them: time per iteration / 1000
+/// is ns per event.
+fn bench_parse(c: &mut Criterion) {
+    let lines = realistic_lines();
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    type Parser = for<'a> fn(&'a [u8], usize) -> Result<ActivityEvent<'a>, churnguard::event::Rejection>;
+    for (name, parse) in
+        [("reference_serde_1000", parse_event_reference as Parser), ("parse_event_1000", parse_event as Parser)]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut ok = 0usize;
+                for l in lines {
+                    ok += usize::from(parse(black_box(l), DEFAULT_MAX_EVENT_BYTES).is_ok());
+                }
+                ok
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_feature_update(c: &mut Criterion) {
     let mut g = c.benchmark_group("feature_update");
     g.throughput(Throughput::Elements(1));
@@ -216,6 +294,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = bench_parse_event, bench_feature_update, bench_vector_and_score, bench_engine_ingest
+    targets = bench_parse_event, bench_parse, bench_feature_update, bench_vector_and_score, bench_engine_ingest
 }
 criterion_main!(benches);

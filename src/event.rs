@@ -13,6 +13,8 @@ use serde_json::value::RawValue;
 
 use crate::time::{self, Millis};
 
+mod scan;
+
 /// Upper bound on `user_id` length, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
 /// Upper bound on `event_type` length, in bytes.
@@ -187,7 +189,7 @@ struct RawFields<'a> {
     ts: Option<Scalar<'a>>,
     /// Kept as its JSON text: a number beyond `f64` (`1e400`) would fail the whole parse as
     /// `not_json` if serde_json converted it, and it is a `bad_amount`.
-    amount: Option<&'a RawValue>,
+    amount: Option<&'a str>,
 }
 
 /// A field name, matched without allocating (serde's `Cow<str>` would always own it).
@@ -242,7 +244,7 @@ impl<'de> Deserialize<'de> for Top<'de> {
                         Key::EventType => &mut raw.event_type,
                         Key::Ts => &mut raw.ts,
                         Key::Amount => {
-                            raw.amount = Some(a.next_value()?);
+                            raw.amount = Some(a.next_value::<&RawValue>()?.get());
                             continue;
                         }
                         Key::Other => {
@@ -282,12 +284,40 @@ impl<'de> Deserialize<'de> for Top<'de> {
 }
 
 /// Parse and validate one serialized event. `max_bytes` bounds the payload size.
+///
+/// A fixed-schema scanner ([`scan`]) accepts the common shape of a valid event without going
+/// through serde; whenever it is not certain (escapes in a returned field, a value of an
+/// unexpected type, any syntax error or any rejection), the event goes to
+/// [`parse_event_reference`], so every rejection and every unusual event is decided by the
+/// reference parser alone. `tests/parser_properties.rs` checks the two agree.
 pub fn parse_event(bytes: &[u8], max_bytes: usize) -> Result<ActivityEvent<'_>, Rejection> {
     if bytes.len() > max_bytes {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            format!("{} bytes exceeds the limit of {max_bytes}", bytes.len()),
-        ));
+        return Err(too_large(bytes.len(), max_bytes));
+    }
+    match scan::scan(bytes) {
+        Some(ev) => Ok(ev),
+        None => parse_event_reference(bytes, max_bytes),
+    }
+}
+
+/// The scanner alone: `Some` only for an event it is certain of, which must then be exactly what
+/// [`parse_event_reference`] returns. Public only for the property tests.
+#[doc(hidden)]
+pub fn parse_event_fast(bytes: &[u8]) -> Option<ActivityEvent<'_>> {
+    scan::scan(bytes)
+}
+
+fn too_large(len: usize, max_bytes: usize) -> Rejection {
+    Rejection::new(RejectReason::TooLarge, format!("{len} bytes exceeds the limit of {max_bytes}"))
+}
+
+/// The serde_json parser that defines the accepted events and every rejection (reason and
+/// detail). Public only so that the property tests and the benchmark can compare
+/// [`parse_event`] with it.
+#[doc(hidden)]
+pub fn parse_event_reference(bytes: &[u8], max_bytes: usize) -> Result<ActivityEvent<'_>, Rejection> {
+    if bytes.len() > max_bytes {
+        return Err(too_large(bytes.len(), max_bytes));
     }
     let raw = match serde_json::from_slice::<Top>(bytes) {
         Ok(Top::Object(raw)) => raw,
@@ -369,9 +399,8 @@ fn validate(raw: RawFields<'_>) -> Result<ActivityEvent<'_>, Rejection> {
 /// `amount` from its JSON text. Negative amounts are valid (refunds). A number beyond the range
 /// of `f64` (`1e400`), or a string that spells a non-finite number (`"NaN"`, `"Infinity"`, as some
 /// serializers write them), is a `bad_amount`; any other non-number is a `bad_type`.
-fn parse_amount(raw: Option<&RawValue>) -> Result<Option<f64>, Rejection> {
-    let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
+fn parse_amount(raw: Option<&str>) -> Result<Option<f64>, Rejection> {
+    let Some(text) = raw else { return Ok(None) };
     match text.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') => {
             // Already checked as JSON number syntax, which Rust's float syntax includes; a value
