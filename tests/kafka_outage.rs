@@ -13,6 +13,7 @@ use churnguard::features::spec::FeatureSpec;
 use churnguard::model::artifact::{ModelArtifact, TierThreshold};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
+const FROZEN_FOR: Duration = Duration::from_secs(60);
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -83,7 +84,7 @@ fn events(from: i64, n: i64) -> Vec<(String, Vec<u8>)> {
 
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_a_frozen_broker_and_nothing_is_lost() {
+async fn readiness_follows_a_broker_frozen_for_a_minute_and_nothing_is_lost() {
     let brokers = common::brokers();
     let pid = std::env::var("CHURNGUARD_KAFKA_PID")
         .expect("CHURNGUARD_KAFKA_PID is not set: run the tests with `bash scripts/test.sh`, which sets it");
@@ -136,6 +137,7 @@ async fn readiness_follows_a_frozen_broker_and_nothing_is_lost() {
 
     let frozen = Frozen(pid.clone());
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let frozen_at = Instant::now();
     let mut body = String::new();
     let went_down = wait(Duration::from_secs(30), || match http_get(port, "/readyz") {
         Some((503, b)) => {
@@ -146,7 +148,15 @@ async fn readiness_follows_a_frozen_broker_and_nothing_is_lost() {
     });
     assert!(went_down, "/readyz stayed 200 with the broker frozen:\n{}", log_text());
     assert!(body.contains("no broker answers"), "/readyz says why: {body}");
-    assert!(service.0.try_wait().expect("wait").is_none(), "the service must not exit while the broker is down");
+    // The broker stays frozen for a full minute (past the session timeout, the socket timeout
+    // and librdkafka's reconnect backoff): readiness must stay down the whole time, never flap
+    // back to ready, and the service must wait rather than exit.
+    while frozen_at.elapsed() < FROZEN_FOR {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(service.0.try_wait().expect("wait").is_none(), "the service must not exit while the broker is down");
+        let code = http_get(port, "/readyz").map(|(c, _)| c);
+        assert_eq!(code, Some(503), "/readyz after {:?} of a frozen broker:\n{}", frozen_at.elapsed(), log_text());
+    }
     drop(frozen);
 
     assert!(

@@ -455,6 +455,14 @@ impl PartitionWorker {
                 }
                 s = self.sink.next(), if self.sink.in_flight() > 0 => self.settle(s),
                 _ = tick.tick() => {
+                    if self.consumed == 0 {
+                        // librdkafka's resume is a no-op while the pause queued in the rebalance
+                        // callback waits to be served by its main thread (librdkafka#5591): the
+                        // pause then lands after the resume and holds the partition for good.
+                        // Until the first message shows it fetching, resume again on every tick;
+                        // on a partition that is not paused, resuming is free.
+                        let _ = consumer.resume(&self.id.list());
+                    }
                     self.on_tick();
                     if self.eos.is_some() {
                         match self.commit_transaction(&consumer).await {
