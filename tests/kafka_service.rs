@@ -454,19 +454,7 @@ async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flag
     let t = Topics::create(&brokers, "quietpart", 2).await;
     let h = Harness::new(&brokers, &t, "");
     // Partition 0: 20 users active for two days, then silent. Partition 1: busy users.
-    let mut first: Vec<(i32, String, Vec<u8>)> = Vec::new();
-    for d in 0..3i64 {
-        for u in 0..20 {
-            if d < 2 {
-                let (k, v) = event(&format!("q{u:02}"), "login", T0 + d * DAY_MS + u);
-                first.push((0, k, v));
-            }
-        }
-        for b in 0..4 {
-            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
-            first.push((1, k, v));
-        }
-    }
+    let first = quiet_partition_history();
     produce_to(&brokers, &t.events, &first).await;
     let child = h.start();
     let all_read = wait_for(Duration::from_secs(60), || {
@@ -479,26 +467,9 @@ async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flag
     assert!(stop(child, "-TERM").success());
     let child = h.start();
     // Only partition 1 gets new input: six weeks of busy users.
-    let mut later: Vec<(i32, String, Vec<u8>)> = Vec::new();
-    for d in 3..45i64 {
-        for b in 0..4 {
-            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
-            later.push((1, k, v));
-        }
-    }
+    let later = quiet_partition_later();
     produce_to(&brokers, &t.events, &later).await;
-    let mut flagged = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while flagged.len() < 20 && Instant::now() < deadline {
-        for topic in [&t.interventions, &t.control] {
-            for iv in interventions(&read_all(&brokers, topic, Duration::from_secs(2), Duration::from_secs(8)).await) {
-                if iv.user_id.starts_with('q') {
-                    assert_eq!(iv.trigger, Trigger::Silence, "{iv:?}");
-                    flagged.insert(iv.user_id);
-                }
-            }
-        }
-    }
+    let flagged = quiet_users_flagged(&brokers, &t).await;
     let st = stop(child, "-TERM");
     assert_eq!(flagged.len(), 20, "silent users of the quiet partition flagged: {flagged:?}; log:\n{}", h.log());
     assert!(st.success());

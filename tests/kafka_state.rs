@@ -89,19 +89,7 @@ async fn state_comes_back_from_the_changelog_when_the_input_history_is_deleted()
     let brokers = common::brokers();
     let t = Topics::create(&brokers, "changelog", 2).await;
     let h = Harness::new(&brokers, &t, "");
-    let mut first: Vec<(i32, String, Vec<u8>)> = Vec::new();
-    for d in 0..3i64 {
-        for u in 0..20 {
-            if d < 2 {
-                let (k, v) = event(&format!("q{u:02}"), "login", T0 + d * DAY_MS + u);
-                first.push((0, k, v));
-            }
-        }
-        for b in 0..4 {
-            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
-            first.push((1, k, v));
-        }
-    }
+    let first = quiet_partition_history();
     produce_to(&brokers, &t.events, &first).await;
     let child = h.start();
     let all_read = wait_for(Duration::from_secs(60), || {
@@ -113,26 +101,9 @@ async fn state_comes_back_from_the_changelog_when_the_input_history_is_deleted()
     delete_all_records(&brokers, &t.events, 2).await;
 
     let child = h.start();
-    let mut later: Vec<(i32, String, Vec<u8>)> = Vec::new();
-    for d in 3..45i64 {
-        for b in 0..4 {
-            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * DAY_MS + 100 + b);
-            later.push((1, k, v));
-        }
-    }
+    let later = quiet_partition_later();
     produce_to(&brokers, &t.events, &later).await;
-    let mut flagged = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while flagged.len() < 20 && Instant::now() < deadline {
-        for topic in [&t.interventions, &t.control] {
-            for iv in interventions(&read_all(&brokers, topic, Duration::from_secs(2), Duration::from_secs(8)).await) {
-                if iv.user_id.starts_with('q') {
-                    assert_eq!(iv.trigger, Trigger::Silence, "{iv:?}");
-                    flagged.insert(iv.user_id);
-                }
-            }
-        }
-    }
+    let flagged = quiet_users_flagged(&brokers, &t).await;
     let restored_users = h.metric_sum("churnguard_restored_users_total", "");
     let reread = h.metric_sum("churnguard_restored_events_total", "");
     let st = stop(child, "-TERM");

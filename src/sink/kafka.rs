@@ -298,33 +298,7 @@ impl KafkaSink {
         if let Some(v) = value {
             fr = fr.payload(v);
         }
-        match self.producer.send_result(fr) {
-            Ok(delivery) => {
-                self.deliveries.push(Box::pin(async move {
-                    let r = match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, m))) => Err(Some((e, m))),
-                        Err(_cancelled) => Err(None),
-                    };
-                    (pending, r)
-                }));
-                Ok(())
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(pending),
-            Err((e, _)) => {
-                let msg = OwnedMessage::new(
-                    None,
-                    None,
-                    topic.to_string(),
-                    rdkafka::Timestamp::NotAvailable,
-                    partition,
-                    0,
-                    None,
-                );
-                self.deliveries.push(Box::pin(async move { (pending, Err(Some((e, msg)))) }));
-                Ok(())
-            }
-        }
+        self.send_record(fr, pending)
     }
 
     /// As [`KafkaSink::try_send`], for a staged decision (see [`Staging::get`]).
@@ -349,7 +323,11 @@ impl KafkaSink {
         headers: OwnedHeaders,
         pending: Pending,
     ) -> Result<(), Pending> {
-        let fr = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        self.send_record(FutureRecord::to(topic).key(key).payload(payload).headers(headers), pending)
+    }
+
+    fn send_record(&mut self, fr: FutureRecord<'_, [u8], [u8]>, pending: Pending) -> Result<(), Pending> {
+        let topic = fr.topic;
         match self.producer.send_result(fr) {
             Ok(delivery) => {
                 self.deliveries.push(Box::pin(async move {
@@ -372,7 +350,7 @@ impl KafkaSink {
                     fr.key.map(<[u8]>::to_vec),
                     topic.to_string(),
                     rdkafka::Timestamp::NotAvailable,
-                    0,
+                    fr.partition.unwrap_or(0),
                     0,
                     fr.headers,
                 );

@@ -358,3 +358,55 @@ pub async fn produce_backlog(brokers: &str, topic: &str, n: i64, users: i64, ste
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+/// The quiet-partition scenario, before a restart: partition 0 holds 20 users (`q00`..`q19`)
+/// active for two days and silent after; partition 1 holds 4 busy users.
+pub fn quiet_partition_history() -> Vec<(i32, String, Vec<u8>)> {
+    let day = churnguard::time::DAY_MS;
+    let mut first = Vec::new();
+    for d in 0..3i64 {
+        for u in 0..20 {
+            if d < 2 {
+                let (k, v) = event(&format!("q{u:02}"), "login", T0 + d * day + u);
+                first.push((0, k, v));
+            }
+        }
+        for b in 0..4 {
+            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * day + 100 + b);
+            first.push((1, k, v));
+        }
+    }
+    first
+}
+
+/// After the restart, only partition 1 gets input: six more weeks of its busy users, which
+/// carry the watermark (and so partition 0's idle clock) past the quiet users' silence.
+pub fn quiet_partition_later() -> Vec<(i32, String, Vec<u8>)> {
+    let day = churnguard::time::DAY_MS;
+    let mut later = Vec::new();
+    for d in 3..45i64 {
+        for b in 0..4 {
+            let (k, v) = event(&format!("busy{b}"), "purchase", T0 + d * day + 100 + b);
+            later.push((1, k, v));
+        }
+    }
+    later
+}
+
+/// The quiet users flagged (interventions or control records) within 90 s; every one of them
+/// must have been flagged for silence.
+pub async fn quiet_users_flagged(brokers: &str, t: &Topics) -> std::collections::BTreeSet<String> {
+    let mut flagged = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while flagged.len() < 20 && Instant::now() < deadline {
+        for topic in [&t.interventions, &t.control] {
+            for iv in interventions(&read_all(brokers, topic, Duration::from_secs(2), Duration::from_secs(8)).await) {
+                if iv.user_id.starts_with('q') {
+                    assert_eq!(iv.trigger, churnguard::intervention::Trigger::Silence, "{iv:?}");
+                    flagged.insert(iv.user_id);
+                }
+            }
+        }
+    }
+    flagged
+}
