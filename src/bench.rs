@@ -4,9 +4,11 @@
 //! rescoring, policy) on simulator data, peak memory and state bytes per user, and training time
 //! on about a million labelled rows. `bench kafka` measures the service through a real broker
 //! against a bare librdkafka consumer, and event-to-intervention latency at a fixed rate.
-//! `bench state` (module [`state`]) measures changelog restore speed, and memory and changelog
+//! `bench baseline` (module [`baseline`]) compares the engine with a hand-written loop in one
+//! run. `bench state` (module [`state`]) measures changelog restore speed, and memory and changelog
 //! volume with TTL eviction under way.
 
+pub mod baseline;
 pub mod state;
 
 use std::path::{Path, PathBuf};

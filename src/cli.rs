@@ -122,6 +122,28 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 1_000_000)]
         train_rows: usize,
     },
+    /// The engine against a hand-written single-purpose loop on the same events, in one run.
+    #[command(after_help = "Example:\n  churnguard bench baseline --users 100000 --days 180 --repeat 3")]
+    Baseline {
+        /// Simulated users.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        users: u64,
+        /// Simulated days of activity.
+        #[arg(long, value_name = "N", default_value_t = 180)]
+        days: u32,
+        /// Simulator seed.
+        #[arg(long, value_name = "N", default_value_t = 7)]
+        seed: u64,
+        /// Model file (JSON) the engine scores with.
+        #[arg(long, value_name = "FILE", default_value = "models/default.json")]
+        model: PathBuf,
+        /// Where the simulated event file is written (reused when present).
+        #[arg(long, value_name = "DIR", default_value = "target/bench")]
+        workdir: PathBuf,
+        /// Interleaved rounds (each: the loop, the engine per event, the full engine).
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        repeat: usize,
+    },
     /// Service throughput through a real broker vs a bare consumer, and latency at a fixed rate.
     #[command(
         after_help = "Example:\n  bash scripts/kafka.sh start && eval \"$(bash scripts/kafka.sh env)\"\n  churnguard bench kafka --brokers $CHURNGUARD_KAFKA_BROKERS"
@@ -535,6 +557,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 model,
                 workdir,
                 train_rows,
+            })?;
+            crate::term::stdout_str(&report);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Baseline { users, days, seed, model, workdir, repeat }) => {
+            let report = crate::bench::baseline::baseline_bench(&crate::bench::baseline::BaselineOptions {
+                users,
+                days,
+                seed,
+                model,
+                workdir,
+                repeat,
             })?;
             crate::term::stdout_str(&report);
             Ok(())
@@ -1259,19 +1293,15 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
             let table: toml::Table = toml::from_str(&text).map_err(|e| {
                 anyhow::anyhow!("parsing {}: {}", p.display(), crate::config::syntax_error_message(&e, &text))
             })?;
-            // Replay reads a service config's [engine] and [policy]; a misspelt section must not
-            // silently fall back to defaults.
-            const SECTIONS: [&str; 10] =
-                ["kafka", "source", "sink", "model", "engine", "policy", "http", "shutdown", "runtime", "uplift"];
-            if let Some(bad) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
-                bail!("{}: unknown section [{bad}] (known: {})", p.display(), SECTIONS.join(", "));
-            }
-            let pick = |k: &str| table.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
-            let uplift: crate::config::UpliftConfig = pick("uplift").try_into().context("[uplift]")?;
-            uplift.validate()?;
-            let mut engine: EngineConfig = pick("engine").try_into().context("[engine]")?;
-            engine.outcome_horizon = uplift.horizon;
-            ReplayConfig { engine, policy: pick("policy").try_into().context("[policy]")? }
+            // Replay reads a service config's [engine], [policy] and [uplift]. The whole file is
+            // read as the service reads it, so a misspelt section or key is refused rather than
+            // silently left at its default, and a valid service config is always accepted.
+            let all: crate::config::Config =
+                toml::Value::Table(table).try_into().with_context(|| format!("reading {}", p.display()))?;
+            all.uplift.validate()?;
+            let mut engine = all.engine;
+            engine.outcome_horizon = all.uplift.horizon;
+            ReplayConfig { engine, policy: all.policy }
         }
         None => ReplayConfig::default(),
     };

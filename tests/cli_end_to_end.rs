@@ -316,6 +316,33 @@ fn replay_config_errors_fail_fast() {
     check("[policy]\ncontrol_fraction = 2.0\n", "control_fraction");
     check("[engine]\nrescore_every = \"1d\"\n", "rescore_every");
     check("[engine]\nstate_ttl = \"7d\"\n", "state_ttl");
+    check("[engin]\nstate_ttl = \"7d\"\n", "engin");
+    check("[state]\nflush_every = \"1s\"\n", "flush_every");
+}
+
+/// Replay takes the service's own config file: every section the service knows is accepted,
+/// including the ones replay does not use.
+#[test]
+fn replay_accepts_a_whole_service_config() {
+    let p = pipeline();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = p.path("model.json");
+    let events = p.path("ev.jsonl");
+    std::fs::write(
+        dir.path().join("service.toml"),
+        "[kafka]\n\"bootstrap.servers\" = \"localhost:9092\"\n[source]\ntopics = [\"events\"]\n\
+         [sink]\ncommit_interval = \"1s\"\n[state]\nflush_interval = \"2s\"\n[runtime]\nworkers = 1\n\
+         [uplift]\nhorizon = \"30d\"\n[engine]\nallowed_lateness = \"1h\"\n",
+    )
+    .unwrap();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_churnguard"))
+        .current_dir(dir.path())
+        .args(["replay", "--model", model.to_str().unwrap(), "--events", events.to_str().unwrap()])
+        .args(["--out", "iv.jsonl", "--config", "service.toml"])
+        .output()
+        .expect("running replay");
+    assert!(st.status.success(), "replay refused a service config: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(dir.path().join("iv.jsonl").exists());
 }
 
 /// `config check` is what an operator pastes into a ticket: a broken or misspelled credential

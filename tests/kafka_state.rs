@@ -123,8 +123,9 @@ async fn state_comes_back_from_the_changelog_when_the_input_history_is_deleted()
 async fn a_survivor_takes_over_a_killed_instances_partitions_from_the_changelog() {
     let brokers = common::brokers();
     let t = Topics::create(&brokers, "takeover", 4).await;
-    let a = Harness::new(&brokers, &t, "");
-    let b = Harness::new(&brokers, &t, "");
+    // Flushing every second, so A's state is in the changelog well before it is killed.
+    let a = Harness::new(&brokers, &t, "[state]\nflush_interval = \"1s\"");
+    let b = Harness::new(&brokers, &t, "[state]\nflush_interval = \"1s\"");
     let evs = mixed_stream(120, 50);
     let expected = a.replay(&evs);
     assert!(expected.len() > 50, "the stream must produce interventions ({})", expected.len());
@@ -140,6 +141,11 @@ async fn a_survivor_takes_over_a_killed_instances_partitions_from_the_changelog(
     })
     .await;
     assert!(split.is_some(), "the two instances did not split 4 partitions:\n{}\n{}", a.log(), b.log());
+    let flushed = wait_for(Duration::from_secs(30), || {
+        (a.metric_sum("churnguard_changelog_records_total", "") > 0.0).then_some(())
+    })
+    .await;
+    assert!(flushed.is_some(), "A never flushed its state to the changelog:\n{}", a.log());
     // The rest arrives live; A dies partway through it.
     let p = producer.clone();
     let topic = t.events.clone();
