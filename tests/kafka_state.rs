@@ -6,12 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use churnguard::config::Config;
 use churnguard::engine::{Engine, UserRecord};
 use churnguard::event::parse_event;
-use churnguard::intervention::{Intervention, Trigger};
+use churnguard::intervention::Intervention;
 use churnguard::model::artifact::ModelArtifact;
 use churnguard::state::changelog::{topic_name, CLOCK_KEY, END_KEY, PREV_KEY};
 use churnguard::state::codec::{self, Shape};
