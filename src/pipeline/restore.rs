@@ -17,6 +17,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::engine::Engine;
 use crate::event::parse_event;
 use crate::source::kafka::{kafka_error_code, GroupConsumer, PartitionId};
+use crate::state::pipelined::{ApplierGone, BatchWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -26,6 +27,8 @@ pub enum RestoreError {
     Kafka(String),
     #[error("no progress for {0:?} (broker unreachable?)")]
     Stalled(Duration),
+    #[error("changelog restore: {0}")]
+    Applier(#[from] ApplierGone),
 }
 
 impl From<KafkaError> for RestoreError {
@@ -221,7 +224,8 @@ pub struct ChangelogRead {
 }
 
 /// Read `partition` of changelog `topic` from its start to its end (the high watermark when the
-/// read starts) into `engine`.
+/// read starts) into `engine`. The records are read and decoded on a thread of their own while
+/// this one applies them (see [`crate::state::pipelined`]).
 pub fn restore_changelog(
     settings: &ClientConfig,
     topic: &str,
@@ -231,7 +235,6 @@ pub fn restore_changelog(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ChangelogRead, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
-    const STALL: Duration = Duration::from_secs(30);
     let c: BaseConsumer = settings.create()?;
     let (low, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut replayer = crate::state::changelog::Replayer::new(engine);
@@ -239,37 +242,18 @@ pub fn restore_changelog(
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
         c.assign(&tpl)?;
-        let mut n = 0u64;
-        let mut reported = 0u64;
-        let mut last_progress = Instant::now();
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RestoreError::Cancelled);
-            }
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    last_progress = Instant::now();
-                    replayer.apply(m.key().unwrap_or(&[]), m.payload());
-                    n += 1;
-                    if n - reported >= REPORT_EVERY {
-                        progress(n - reported);
-                        reported = n;
-                    }
-                    if m.offset() + 1 >= high {
-                        break;
-                    }
+        let (mut n, mut reported) = (0u64, 0u64);
+        crate::state::pipelined::replay(
+            &mut replayer,
+            move |w| read_changelog(&c, topic, partition, high, cancel, w),
+            |applied| {
+                n += applied;
+                if n - reported >= REPORT_EVERY {
+                    progress(n - reported);
+                    reported = n;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => {
-                    tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
-                }
-                None => {
-                    if last_progress.elapsed() >= STALL {
-                        return Err(RestoreError::Stalled(STALL));
-                    }
-                }
-            }
-        }
+            },
+        )?;
         progress(n - reported);
     }
     let (corrupt, other_layout) = (replayer.corrupt, replayer.other_layout);
@@ -280,4 +264,50 @@ pub fn restore_changelog(
         Err(e) => return Err(RestoreError::Kafka(format!("changelog {topic}/{partition}: {e}"))),
     };
     Ok(ChangelogRead { restored, corrupt, other_layout })
+}
+
+/// The reading side of [`restore_changelog`]: every record of the assigned changelog partition
+/// before offset `high`, in order, into `w`.
+fn read_changelog(
+    c: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    high: i64,
+    cancel: &AtomicBool,
+    w: &mut BatchWriter,
+) -> Result<(), RestoreError> {
+    const STALL: Duration = Duration::from_secs(30);
+    let mut last_progress = Instant::now();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RestoreError::Cancelled);
+        }
+        // Whatever librdkafka has fetched is taken without waiting; only when its queue is
+        // empty does the reader hand over a partial batch (the applier would idle) and wait.
+        let polled = match c.poll(Duration::ZERO) {
+            Some(r) => Some(r),
+            None => {
+                w.flush()?;
+                c.poll(Duration::from_millis(200))
+            }
+        };
+        match polled {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                w.push(m.key().unwrap_or(&[]), m.payload())?;
+                if m.offset() + 1 >= high {
+                    return Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
+            }
+            None => {
+                if last_progress.elapsed() >= STALL {
+                    return Err(RestoreError::Stalled(STALL));
+                }
+            }
+        }
+    }
 }
