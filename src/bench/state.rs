@@ -37,6 +37,8 @@ pub struct StateBenchOptions {
     pub model: PathBuf,
     pub brokers: Option<String>,
     pub partitions: i32,
+    /// Restore the partitions at once, a thread each (as the service does), not one after another.
+    pub parallel: bool,
     /// The broker's `log.dirs`, to read the changelog topic's size on disk (optional).
     pub broker_data_dir: Option<PathBuf>,
     pub idle: Option<IdleOptions>,
@@ -152,48 +154,75 @@ enum Replay {
     Pipelined,
 }
 
-fn restore_in_process(flushes: &[Flush], art: &ModelArtifact, how: Replay) -> Result<(Restore, Engine)> {
+/// One partition's flush into a fresh engine: (seconds in all, of which in `finish`, users).
+fn restore_flush(f: &Flush, art: &ModelArtifact, how: Replay) -> Result<(f64, f64, u64, Engine)> {
     let cfg = EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() };
-    let mut last = None;
-    let mut secs = 0.0;
-    let mut finish_secs = 0.0;
-    let mut users = 0;
-    let cpu_now = || if how == Replay::OneThread { super::cpu_seconds(None) } else { process_cpu_seconds() };
-    let cpu = cpu_now();
-    for f in flushes {
-        let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
-        let t = Instant::now();
-        let mut r = Replayer::new(&mut engine);
-        match how {
-            Replay::OneThread => {
+    let mut engine = Engine::new(art, PolicyConfig::default(), cfg);
+    let t = Instant::now();
+    let mut r = Replayer::new(&mut engine);
+    match how {
+        Replay::OneThread => {
+            for i in 0..f.len() {
+                let (k, v) = f.get(i);
+                r.apply(k, v);
+            }
+        }
+        Replay::Pipelined => crate::state::pipelined::replay(
+            &mut r,
+            |w| {
                 for i in 0..f.len() {
                     let (k, v) = f.get(i);
-                    r.apply(k, v);
+                    w.push(k, v)?;
                 }
-            }
-            Replay::Pipelined => crate::state::pipelined::replay(
-                &mut r,
-                |w| {
-                    for i in 0..f.len() {
-                        let (k, v) = f.get(i);
-                        w.push(k, v)?;
-                    }
-                    Ok::<(), crate::state::pipelined::ApplierGone>(())
-                },
-                |_| {},
-            )?,
-        }
-        if r.corrupt + r.other_layout > 0 {
-            anyhow::bail!("{} corrupt and {} other-layout records in the bench's own flush", r.corrupt, r.other_layout);
-        }
-        let tf = Instant::now();
-        let restored = r.finish()?.context("the flush restored nothing")?;
-        finish_secs += tf.elapsed().as_secs_f64();
-        secs += t.elapsed().as_secs_f64();
-        users += restored.users;
-        last = Some(engine);
+                Ok::<(), crate::state::pipelined::ApplierGone>(())
+            },
+            |_| {},
+        )?,
+    }
+    if r.corrupt + r.other_layout > 0 {
+        anyhow::bail!("{} corrupt and {} other-layout records in the bench's own flush", r.corrupt, r.other_layout);
+    }
+    let tf = Instant::now();
+    let restored = r.finish()?.context("the flush restored nothing")?;
+    let finish_secs = tf.elapsed().as_secs_f64();
+    Ok((t.elapsed().as_secs_f64(), finish_secs, restored.users, engine))
+}
+
+/// Every partition's flush, one after another or (`parallel`) at once, a thread each as the
+/// service restores its assigned partitions. Returns the last partition's engine.
+fn restore_in_process(
+    flushes: &[Flush],
+    art: &ModelArtifact,
+    how: Replay,
+    parallel: bool,
+) -> Result<(Restore, Engine)> {
+    // The restoring thread's own CPU time, unless other threads work too.
+    let one_thread = how == Replay::OneThread && !parallel;
+    let cpu_now = || if one_thread { super::cpu_seconds(None) } else { process_cpu_seconds() };
+    let cpu = cpu_now();
+    let t = Instant::now();
+    let done: Vec<Result<(f64, f64, u64, Engine)>> = if parallel {
+        std::thread::scope(|s| {
+            let jobs: Vec<_> = flushes.iter().map(|f| s.spawn(move || restore_flush(f, art, how))).collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore thread panicked"))))
+                .collect()
+        })
+    } else {
+        flushes.iter().map(|f| restore_flush(f, art, how)).collect()
+    };
+    let wall = t.elapsed().as_secs_f64();
+    let (mut secs, mut finish_secs, mut users, mut last) = (0.0, 0.0f64, 0, None);
+    for d in done {
+        let (s, f, u, e) = d?;
+        secs += s;
+        // At once, the partitions' `finish` overlap too: the longest stands for them.
+        finish_secs = if parallel { finish_secs.max(f) } else { finish_secs + f };
+        users += u;
+        last = Some(e);
     }
     let engine = last.context("no partitions")?;
+    let secs = if parallel { wall } else { secs };
     Ok((Restore { secs, finish_secs, cpu_secs: cpu_now() - cpu, users }, engine))
 }
 
@@ -261,7 +290,7 @@ pub fn state_bench(o: &StateBenchOptions) -> Result<String> {
         // Both ways in each round, so a change in the machine's load hits both alike.
         for (how, rates) in [Replay::Pipelined, Replay::OneThread].into_iter().zip(rates.iter_mut()) {
             reset_peak_rss();
-            let (r, engine) = restore_in_process(&flushes, &art, how)?;
+            let (r, engine) = restore_in_process(&flushes, &art, how, o.parallel)?;
             peak = peak.max(peak_rss_bytes());
             if r.users != users as u64 {
                 anyhow::bail!("restored {} users of {users}", r.users);
@@ -375,40 +404,34 @@ fn broker_restore(
     let settings = crate::pipeline::restore::consumer_settings(&base, "bench-state");
     let cfg = EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() };
     let cancel = AtomicBool::new(false);
+    let restore_one = |p: i32| -> Result<u64> {
+        let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
+        let read =
+            crate::pipeline::restore::restore_changelog(&settings, &topic, p, &mut engine, &cancel, &mut |_| {})?;
+        Ok(read.restored.map_or(0, |r| r.users))
+    };
     let mut rates = Vec::new();
+    let mut bare = Vec::new();
     for _ in 0..o.repeat.max(1) {
-        let mut secs = 0.0;
-        let mut got = 0u64;
-        for p in 0..parts {
-            let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
-            let t = Instant::now();
-            let read =
-                crate::pipeline::restore::restore_changelog(&settings, &topic, p, &mut engine, &cancel, &mut |_| {})?;
-            secs += t.elapsed().as_secs_f64();
-            got += read.restored.map_or(0, |r| r.users);
-        }
+        // The service's reader, then a bare consumer, in each round: a change in the machine's
+        // load hits both alike.
+        let t = Instant::now();
+        let got: u64 = each_partition(parts, o.parallel, &restore_one)?.into_iter().sum();
+        let secs = t.elapsed().as_secs_f64();
         if got != users {
             anyhow::bail!("restored {got} users of {users} from {topic}");
         }
         rates.push(users as f64 / secs);
-    }
-    let (mn, md) = min_median(&rates);
-    writeln!(
-        out,
-        "| broker restore: restore_changelog, {parts} partition(s) one after another (users/s) | {mn:.0} | {md:.0} |"
-    )?;
-    let mut bare = Vec::new();
-    for _ in 0..o.repeat.max(1) {
         let t = Instant::now();
-        let mut got = 0u64;
-        for p in 0..parts {
-            got += bare_read(&settings, &topic, p)?;
-        }
+        let got: u64 = each_partition(parts, o.parallel, &|p| bare_read(&settings, &topic, p))?.into_iter().sum();
         if got != records as u64 {
             anyhow::bail!("read {got} records of {records} from {topic}");
         }
         bare.push(got as f64 / t.elapsed().as_secs_f64());
     }
+    let (mn, md) = min_median(&rates);
+    let how = if o.parallel { "at once, a thread each" } else { "one after another" };
+    writeln!(out, "| broker restore: restore_changelog, {parts} partition(s) {how} (users/s) | {mn:.0} | {md:.0} |")?;
     let (bmn, bmd) = min_median(&bare);
     writeln!(
         out,
@@ -430,12 +453,25 @@ fn broker_restore(
     Ok(out)
 }
 
+/// `f` of every partition, one after another or (`parallel`) at once, a thread each.
+fn each_partition<T: Send>(parts: i32, parallel: bool, f: &(dyn Fn(i32) -> Result<T> + Sync)) -> Result<Vec<T>> {
+    if !parallel {
+        return (0..parts).map(f).collect();
+    }
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..parts).map(|p| s.spawn(move || f(p))).collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore thread panicked"))))
+            .collect()
+    })
+}
+
 /// Read every record of `topic`/`partition` with the restore consumer's settings and do nothing
 /// with them: how fast librdkafka and the broker deliver. Returns the records read.
 fn bare_read(settings: &rdkafka::config::ClientConfig, topic: &str, partition: i32) -> Result<u64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     use rdkafka::Message;
-    let c: BaseConsumer = settings.create()?;
+    let c = crate::pipeline::restore::restore_consumer(settings)?;
     let (_, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;

@@ -9,9 +9,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::engine::Engine;
@@ -59,6 +61,34 @@ pub fn plan(
     }
 }
 
+/// The restore consumers' context. Reaching a partition's end (asked for with
+/// `enable.partition.eof`: it ends a read whose last offsets hold no record, such as a
+/// transaction marker or records compacted away) comes to the poll, where the readers handle
+/// it, and to the client-wide error callback too, which rust-rdkafka's default context logs at
+/// ERROR as a "Global error" (rust-rdkafka issue #820). That report alone is dropped here;
+/// every other error is logged as the default context logs it.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_eof(&error) {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+/// The end of a partition, as the poll or the error callback reports it.
+fn is_partition_eof(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF))
+}
+
+/// A consumer for reading a partition back, with [`RestoreContext`].
+pub fn restore_consumer(settings: &ClientConfig) -> Result<BaseConsumer<RestoreContext>, RestoreError> {
+    Ok(settings.create_with_context(RestoreContext)?)
+}
+
 /// Settings of the restore consumer: the `[kafka]` pass-through plus its own.
 pub fn consumer_settings(base: &ClientConfig, group_id: &str) -> ClientConfig {
     let mut c = base.clone();
@@ -83,7 +113,7 @@ pub fn restore(
 ) -> Result<u64, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
     const STALL: Duration = Duration::from_secs(30);
-    let c: BaseConsumer = settings.create()?;
+    let c = restore_consumer(settings)?;
     let mut tpl = TopicPartitionList::new();
     let start = if range.from > 0 { Offset::Offset(range.from) } else { Offset::Beginning };
     tpl.add_partition_offset(partition.topic(), partition.partition(), start)?;
@@ -142,7 +172,6 @@ pub fn ensure_repartition_topic(
 ) -> Result<(), RestoreError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
     let mut settings = settings.clone();
     settings.set("allow.auto.create.topics", "false");
     let admin: AdminClient<DefaultClientContext> = settings.create()?;
@@ -184,7 +213,6 @@ pub fn ensure_changelog(
 ) -> Result<(), RestoreError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
     let mut settings = settings.clone();
     // A metadata request for a missing topic must not create it with the broker's defaults.
     settings.set("allow.auto.create.topics", "false");
@@ -235,7 +263,7 @@ pub fn restore_changelog(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ChangelogRead, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
-    let c: BaseConsumer = settings.create()?;
+    let c = restore_consumer(settings)?;
     let (low, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut replayer = crate::state::changelog::Replayer::new(engine);
     if high > low {
@@ -269,7 +297,7 @@ pub fn restore_changelog(
 /// The reading side of [`restore_changelog`]: every record of the assigned changelog partition
 /// before offset `high`, in order, into `w`.
 fn read_changelog(
-    c: &BaseConsumer,
+    c: &BaseConsumer<RestoreContext>,
     topic: &str,
     partition: i32,
     high: i64,
@@ -309,5 +337,19 @@ fn read_changelog(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_partition_is_silenced() {
+        assert!(is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF)));
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(3)));
+        assert!(!is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)));
+        assert!(!is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        assert!(!is_partition_eof(&KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF)));
     }
 }
