@@ -316,14 +316,16 @@ pub fn state_bench(o: &StateBenchOptions) -> Result<String> {
         "in-process restore, pipelined: reader thread decodes, this one applies, + finish (users/s)",
         &piped.wall,
     )?;
-    row(&mut out, "... users per CPU second (both threads)", &piped.per_cpu)?;
+    let cpu_of = if o.parallel { "the whole process" } else { "both threads" };
+    row(&mut out, &format!("... users per CPU second ({cpu_of})"), &piped.per_cpu)?;
     row(&mut out, "... records read and applied, without finish (users/s)", &piped.apply)?;
     row(
         &mut out,
         "in-process restore, one thread: Replayer::apply (decode + restore_user) + finish (users/s)",
         &one.wall,
     )?;
-    row(&mut out, "... users per CPU second of the restoring thread", &one.per_cpu)?;
+    let cpu_of = if o.parallel { "of the whole process" } else { "of the restoring thread" };
+    row(&mut out, &format!("... users per CPU second {cpu_of}"), &one.per_cpu)?;
     row(&mut out, "... Replayer::apply of every record alone (users/s)", &one.apply)?;
     let finish: Vec<f64> = piped.finish.iter().chain(&one.finish).copied().collect();
     row(&mut out, "... Replayer::finish alone, both ways (users/s)", &finish)?;
