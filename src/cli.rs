@@ -190,7 +190,7 @@ pub enum BenchCommand {
     /// Durable state: changelog restore speed (in process and via a broker), bytes per user,
     /// changelog bytes per user; with --idle, RSS and eviction with most users going silent.
     #[command(
-        after_help = "Examples:\n  churnguard bench state --users 1000000\n  churnguard bench state --brokers $CHURNGUARD_KAFKA_BROKERS --partitions 4\n  churnguard bench state --idle"
+        after_help = "Examples:\n  churnguard bench state --users 1000000\n  churnguard bench state --brokers $CHURNGUARD_KAFKA_BROKERS --partitions 4\n  churnguard bench state --partitions 2 --parallel\n  churnguard bench state --idle"
     )]
     State {
         /// Users (with --idle: users arriving over the run).
@@ -211,6 +211,10 @@ pub enum BenchCommand {
         /// Changelog partitions; users are split across them by index, an engine per partition.
         #[arg(long, value_name = "N", default_value_t = 1)]
         partitions: i32,
+        /// Restore the partitions at once, a thread each (as the service restores its assigned
+        /// partitions), instead of one after another.
+        #[arg(long)]
+        parallel: bool,
         /// The broker's log.dirs, to report the changelog topic's size on disk.
         #[arg(long, value_name = "DIR")]
         broker_data_dir: Option<PathBuf>,
@@ -612,6 +616,7 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             brokers,
             partitions,
+            parallel,
             broker_data_dir,
             idle,
             days,
@@ -634,6 +639,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 model,
                 brokers,
                 partitions,
+                parallel,
                 broker_data_dir,
                 idle,
             })?;

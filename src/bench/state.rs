@@ -37,6 +37,8 @@ pub struct StateBenchOptions {
     pub model: PathBuf,
     pub brokers: Option<String>,
     pub partitions: i32,
+    /// Restore the partitions at once, a thread each (as the service does), not one after another.
+    pub parallel: bool,
     /// The broker's `log.dirs`, to read the changelog topic's size on disk (optional).
     pub broker_data_dir: Option<PathBuf>,
     pub idle: Option<IdleOptions>,
@@ -132,33 +134,96 @@ struct Restore {
     users: u64,
 }
 
-fn restore_in_process(flushes: &[Flush], art: &ModelArtifact) -> Result<(Restore, Engine)> {
+/// CPU seconds (user + system) of the whole process so far, threads that have ended included
+/// (Linux /proc; clock ticks of 10 ms).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (get(11) + get(12)) as f64 / 100.0
+}
+
+/// How the bench replays a flush in process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// `Replayer::apply` of each record on this thread.
+    OneThread,
+    /// `state::pipelined::replay`: decoded on a reader thread, applied on this one (the
+    /// service's changelog restore).
+    Pipelined,
+}
+
+/// One partition's flush into a fresh engine: (seconds in all, of which in `finish`, users).
+fn restore_flush(f: &Flush, art: &ModelArtifact, how: Replay) -> Result<(f64, f64, u64, Engine)> {
     let cfg = EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() };
-    let mut last = None;
-    let mut secs = 0.0;
-    let mut finish_secs = 0.0;
-    let mut users = 0;
-    let cpu = super::cpu_seconds(None);
-    for f in flushes {
-        let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
-        let t = Instant::now();
-        let mut r = Replayer::new(&mut engine);
-        for i in 0..f.len() {
-            let (k, v) = f.get(i);
-            r.apply(k, v);
+    let mut engine = Engine::new(art, PolicyConfig::default(), cfg);
+    let t = Instant::now();
+    let mut r = Replayer::new(&mut engine);
+    match how {
+        Replay::OneThread => {
+            for i in 0..f.len() {
+                let (k, v) = f.get(i);
+                r.apply(k, v);
+            }
         }
-        if r.corrupt + r.other_layout > 0 {
-            anyhow::bail!("{} corrupt and {} other-layout records in the bench's own flush", r.corrupt, r.other_layout);
-        }
-        let tf = Instant::now();
-        let restored = r.finish()?.context("the flush restored nothing")?;
-        finish_secs += tf.elapsed().as_secs_f64();
-        secs += t.elapsed().as_secs_f64();
-        users += restored.users;
-        last = Some(engine);
+        Replay::Pipelined => crate::state::pipelined::replay(
+            &mut r,
+            |w| {
+                for i in 0..f.len() {
+                    let (k, v) = f.get(i);
+                    w.push(k, v)?;
+                }
+                Ok::<(), crate::state::pipelined::ApplierGone>(())
+            },
+            |_| {},
+        )?,
+    }
+    if r.corrupt + r.other_layout > 0 {
+        anyhow::bail!("{} corrupt and {} other-layout records in the bench's own flush", r.corrupt, r.other_layout);
+    }
+    let tf = Instant::now();
+    let restored = r.finish()?.context("the flush restored nothing")?;
+    let finish_secs = tf.elapsed().as_secs_f64();
+    Ok((t.elapsed().as_secs_f64(), finish_secs, restored.users, engine))
+}
+
+/// Every partition's flush, one after another or (`parallel`) at once, a thread each as the
+/// service restores its assigned partitions. Returns the last partition's engine.
+fn restore_in_process(
+    flushes: &[Flush],
+    art: &ModelArtifact,
+    how: Replay,
+    parallel: bool,
+) -> Result<(Restore, Engine)> {
+    // The restoring thread's own CPU time, unless other threads work too.
+    let one_thread = how == Replay::OneThread && !parallel;
+    let cpu_now = || if one_thread { super::cpu_seconds(None) } else { process_cpu_seconds() };
+    let cpu = cpu_now();
+    let t = Instant::now();
+    let done: Vec<Result<(f64, f64, u64, Engine)>> = if parallel {
+        std::thread::scope(|s| {
+            let jobs: Vec<_> = flushes.iter().map(|f| s.spawn(move || restore_flush(f, art, how))).collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore thread panicked"))))
+                .collect()
+        })
+    } else {
+        flushes.iter().map(|f| restore_flush(f, art, how)).collect()
+    };
+    let wall = t.elapsed().as_secs_f64();
+    let (mut secs, mut finish_secs, mut users, mut last) = (0.0, 0.0f64, 0, None);
+    for d in done {
+        let (s, f, u, e) = d?;
+        secs += s;
+        // At once, the partitions' `finish` overlap too: the longest stands for them.
+        finish_secs = if parallel { finish_secs.max(f) } else { finish_secs + f };
+        users += u;
+        last = Some(e);
     }
     let engine = last.context("no partitions")?;
-    Ok((Restore { secs, finish_secs, cpu_secs: super::cpu_seconds(None) - cpu, users }, engine))
+    let secs = if parallel { wall } else { secs };
+    Ok((Restore { secs, finish_secs, cpu_secs: cpu_now() - cpu, users }, engine))
 }
 
 /// Decoding alone, into one reused record: the share of restore time spent in the codec.
@@ -210,44 +275,65 @@ pub fn state_bench(o: &StateBenchOptions) -> Result<String> {
     writeln!(out, "live engine feature store: {:.1} bytes per user (FeatureStore::heap_bytes)", live_heap as f64 / n)?;
     writeln!(out)?;
 
-    let mut in_proc = Vec::new();
+    #[derive(Default)]
+    struct Rates {
+        wall: Vec<f64>,
+        per_cpu: Vec<f64>,
+        apply: Vec<f64>,
+        finish: Vec<f64>,
+    }
+    let mut rates = [Rates::default(), Rates::default()];
     let mut decode = Vec::new();
-    let mut apply = Vec::new();
-    let mut per_cpu = Vec::new();
-    let mut finish = Vec::new();
     let mut restored_heap = 0usize;
     let mut peak = 0u64;
     for _ in 0..o.repeat.max(1) {
-        reset_peak_rss();
-        let (r, engine) = restore_in_process(&flushes, &art)?;
-        peak = peak.max(peak_rss_bytes());
-        if r.users != users as u64 {
-            anyhow::bail!("restored {} users of {users}", r.users);
+        // Both ways in each round, so a change in the machine's load hits both alike.
+        for (how, rates) in [Replay::Pipelined, Replay::OneThread].into_iter().zip(rates.iter_mut()) {
+            reset_peak_rss();
+            let (r, engine) = restore_in_process(&flushes, &art, how, o.parallel)?;
+            peak = peak.max(peak_rss_bytes());
+            if r.users != users as u64 {
+                anyhow::bail!("restored {} users of {users}", r.users);
+            }
+            rates.wall.push(r.users as f64 / r.secs);
+            rates.per_cpu.push(r.users as f64 / r.cpu_secs);
+            rates.apply.push(r.users as f64 / (r.secs - r.finish_secs));
+            rates.finish.push(r.users as f64 / r.finish_secs);
+            restored_heap = engine.store().heap_bytes();
         }
-        in_proc.push(r.users as f64 / r.secs);
-        per_cpu.push(r.users as f64 / r.cpu_secs);
-        apply.push(r.users as f64 / (r.secs - r.finish_secs));
-        finish.push(r.users as f64 / r.finish_secs);
-        restored_heap = engine.store().heap_bytes();
-        drop(engine);
         decode.push(users as f64 / decode_only(&flushes, &shape));
     }
     let restored_users_last = flushes.last().map_or(0, Flush::users).max(1);
     writeln!(out, "| measurement ({} rounds) | min | median |", o.repeat.max(1))?;
     writeln!(out, "|---|---|---|")?;
-    let (mn, md) = min_median(&in_proc);
-    writeln!(out, "| in-process restore: decode + restore_user + finish (users/s) | {mn:.0} | {md:.0} |")?;
-    let (cmn, cmd) = min_median(&per_cpu);
-    writeln!(out, "| ... users per CPU second of the restoring thread | {cmn:.0} | {cmd:.0} |")?;
-    let (amn, amd) = min_median(&apply);
-    writeln!(out, "| ... Replayer::apply of every record alone (users/s) | {amn:.0} | {amd:.0} |")?;
-    let (fmn, fmd) = min_median(&finish);
-    writeln!(out, "| ... Replayer::finish alone (users/s) | {fmn:.0} | {fmd:.0} |")?;
-    let (dmn, dmd) = min_median(&decode);
-    writeln!(out, "| ... decode alone (users/s) | {dmn:.0} | {dmd:.0} |")?;
+    let row = |out: &mut String, what: &str, v: &[f64]| {
+        let (mn, md) = min_median(v);
+        writeln!(out, "| {what} | {mn:.0} | {md:.0} |")
+    };
+    let [piped, one] = &rates;
+    row(
+        &mut out,
+        "in-process restore, pipelined: reader thread decodes, this one applies, + finish (users/s)",
+        &piped.wall,
+    )?;
+    let cpu_of = if o.parallel { "the whole process" } else { "both threads" };
+    row(&mut out, &format!("... users per CPU second ({cpu_of})"), &piped.per_cpu)?;
+    row(&mut out, "... records read and applied, without finish (users/s)", &piped.apply)?;
+    row(
+        &mut out,
+        "in-process restore, one thread: Replayer::apply (decode + restore_user) + finish (users/s)",
+        &one.wall,
+    )?;
+    let cpu_of = if o.parallel { "of the whole process" } else { "of the restoring thread" };
+    row(&mut out, &format!("... users per CPU second {cpu_of}"), &one.per_cpu)?;
+    row(&mut out, "... Replayer::apply of every record alone (users/s)", &one.apply)?;
+    let finish: Vec<f64> = piped.finish.iter().chain(&one.finish).copied().collect();
+    row(&mut out, "... Replayer::finish alone, both ways (users/s)", &finish)?;
+    row(&mut out, "... decode alone (users/s)", &decode)?;
+    let (mn, md) = min_median(&piped.wall);
     writeln!(
         out,
-        "| ... MB/s of changelog (in process) | {:.0} | {:.0} |",
+        "| MB/s of changelog (in process, pipelined) | {:.0} | {:.0} |",
         mn * bytes as f64 / n / 1e6,
         md * bytes as f64 / n / 1e6
     )?;
@@ -276,6 +362,7 @@ fn broker_restore(
     bytes: usize,
 ) -> Result<String> {
     use rdkafka::config::ClientConfig;
+    let records: usize = flushes.iter().map(Flush::len).sum();
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let mut out = String::new();
     let parts = o.partitions.max(1);
@@ -319,27 +406,38 @@ fn broker_restore(
     let settings = crate::pipeline::restore::consumer_settings(&base, "bench-state");
     let cfg = EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() };
     let cancel = AtomicBool::new(false);
+    let restore_one = |p: i32| -> Result<u64> {
+        let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
+        let read =
+            crate::pipeline::restore::restore_changelog(&settings, &topic, p, &mut engine, &cancel, &mut |_| {})?;
+        Ok(read.restored.map_or(0, |r| r.users))
+    };
     let mut rates = Vec::new();
+    let mut bare = Vec::new();
     for _ in 0..o.repeat.max(1) {
-        let mut secs = 0.0;
-        let mut got = 0u64;
-        for p in 0..parts {
-            let mut engine = Engine::new(art, PolicyConfig::default(), cfg.clone());
-            let t = Instant::now();
-            let read =
-                crate::pipeline::restore::restore_changelog(&settings, &topic, p, &mut engine, &cancel, &mut |_| {})?;
-            secs += t.elapsed().as_secs_f64();
-            got += read.restored.map_or(0, |r| r.users);
-        }
+        // The service's reader, then a bare consumer, in each round: a change in the machine's
+        // load hits both alike.
+        let t = Instant::now();
+        let got: u64 = each_partition(parts, o.parallel, &restore_one)?.into_iter().sum();
+        let secs = t.elapsed().as_secs_f64();
         if got != users {
             anyhow::bail!("restored {got} users of {users} from {topic}");
         }
         rates.push(users as f64 / secs);
+        let t = Instant::now();
+        let got: u64 = each_partition(parts, o.parallel, &|p| bare_read(&settings, &topic, p))?.into_iter().sum();
+        if got != records as u64 {
+            anyhow::bail!("read {got} records of {records} from {topic}");
+        }
+        bare.push(got as f64 / t.elapsed().as_secs_f64());
     }
     let (mn, md) = min_median(&rates);
+    let how = if o.parallel { "at once, a thread each" } else { "one after another" };
+    writeln!(out, "| broker restore: restore_changelog, {parts} partition(s) {how} (users/s) | {mn:.0} | {md:.0} |")?;
+    let (bmn, bmd) = min_median(&bare);
     writeln!(
         out,
-        "| broker restore: restore_changelog, {parts} partition(s) one after another (users/s) | {mn:.0} | {md:.0} |"
+        "| ... a bare consumer reading the same records (poll, nothing else; records/s), the broker path's ceiling | {bmn:.0} | {bmd:.0} |"
     )?;
     let per_user = bytes as f64 / users.max(1) as f64;
     writeln!(out, "| ... MB/s of changelog (keys+values) | {:.0} | {:.0} |", mn * per_user / 1e6, md * per_user / 1e6)?;
@@ -355,6 +453,48 @@ fn broker_restore(
     }
     delete_topic(&base, &topic);
     Ok(out)
+}
+
+/// `f` of every partition, one after another or (`parallel`) at once, a thread each.
+fn each_partition<T: Send>(parts: i32, parallel: bool, f: &(dyn Fn(i32) -> Result<T> + Sync)) -> Result<Vec<T>> {
+    if !parallel {
+        return (0..parts).map(f).collect();
+    }
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..parts).map(|p| s.spawn(move || f(p))).collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore thread panicked"))))
+            .collect()
+    })
+}
+
+/// Read every record of `topic`/`partition` with the restore consumer's settings and do nothing
+/// with them: how fast librdkafka and the broker deliver. Returns the records read.
+fn bare_read(settings: &rdkafka::config::ClientConfig, topic: &str, partition: i32) -> Result<u64> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let c = crate::pipeline::restore::restore_consumer(settings)?;
+    let (_, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+    c.assign(&tpl)?;
+    let mut n = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                n += 1;
+                std::hint::black_box(m.payload());
+                if m.offset() + 1 >= high {
+                    return Ok(n);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(n),
+            Some(Err(e)) => return Err(e).context("bare read"),
+            None => {}
+        }
+    }
+    anyhow::bail!("bare read of {topic}/{partition}: {n} records in 120 s, not done")
 }
 
 /// Bytes of `topic`'s log segments under a broker's `log.dirs` (index files are preallocated

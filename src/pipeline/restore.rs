@@ -9,14 +9,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::engine::Engine;
 use crate::event::parse_event;
 use crate::source::kafka::{kafka_error_code, GroupConsumer, PartitionId};
+use crate::state::pipelined::{ApplierGone, BatchWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -26,6 +29,8 @@ pub enum RestoreError {
     Kafka(String),
     #[error("no progress for {0:?} (broker unreachable?)")]
     Stalled(Duration),
+    #[error("changelog restore: {0}")]
+    Applier(#[from] ApplierGone),
 }
 
 impl From<KafkaError> for RestoreError {
@@ -56,6 +61,34 @@ pub fn plan(
     }
 }
 
+/// The restore consumers' context. Reaching a partition's end (asked for with
+/// `enable.partition.eof`: it ends a read whose last offsets hold no record, such as a
+/// transaction marker or records compacted away) comes to the poll, where the readers handle
+/// it, and to the client-wide error callback too, which rust-rdkafka's default context logs at
+/// ERROR as a "Global error" (rust-rdkafka issue #820). That report alone is dropped here;
+/// every other error is logged as the default context logs it.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_eof(&error) {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+/// The end of a partition, as the poll or the error callback reports it.
+fn is_partition_eof(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF))
+}
+
+/// A consumer for reading a partition back, with [`RestoreContext`].
+pub fn restore_consumer(settings: &ClientConfig) -> Result<BaseConsumer<RestoreContext>, RestoreError> {
+    Ok(settings.create_with_context(RestoreContext)?)
+}
+
 /// Settings of the restore consumer: the `[kafka]` pass-through plus its own.
 pub fn consumer_settings(base: &ClientConfig, group_id: &str) -> ClientConfig {
     let mut c = base.clone();
@@ -80,7 +113,7 @@ pub fn restore(
 ) -> Result<u64, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
     const STALL: Duration = Duration::from_secs(30);
-    let c: BaseConsumer = settings.create()?;
+    let c = restore_consumer(settings)?;
     let mut tpl = TopicPartitionList::new();
     let start = if range.from > 0 { Offset::Offset(range.from) } else { Offset::Beginning };
     tpl.add_partition_offset(partition.topic(), partition.partition(), start)?;
@@ -139,7 +172,6 @@ pub fn ensure_repartition_topic(
 ) -> Result<(), RestoreError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
     let mut settings = settings.clone();
     settings.set("allow.auto.create.topics", "false");
     let admin: AdminClient<DefaultClientContext> = settings.create()?;
@@ -181,7 +213,6 @@ pub fn ensure_changelog(
 ) -> Result<(), RestoreError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
     let mut settings = settings.clone();
     // A metadata request for a missing topic must not create it with the broker's defaults.
     settings.set("allow.auto.create.topics", "false");
@@ -221,7 +252,8 @@ pub struct ChangelogRead {
 }
 
 /// Read `partition` of changelog `topic` from its start to its end (the high watermark when the
-/// read starts) into `engine`.
+/// read starts) into `engine`. The records are read and decoded on a thread of their own while
+/// this one applies them (see [`crate::state::pipelined`]).
 pub fn restore_changelog(
     settings: &ClientConfig,
     topic: &str,
@@ -231,45 +263,25 @@ pub fn restore_changelog(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ChangelogRead, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
-    const STALL: Duration = Duration::from_secs(30);
-    let c: BaseConsumer = settings.create()?;
+    let c = restore_consumer(settings)?;
     let (low, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut replayer = crate::state::changelog::Replayer::new(engine);
     if high > low {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
         c.assign(&tpl)?;
-        let mut n = 0u64;
-        let mut reported = 0u64;
-        let mut last_progress = Instant::now();
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RestoreError::Cancelled);
-            }
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    last_progress = Instant::now();
-                    replayer.apply(m.key().unwrap_or(&[]), m.payload());
-                    n += 1;
-                    if n - reported >= REPORT_EVERY {
-                        progress(n - reported);
-                        reported = n;
-                    }
-                    if m.offset() + 1 >= high {
-                        break;
-                    }
+        let (mut n, mut reported) = (0u64, 0u64);
+        crate::state::pipelined::replay(
+            &mut replayer,
+            move |w| read_changelog(&c, topic, partition, high, cancel, w),
+            |applied| {
+                n += applied;
+                if n - reported >= REPORT_EVERY {
+                    progress(n - reported);
+                    reported = n;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => {
-                    tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
-                }
-                None => {
-                    if last_progress.elapsed() >= STALL {
-                        return Err(RestoreError::Stalled(STALL));
-                    }
-                }
-            }
-        }
+            },
+        )?;
         progress(n - reported);
     }
     let (corrupt, other_layout) = (replayer.corrupt, replayer.other_layout);
@@ -280,4 +292,64 @@ pub fn restore_changelog(
         Err(e) => return Err(RestoreError::Kafka(format!("changelog {topic}/{partition}: {e}"))),
     };
     Ok(ChangelogRead { restored, corrupt, other_layout })
+}
+
+/// The reading side of [`restore_changelog`]: every record of the assigned changelog partition
+/// before offset `high`, in order, into `w`.
+fn read_changelog(
+    c: &BaseConsumer<RestoreContext>,
+    topic: &str,
+    partition: i32,
+    high: i64,
+    cancel: &AtomicBool,
+    w: &mut BatchWriter,
+) -> Result<(), RestoreError> {
+    const STALL: Duration = Duration::from_secs(30);
+    let mut last_progress = Instant::now();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RestoreError::Cancelled);
+        }
+        // Whatever librdkafka has fetched is taken without waiting; only when its queue is
+        // empty does the reader hand over a partial batch (the applier would idle) and wait.
+        let polled = match c.poll(Duration::ZERO) {
+            Some(r) => Some(r),
+            None => {
+                w.flush()?;
+                c.poll(Duration::from_millis(200))
+            }
+        };
+        match polled {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                w.push(m.key().unwrap_or(&[]), m.payload())?;
+                if m.offset() + 1 >= high {
+                    return Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
+            }
+            None => {
+                if last_progress.elapsed() >= STALL {
+                    return Err(RestoreError::Stalled(STALL));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_partition_is_silenced() {
+        assert!(is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF)));
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(3)));
+        assert!(!is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)));
+        assert!(!is_partition_eof(&KafkaError::Global(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        assert!(!is_partition_eof(&KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF)));
+    }
 }

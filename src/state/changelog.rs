@@ -18,12 +18,33 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use super::batch::{Decoded, DecodedBatch, Record};
 use super::codec::{self, CodecError, Shape};
 use crate::engine::{Change, Engine, UserRecord};
 
 pub const PREV_KEY: &[u8] = b"\xffchurnguard.prev";
 pub const CLOCK_KEY: &[u8] = b"\xffchurnguard.clock";
 pub const END_KEY: &[u8] = b"\xffchurnguard.end";
+
+/// The kind of a meta record (see the module docs), by its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta {
+    Prev,
+    Clock,
+    End,
+}
+
+impl Meta {
+    /// `None`: a user id (or a key that is not a meta key).
+    pub fn of(key: &[u8]) -> Option<Meta> {
+        match key {
+            PREV_KEY => Some(Meta::Prev),
+            CLOCK_KEY => Some(Meta::Clock),
+            END_KEY => Some(Meta::End),
+            _ => None,
+        }
+    }
+}
 
 /// The changelog topic of `input_topic`'s state for consumer group `group`.
 pub fn topic_name(group: &str, input_topic: &str) -> String {
@@ -206,39 +227,72 @@ impl<'e> Replayer<'e> {
         }
     }
 
+    /// The shape of the engine restored into: what [`DecodedBatch::push`] decodes for.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Apply the next record of the changelog partition.
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
-        match key {
-            PREV_KEY => self.prev = value.map(<[u8]>::to_vec),
-            CLOCK_KEY => {
+        if let Some(meta) = Meta::of(key) {
+            self.apply_meta(meta, value);
+            return;
+        }
+        let Ok(id) = std::str::from_utf8(key) else {
+            self.corrupt += 1;
+            return;
+        };
+        // The record buffer is taken for the call and put back: reused, it allocates nothing.
+        let mut rec = std::mem::take(&mut self.rec);
+        let result = value.map(|v| codec::decode_user(key, v, &self.shape, &mut rec));
+        let decoded = match &result {
+            None => Decoded::Tombstone,
+            Some(Ok(())) => Decoded::State(&rec),
+            Some(Err(e)) => Decoded::Failed(e),
+        };
+        self.apply_user(id, decoded);
+        self.rec = rec;
+    }
+
+    /// Apply the next records, decoded ahead (possibly on another thread): the same as
+    /// [`Replayer::apply`] of each record in turn.
+    pub fn apply_batch(&mut self, batch: &DecodedBatch) {
+        for record in batch.records() {
+            match record {
+                Record::Meta(meta, value) => self.apply_meta(meta, value),
+                Record::BadKey => self.corrupt += 1,
+                Record::User(id, decoded) => self.apply_user(id, decoded),
+            }
+        }
+    }
+
+    fn apply_meta(&mut self, meta: Meta, value: Option<&[u8]>) {
+        match meta {
+            Meta::Prev => self.prev = value.map(<[u8]>::to_vec),
+            Meta::Clock => {
                 self.clock = value.map(<[u8]>::to_vec);
                 self.after_clock.clear();
                 self.after_clock_ends.clear();
             }
-            END_KEY => self.end = value.and_then(|v| codec::decode_end(v, &self.shape).ok()),
-            id => {
-                let Ok(id) = std::str::from_utf8(id) else {
+            Meta::End => self.end = value.and_then(|v| codec::decode_end(v, &self.shape).ok()),
+        }
+    }
+
+    fn apply_user(&mut self, id: &str, decoded: Decoded<'_>) {
+        self.users += 1;
+        if self.clock.is_some() {
+            self.after_clock.push_str(id);
+            self.after_clock_ends.push(self.after_clock.len());
+        }
+        match decoded {
+            Decoded::Tombstone => self.engine.restore_delete(id),
+            Decoded::State(rec) => {
+                if self.engine.restore_user(&rec.view()).is_err() {
                     self.corrupt += 1;
-                    return;
-                };
-                self.users += 1;
-                if self.clock.is_some() {
-                    self.after_clock.push_str(id);
-                    self.after_clock_ends.push(self.after_clock.len());
-                }
-                let Some(value) = value else {
-                    self.engine.restore_delete(id);
-                    return;
-                };
-                match codec::decode_user(id.as_bytes(), value, &self.shape, &mut self.rec) {
-                    Ok(()) => {
-                        if self.engine.restore_user(&self.rec.view()).is_err() {
-                            self.corrupt += 1;
-                        }
-                    }
-                    Err(CodecError::Layout { .. }) => self.other_layout += 1,
-                    Err(_) => self.corrupt += 1,
                 }
             }
+            Decoded::Failed(CodecError::Layout { .. }) => self.other_layout += 1,
+            Decoded::Failed(_) => self.corrupt += 1,
         }
     }
 
