@@ -107,6 +107,41 @@ impl Scorer {
         z
     }
 
+    /// An upper bound of [`Scorer::logit`] over every raw vector with `lo[i] <= x[i] <= hi[i]`
+    /// (`+inf` when none can be given, e.g. for NaN). Every transform is non-decreasing, so
+    /// each term is largest at one end of its range; the terms are added in `logit`'s order, and
+    /// rounding is monotone, so the bound holds for the computed logit too. The margin covers a
+    /// libm that is not exactly monotone.
+    pub fn logit_upper(&self, lo: &[f64], hi: &[f64]) -> f64 {
+        let mut z = self.bias;
+        let mut size = self.bias.abs();
+        let mut add = |t: Transform, w: f64, l: f64, h: f64| {
+            let (a, b) = (w * transform(t, l), w * transform(t, h));
+            // `max` would drop a NaN; it must poison the bound instead.
+            let term = if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else if a >= b {
+                a
+            } else {
+                b
+            };
+            z += term;
+            size += term.abs();
+        };
+        for &(i, w) in &self.log1p_terms {
+            add(Transform::Log1p, w, lo[i], hi[i]);
+        }
+        for &(i, t, w) in &self.other_terms {
+            add(t, w, lo[i], hi[i]);
+        }
+        let bound = z + 1e-9 * (1.0 + size);
+        if bound.is_nan() {
+            f64::INFINITY
+        } else {
+            bound
+        }
+    }
+
     /// P(churn) for a raw feature vector.
     #[inline]
     pub fn score(&self, raw: &[f64]) -> f64 {
