@@ -20,6 +20,7 @@ use crate::decision::{Decision, ReasonRef};
 use crate::event::ActivityEvent;
 use crate::features::{FeatureStore, Layout};
 use crate::intervention::{Intervention, Trigger};
+use crate::model::score::sigmoid;
 use crate::model::{ModelArtifact, Scorer};
 use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
 use crate::population::PopulationIndex;
@@ -48,6 +49,11 @@ pub struct EngineConfig {
     /// on events or on the `rescore_interval` timer. Unset (the default): per-event scoring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_at: Option<TimeOfDay>,
+    /// Rescore silent users at every due time, as before issue 9, instead of only where the
+    /// score bound says a decision could change: the reference the skipping engine is tested
+    /// and measured against. Not a config key.
+    #[serde(skip)]
+    pub exhaustive_polling: bool,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +65,7 @@ impl Default for EngineConfig {
             warm_up: WarmUp::Auto,
             outcome_horizon: Span::days(30),
             score_at: None,
+            exhaustive_polling: false,
         }
     }
 }
@@ -295,9 +302,15 @@ struct UserMeta {
     outcome: PendingOutcome,
     /// Changed since the last [`Engine::drain_changes`] (listed in `Engine::dirty`).
     dirty: bool,
+    /// Due times `next_due + k * interval` before this one are proven quiet: they fire as
+    /// timers, exactly when they would have, but compute nothing ([`crossing`]). `Millis::MIN`:
+    /// none is. Not persisted: a restored user is rescored at every due time until their next
+    /// computed scoring proves a span again.
+    quiet_until: Millis,
 }
 
-const FRESH_META: UserMeta = UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false };
+const FRESH_META: UserMeta =
+    UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false, quiet_until: Millis::MIN };
 
 /// The outcome of a user's latest decision, open until event time passes `due`.
 ///
@@ -340,6 +353,9 @@ pub struct Engine {
     /// Scratch for a decision's reasons: reused, so deciding allocates nothing.
     ranked: Vec<(f64, usize)>,
     reasons: Vec<ReasonRef>,
+    /// Scratch for the per-feature bounds of a quiet span (see [`crossing`]).
+    bound_lo: Vec<f64>,
+    bound_hi: Vec<f64>,
     /// Index in the feature vector of `policy.value.value_feature`, when the rule is set.
     value_idx: Option<usize>,
     pub counters: EngineCounters,
@@ -359,6 +375,7 @@ pub struct Engine {
     track_changes: bool,
 }
 
+mod crossing;
 mod persist;
 pub use persist::{Change, ClockState, RestoreError, UserRecord, UserView};
 
@@ -396,6 +413,8 @@ impl Engine {
             due_scratch: Vec::new(),
             ranked: Vec::new(),
             reasons: Vec::new(),
+            bound_lo: vec![0.0; n],
+            bound_hi: vec![0.0; n],
             value_idx,
             counters: EngineCounters::default(),
             population,
@@ -456,7 +475,25 @@ impl Engine {
         self.scorer = Arc::new(Scorer::new(model));
         let cfg = self.policy.cfg.clone();
         self.policy = Policy::new(cfg, &model.thresholds.tiers);
+        self.forget_quiet_spans();
         Ok(())
+    }
+
+    /// Forget every proof of quiet due times: they were made with the old model. The users'
+    /// timers are on their due-time chains already, so they are rescored from their next one.
+    fn forget_quiet_spans(&mut self) {
+        for m in &mut self.meta {
+            m.quiet_until = Millis::MIN;
+        }
+    }
+
+    /// The spacing of a user's due times.
+    fn interval(&self) -> Millis {
+        if self.cfg.score_at.is_some() {
+            DAY_MS
+        } else {
+            self.cfg.rescore_interval.ms()
+        }
     }
 
     /// Apply one valid event, emitting any interventions it or the advanced clock causes.
@@ -486,7 +523,7 @@ impl Engine {
         // Catch-up: the user's own timers due before this event fire first, whatever the clock.
         while self.meta[idx as usize].next_due <= ev.ts {
             let due = self.meta[idx as usize].next_due;
-            if !self.fire(idx, due, emit) {
+            if !self.fire(idx, due, ev.ts, emit) {
                 idx = self.lookup_or_create(&ev.user_id, ev.ts);
                 break;
             }
@@ -512,6 +549,8 @@ impl Engine {
             if self.meta[idx as usize].next_due > next {
                 self.schedule(idx, next);
             }
+            // The event changed the state the quiet span was proven for.
+            self.meta[idx as usize].quiet_until = Millis::MIN;
             return Ingested::Applied;
         }
         let at = self.store.user(idx).last_ts();
@@ -571,7 +610,7 @@ impl Engine {
             // A jump in event time can leave several of the user's due times behind the clock.
             while self.meta[id as usize].next_due <= to {
                 let d = self.meta[id as usize].next_due;
-                if !self.fire(id, d, emit) {
+                if !self.fire(id, d, to, emit) {
                     break;
                 }
             }
@@ -593,12 +632,25 @@ impl Engine {
         idx
     }
 
-    /// A rescore timer at `due`: evict the user if silent past the TTL, else score them.
-    /// Returns false if the user was evicted.
-    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
+    /// A rescore timer at `due`, fired with the clock at `clock` (every due time up to it fires
+    /// in this pass): evict the user if silent past the TTL, else score them. Returns false if
+    /// the user was evicted.
+    fn fire(&mut self, idx: u32, due: Millis, clock: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
         self.mark_changed(idx);
+        let quiet_until = self.meta[idx as usize].quiet_until;
+        if due < quiet_until {
+            // Proven quiet: this and every due time up to the clock would score below every
+            // tier and change nothing. The timer moves on as polling would have moved it (to
+            // the first due time past the clock, or the first unproven one if that is sooner,
+            // which this same pass then fires), so every later decision fires in the same pass
+            // and order as when polled.
+            let step = self.interval();
+            let past_clock = due.saturating_add(((clock - due).max(0) / step + 1).saturating_mul(step));
+            self.schedule(idx, past_clock.min(quiet_until));
+            return true;
+        }
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
             // Silent past the TTL: an outcome still open is closed with what it has seen.
@@ -682,6 +734,33 @@ impl Engine {
         }
     }
 
+    /// Whether a search for quiet due times is worth its cost: only when the score just computed
+    /// (and the shadow's) is below every tier, as the next ones then likely are too. Skipping
+    /// the search is always sound; this only saves bounds that would fail.
+    fn below_cut(&self, score: f64) -> bool {
+        let cut = self.policy.min_threshold();
+        score < cut && self.shadow.as_ref().is_none_or(|s| s.score(&self.vector) < cut)
+    }
+
+    /// The first due time of the chain `next + k * interval` (before `evict_at`) whose score the
+    /// bound cannot keep below every tier, or `evict_at`. Between the user's events their state
+    /// is frozen, and below every tier a rescoring changes nothing: no decision, no policy
+    /// memory, no warm-up hold; with a shadow model, the shadow is kept below too, so no
+    /// disagreement goes uncounted.
+    fn first_due_not_quiet(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis) -> Millis {
+        let cut = self.policy.min_threshold();
+        let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
+        let (layout, user) = (self.store.layout(), self.store.user(idx));
+        let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
+        let due = crossing::first_unproven(next, interval, evict_at, |a, b| {
+            layout.vector_bounds(user, a, b, &mut lo, &mut hi);
+            sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < cut)
+        });
+        self.bound_lo = lo;
+        self.bound_hi = hi;
+        due
+    }
+
     fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(&Decision<'_>)) {
         self.store.vector_at(idx, at, &mut self.vector);
         let score = self.scorer.score(&self.vector);
@@ -736,7 +815,7 @@ impl Engine {
         let mem = self.meta[idx as usize].memory;
         let last_active = self.store.user(idx).last_ts();
         let expires = last_active.saturating_add(self.cfg.state_ttl.ms());
-        let interval = if self.cfg.score_at.is_some() { DAY_MS } else { self.cfg.rescore_interval.ms() };
+        let interval = self.interval();
         let mut next = at.saturating_add(interval);
         if mem.last_rank == 0 && mem.last_sent != Millis::MIN {
             next = if !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(&mem, last_active) {
@@ -746,10 +825,17 @@ impl Engine {
             };
         }
         let mut next = next.min(expires).max(at + 1);
+        let mut evict_at = expires;
         if let Some(daily) = self.cfg.score_at {
             // Daily cadence: every due time (rescore or eviction) is on the daily grid.
             next = daily.at_or_after(next);
+            evict_at = daily.at_or_after(expires);
         }
+        self.meta[idx as usize].quiet_until = if self.cfg.exhaustive_polling || !self.below_cut(score) {
+            Millis::MIN
+        } else {
+            self.first_due_not_quiet(idx, next, interval, evict_at)
+        };
         self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
