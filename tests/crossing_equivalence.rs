@@ -298,3 +298,134 @@ fn most_quiet_rescorings_are_skipped() {
         pc.scored_on_timer
     );
 }
+
+/// A restored engine has no proofs of quiet spans (they are not persisted): it rescores every
+/// due time until its next computed scoring, and decides exactly as the polling engine.
+#[test]
+fn a_restored_skipping_engine_decides_as_the_polling_one() {
+    use churnguard::engine::UserRecord;
+    let s = Setup {
+        coefs: vec![(usize::MAX, 1.1), (3, -0.4)],
+        intercept: -5.0,
+        tiers: vec![0.85, 0.6, 0.35],
+        cooldown_days: 2,
+        resend_while_silent: false,
+        control: true,
+        value_rule: false,
+        interval: DAY_MS,
+        ttl_days: 120,
+        score_at: None,
+        lateness: HOUR_MS,
+        warm_up_days: None,
+        shadow: false,
+        swap_after: usize::MAX,
+    };
+    let evs: Vec<Ev> = (0..80)
+        .map(|i| Ev {
+            user: (i * 7 % 6) as u8,
+            gap: (i % 4) * 2 * DAY_MS + HOUR_MS,
+            back: 0,
+            kind: i as usize % 5,
+            amount: None,
+        })
+        .collect();
+    let (polled, _) = run(&s, &evs, true);
+    // The same run, cut after half the events into a snapshot and a fresh engine.
+    let (head, tail) = evs.split_at(evs.len() / 2);
+    let mut first = engine(&s, false);
+    let mut out = Vec::new();
+    let mut clock = T0;
+    let feed = |e: &mut Engine, evs: &[Ev], out: &mut Vec<Record>, clock: &mut Millis| {
+        for ev in evs {
+            *clock += ev.gap;
+            let event = ActivityEvent {
+                user_id: Cow::Owned(format!("u{}", ev.user)),
+                event_type: Cow::Borrowed(TYPES[ev.kind]),
+                ts: *clock - ev.back,
+                amount: ev.amount.map(|c| f64::from(c) / 100.0),
+            };
+            e.ingest_decisions(&event, &mut |d| out.push(record(d)));
+        }
+    };
+    feed(&mut first, head, &mut out, &mut clock);
+    let mut users = Vec::new();
+    first.for_each_user(|u| {
+        users.push(UserRecord {
+            user_id: u.user_id.to_string(),
+            narrow: u.narrow.to_vec(),
+            wide: u.wide.to_vec(),
+            next_due: u.next_due,
+            memory: u.memory,
+            outcome: u.outcome,
+        })
+    });
+    let mut second = engine(&s, false);
+    for u in &users {
+        second.restore_user(&u.view()).expect("restores");
+    }
+    second.restore_clock(&first.clock_state()).expect("clock restores");
+    feed(&mut second, tail, &mut out, &mut clock);
+    second.advance_watermark_decisions(clock + 20 * DAY_MS, &mut |d| out.push(record(d)));
+    second.advance_watermark_decisions(clock + 200 * DAY_MS, &mut |d| out.push(record(d)));
+    assert_eq!(out, polled);
+}
+
+/// The full intervention and control output of `replay` (default engine and policy, the shipped
+/// model) on a simulator log, with and without the skip: byte for byte, but for `emitted_at`
+/// (the wall clock). Release-only measurement, on a log made by the CLI:
+/// `cargo run --release -- simulate --users 100000 --days 180 --seed 7 --out target/crossing/events.jsonl`, then
+/// `CHURNGUARD_CROSSING_LOG=target/crossing/events.jsonl cargo test --release --test crossing_equivalence -- --ignored --nocapture`.
+#[test]
+#[ignore = "release-only: replays a ~5M-event simulator log twice (see the doc comment)"]
+fn replay_output_is_byte_identical_on_a_simulator_log() {
+    use churnguard::event::DEFAULT_MAX_EVENT_BYTES;
+    use churnguard::pipeline::replay::{replay, ReplaySink};
+    let Ok(path) = std::env::var("CHURNGUARD_CROSSING_LOG") else {
+        panic!("set CHURNGUARD_CROSSING_LOG to an event log made by `churnguard simulate`");
+    };
+    let art = ModelArtifact::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json")))
+        .expect("shipped model");
+    let run = |exhaustive: bool| {
+        let cfg = EngineConfig { exhaustive_polling: exhaustive, ..EngineConfig::default() };
+        let mut engine = Engine::new(&art, PolicyConfig::default(), cfg);
+        let (mut out, mut control) = (Vec::new(), Vec::new());
+        let s = replay(
+            std::path::Path::new(&path),
+            DEFAULT_MAX_EVENT_BYTES,
+            &mut engine,
+            ReplaySink { interventions: &mut out, control: Some(&mut control) },
+        )
+        .expect("replay");
+        (without_emitted_at(&out), without_emitted_at(&control), s)
+    };
+    let (out_a, control_a, a) = run(true);
+    let (out_b, control_b, b) = run(false);
+    eprintln!(
+        "{} events; polled: {} rescorings, {:.2}s; skipping: {} rescorings, {:.2}s; {} intervention and {} control bytes",
+        a.valid,
+        a.counters.scored_on_timer,
+        a.elapsed.as_secs_f64(),
+        b.counters.scored_on_timer,
+        b.elapsed.as_secs_f64(),
+        out_a.len(),
+        control_a.len()
+    );
+    assert!(a.valid > 1_000_000 && !out_a.is_empty() && !control_a.is_empty());
+    assert!(out_a == out_b, "intervention output differs");
+    assert!(control_a == control_b, "control output differs");
+}
+
+/// Each record's `"emitted_at":"..."` value blanked: the only field that is the wall clock.
+fn without_emitted_at(jsonl: &[u8]) -> Vec<u8> {
+    let key = b"\"emitted_at\":\"";
+    let mut out = Vec::with_capacity(jsonl.len());
+    let mut rest = jsonl;
+    while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+        out.extend_from_slice(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
+        let end = rest.iter().position(|&c| c == b'"').unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
