@@ -735,24 +735,25 @@ impl Engine {
     }
 
     /// Whether a search for quiet due times is worth its cost: only when the score just computed
-    /// (and the shadow's) is below every tier, as the next ones then likely are too. Skipping
-    /// the search is always sound; this only saves bounds that would fail.
+    /// (and the shadow's) is below every tier, as the next ones then likely are too. The caller
+    /// also waits until the user has been silent for a whole interval: most users have another
+    /// event before that, which would waste the search. Not searching is always sound.
     fn below_cut(&self, score: f64) -> bool {
         let cut = self.policy.min_threshold();
         score < cut && self.shadow.as_ref().is_none_or(|s| s.score(&self.vector) < cut)
     }
 
-    /// The first due time of the chain `next + k * interval` (before `evict_at`) whose score the
-    /// bound cannot keep below every tier, or `evict_at`. Between the user's events their state
-    /// is frozen, and below every tier a rescoring changes nothing: no decision, no policy
-    /// memory, no warm-up hold; with a shadow model, the shadow is kept below too, so no
-    /// disagreement goes uncounted.
-    fn first_due_not_quiet(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis) -> Millis {
+    /// Where the quiet span of the chain `next + k * interval` (before `evict_at`) ends: after
+    /// up to `len` due times whose scores the bound keeps below every tier (crossing::quiet_until).
+    /// Between the user's events their state is frozen, and below every tier a rescoring changes
+    /// nothing: no decision, no policy memory, no warm-up hold; with a shadow model, the shadow
+    /// is kept below too, so no disagreement goes uncounted.
+    fn quiet_span(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis, len: i64) -> Millis {
         let cut = self.policy.min_threshold();
         let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
         let (layout, user) = (self.store.layout(), self.store.user(idx));
         let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
-        let due = crossing::first_unproven(next, interval, evict_at, |a, b| {
+        let due = crossing::quiet_until(next, interval, evict_at, len, |a, b| {
             layout.vector_bounds(user, a, b, &mut lo, &mut hi);
             sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < cut)
         });
@@ -831,11 +832,13 @@ impl Engine {
             next = daily.at_or_after(next);
             evict_at = daily.at_or_after(expires);
         }
-        self.meta[idx as usize].quiet_until = if self.cfg.exhaustive_polling || !self.below_cut(score) {
-            Millis::MIN
-        } else {
-            self.first_due_not_quiet(idx, next, interval, evict_at)
-        };
+        let silent_a_while = at - last_active >= interval;
+        self.meta[idx as usize].quiet_until =
+            if self.cfg.exhaustive_polling || !silent_a_while || !self.below_cut(score) {
+                Millis::MIN
+            } else {
+                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))
+            };
         self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
