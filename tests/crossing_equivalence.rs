@@ -231,7 +231,9 @@ fn run(s: &Setup, evs: &[Ev], exhaustive: bool) -> (Vec<Record>, EngineCounters)
     (out, e.counters.clone())
 }
 
-/// Counters that describe decisions, rather than how many scores were computed.
+/// Counters that describe decisions, rather than how many scores were computed (rescorings,
+/// score buckets, shadow agreements, and cooldown and already-sent suppressions count computed
+/// rescorings only).
 fn decision_counters(c: &EngineCounters) -> Vec<u64> {
     vec![
         c.events_applied,
@@ -240,8 +242,6 @@ fn decision_counters(c: &EngineCounters) -> Vec<u64> {
         c.users_created,
         c.users_evicted,
         c.scored_on_event,
-        c.suppressed_cooldown,
-        c.suppressed_already_sent,
         c.interventions,
         c.control,
         c.held_warm_up,

@@ -734,28 +734,54 @@ impl Engine {
         }
     }
 
+    /// The score below which a rescoring at any time in `[from, to]` decides nothing, for a user
+    /// with policy memory `mem` and no event since `last_active`: the lowest tier's threshold,
+    /// or, while only an escalation could be sent (in the cooldown, or silent since a send
+    /// without `resend_while_silent`), the threshold of the tier above the last one sent. The
+    /// warm-up and a shadow model keep the lowest threshold, so that no score above it goes
+    /// uncounted there (`held_warm_up`, shadow disagreements).
+    fn quiet_cut(&self, mem: &Memory, last_active: Millis, from: Millis, to: Millis) -> f64 {
+        let min = self.policy.min_threshold();
+        if self.shadow.is_some() || from < self.warm_until || mem.last_sent == Millis::MIN {
+            return min;
+        }
+        let cooling = to < mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms());
+        let sent_this_silence = !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(mem, last_active);
+        if !(cooling || sent_this_silence) {
+            return min;
+        }
+        match mem.last_rank as usize {
+            0 => f64::INFINITY,
+            r if r <= self.policy.tiers.len() => self.policy.tiers[r - 1].min_score,
+            _ => min,
+        }
+    }
+
     /// Whether a search for quiet due times is worth its cost: only when the score just computed
-    /// (and the shadow's) is below every tier, as the next ones then likely are too. The caller
-    /// also waits until the user has been silent for a whole interval: most users have another
-    /// event before that, which would waste the search. Not searching is always sound.
-    fn below_cut(&self, score: f64) -> bool {
-        let cut = self.policy.min_threshold();
-        score < cut && self.shadow.as_ref().is_none_or(|s| s.score(&self.vector) < cut)
+    /// (and the shadow's) is below the cut at `next`, as the next ones then likely are too. The
+    /// caller also waits until the user has been silent for a whole interval: most users have
+    /// another event before that, which would waste the search. Not searching is always sound.
+    fn worth_a_search(&self, score: f64, mem: &Memory, last_active: Millis, next: Millis) -> bool {
+        let min = self.policy.min_threshold();
+        score < self.quiet_cut(mem, last_active, next, next)
+            && self.shadow.as_ref().is_none_or(|s| s.score(&self.vector) < min)
     }
 
     /// Where the quiet span of the chain `next + k * interval` (before `evict_at`) ends: after
-    /// up to `len` due times whose scores the bound keeps below every tier (crossing::quiet_until).
-    /// Between the user's events their state is frozen, and below every tier a rescoring changes
-    /// nothing: no decision, no policy memory, no warm-up hold; with a shadow model, the shadow
-    /// is kept below too, so no disagreement goes uncounted.
+    /// up to `len` due times whose scores the bound keeps below the cut (crossing::quiet_until).
+    /// Between the user's events their state and policy memory are frozen, and below the cut a
+    /// rescoring changes nothing: no decision, no policy memory, no warm-up hold; with a shadow
+    /// model, the shadow is kept below too, so no disagreement goes uncounted.
     fn quiet_span(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis, len: i64) -> Millis {
-        let cut = self.policy.min_threshold();
+        let min = self.policy.min_threshold();
         let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
         let (layout, user) = (self.store.layout(), self.store.user(idx));
         let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
+        let mem = self.meta[idx as usize].memory;
         let due = crossing::quiet_until(next, interval, evict_at, len, |a, b| {
+            let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
             layout.vector_bounds(user, a, b, &mut lo, &mut hi);
-            sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < cut)
+            sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < min)
         });
         self.bound_lo = lo;
         self.bound_hi = hi;
@@ -834,7 +860,7 @@ impl Engine {
         }
         let silent_a_while = at - last_active >= interval;
         self.meta[idx as usize].quiet_until =
-            if self.cfg.exhaustive_polling || !silent_a_while || !self.below_cut(score) {
+            if self.cfg.exhaustive_polling || !silent_a_while || !self.worth_a_search(score, &mem, last_active, next) {
                 Millis::MIN
             } else {
                 self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))

@@ -108,23 +108,24 @@ impl Scorer {
     }
 
     /// An upper bound of [`Scorer::logit`] over every raw vector with `lo[i] <= x[i] <= hi[i]`
-    /// (`+inf` when none can be given, e.g. for NaN). Every transform is non-decreasing, so
-    /// each term is largest at one end of its range; the terms are added in `logit`'s order, and
-    /// rounding is monotone, so the bound holds for the computed logit too. The margin covers a
-    /// libm that is not exactly monotone.
+    /// (`+inf` when none can be given, e.g. for NaN). Every transform is non-decreasing, so a
+    /// term is largest at the top of its range for a positive weight and at the bottom for a
+    /// negative one. The terms are added in `logit`'s order and rounding is monotone, so the
+    /// bound holds for the computed logit too; the margin covers a libm that is not exactly
+    /// monotone.
     pub fn logit_upper(&self, lo: &[f64], hi: &[f64]) -> f64 {
         let mut z = self.bias;
         let mut size = self.bias.abs();
         let mut add = |t: Transform, w: f64, l: f64, h: f64| {
-            let (a, b) = (w * transform(t, l), w * transform(t, h));
-            // `max` would drop a NaN; it must poison the bound instead.
-            let term = if a.is_nan() || b.is_nan() {
+            // A NaN end must poison the bound, not be skipped over.
+            let x = if l.is_nan() || h.is_nan() {
                 f64::NAN
-            } else if a >= b {
-                a
+            } else if w >= 0.0 {
+                h
             } else {
-                b
+                l
             };
+            let term = w * transform(t, x);
             z += term;
             size += term.abs();
         };
