@@ -464,6 +464,8 @@ impl Engine {
             return Err("the shadow model's feature spec differs from the live model's".into());
         }
         self.shadow = Some(Arc::new(Scorer::new(model)));
+        // Spans proven without the shadow would leave its disagreements there uncounted.
+        self.forget_quiet_spans();
         Ok(())
     }
 
@@ -479,7 +481,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Forget every proof of quiet due times: they were made with the old model. The users'
+    /// Forget every proof of quiet due times: they were made for another model. The users'
     /// timers are on their due-time chains already, so they are rescored from their next one.
     fn forget_quiet_spans(&mut self) {
         for m in &mut self.meta {
