@@ -7,7 +7,7 @@
 //! - an event is scored at the user's newest event time;
 //! - a silent user is scored at exact due times `last decision + rescore_interval`, except that
 //!   due times a bound on their frozen score proves unable to decide anything fire without
-//!   computing a score ([`crossing`], docs/ARCHITECTURE.md rule 5a);
+//!   computing a score (`crossing`, docs/ARCHITECTURE.md rule 5a);
 //! - before a user's event is applied, any of their timers due at or before it fire first.
 //!
 //! With `engine.score_at` set (a UTC time of day, e.g. `"00:00"`), the cadence is daily instead:
