@@ -304,15 +304,19 @@ struct UserMeta {
     outcome: PendingOutcome,
     /// Changed since the last [`Engine::drain_changes`] (listed in `Engine::dirty`).
     dirty: bool,
-    /// Due times `next_due + k * interval` before this one are proven quiet: they fire as
-    /// timers, exactly when they would have, but compute nothing ([`crossing`]). `Millis::MIN`:
-    /// none is. Not persisted: a restored user is rescored at every due time until their next
-    /// computed scoring proves a span again.
-    quiet_until: Millis,
+    /// How many due times `next_due + k * interval` (k = 0, 1, ...) are proven quiet: they fire
+    /// as timers, exactly when they would have, but compute nothing ([`crossing`]); `ALL_QUIET`:
+    /// every one before the eviction. A count rather than a time, so the record stays 64 bytes.
+    /// Not persisted: a restored user is rescored at every due time until their next computed
+    /// scoring proves a span again.
+    quiet_left: u32,
 }
 
 const FRESH_META: UserMeta =
-    UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false, quiet_until: Millis::MIN };
+    UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false, quiet_left: 0 };
+
+/// `UserMeta::quiet_left`: every due time before the user's eviction is proven quiet.
+const ALL_QUIET: u32 = u32::MAX;
 
 /// The outcome of a user's latest decision, open until event time passes `due`.
 ///
@@ -487,8 +491,15 @@ impl Engine {
     /// timers are on their due-time chains already, so they are rescored from their next one.
     fn forget_quiet_spans(&mut self) {
         for m in &mut self.meta {
-            m.quiet_until = Millis::MIN;
+            m.quiet_left = 0;
         }
+    }
+
+    /// When a user last active at `last` is evicted: the TTL's end, on the daily grid with the
+    /// daily cadence.
+    fn evict_at(&self, last: Millis) -> Millis {
+        let expires = last.saturating_add(self.cfg.state_ttl.ms());
+        self.cfg.score_at.map_or(expires, |daily| daily.at_or_after(expires))
     }
 
     /// The spacing of a user's due times.
@@ -554,7 +565,7 @@ impl Engine {
                 self.schedule(idx, next);
             }
             // The event changed the state the quiet span was proven for.
-            self.meta[idx as usize].quiet_until = Millis::MIN;
+            self.meta[idx as usize].quiet_left = 0;
             return Ingested::Applied;
         }
         let at = self.store.user(idx).last_ts();
@@ -643,18 +654,6 @@ impl Engine {
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
         self.mark_changed(idx);
-        let quiet_until = self.meta[idx as usize].quiet_until;
-        if due < quiet_until {
-            // Proven quiet: this and every due time up to the clock would score below every
-            // tier and change nothing. The timer moves on as polling would have moved it (to
-            // the first due time past the clock, or the first unproven one if that is sooner,
-            // which this same pass then fires), so every later decision fires in the same pass
-            // and order as when polled.
-            let step = self.interval();
-            let past_clock = due.saturating_add(((clock - due).max(0) / step + 1).saturating_mul(step));
-            self.schedule(idx, past_clock.min(quiet_until));
-            return true;
-        }
         let last = self.store.user(idx).last_ts();
         if due - last >= self.cfg.state_ttl.ms() {
             // Silent past the TTL: an outcome still open is closed with what it has seen.
@@ -668,6 +667,26 @@ impl Engine {
             self.meta[idx as usize].next_due = NO_DUE;
             self.counters.users_evicted += 1;
             return false;
+        }
+        let left = self.meta[idx as usize].quiet_left;
+        if left > 0 {
+            // Proven quiet: this and every due time up to the clock would score below the cut and
+            // change nothing. The timer moves on as polling would have moved it (to the first due
+            // time past the clock, or the first unproven one if that is sooner, which this same
+            // pass then fires), so every later decision fires in the same pass and order as when
+            // polled.
+            let step = self.interval();
+            let passed = (clock - due).max(0) / step + 1;
+            let (next, left) = if left == ALL_QUIET {
+                (due.saturating_add(passed.saturating_mul(step)).min(self.evict_at(last)), ALL_QUIET)
+            } else if passed >= i64::from(left) {
+                (due + i64::from(left) * step, 0)
+            } else {
+                (due + passed * step, left - passed as u32)
+            };
+            self.schedule(idx, next);
+            self.meta[idx as usize].quiet_left = left;
+            return true;
         }
         self.counters.scored_on_timer += 1;
         // On the daily cadence, a user with an event in the day before is reported as scored
@@ -856,19 +875,24 @@ impl Engine {
             };
         }
         let mut next = next.min(expires).max(at + 1);
-        let mut evict_at = expires;
         if let Some(daily) = self.cfg.score_at {
             // Daily cadence: every due time (rescore or eviction) is on the daily grid.
             next = daily.at_or_after(next);
-            evict_at = daily.at_or_after(expires);
         }
+        let evict_at = self.evict_at(last_active);
         let silent_a_while = at - last_active >= interval;
-        self.meta[idx as usize].quiet_until =
+        let quiet_until =
             if self.cfg.exhaustive_polling || !silent_a_while || !self.worth_a_search(score, &mem, last_active, next) {
-                Millis::MIN
+                next
             } else {
                 self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))
             };
+        // Too many to count (a TTL of years at a 1m interval) is cut short: fewer is sound.
+        self.meta[idx as usize].quiet_left = if quiet_until >= evict_at {
+            ALL_QUIET
+        } else {
+            u32::try_from((quiet_until - next) / interval).unwrap_or(ALL_QUIET - 1)
+        };
         self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
