@@ -78,6 +78,12 @@ mod tests {
         }
     }
 
+    /// The proof is a count that fits the per-user record's padding: tracking it costs no memory.
+    #[test]
+    fn the_per_user_record_stays_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::super::UserMeta>(), 64);
+    }
+
     #[test]
     fn nothing_to_search_past_the_end() {
         assert_eq!(quiet_until(10, 5, 10, 4, |_, _| true), 10);
