@@ -118,9 +118,12 @@ pub enum BenchCommand {
         /// Where the simulated event file is written.
         #[arg(long, value_name = "DIR", default_value = "target/bench")]
         workdir: PathBuf,
-        /// Rows of the training-time measurement.
+        /// Rows of the training-time measurement (0: skip it).
         #[arg(long, value_name = "N", default_value_t = 1_000_000)]
         train_rows: usize,
+        /// Rounds of the replay measurements (each mode once per round; min and median reported).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: usize,
     },
     /// The engine against a hand-written single-purpose loop on the same events, in one run.
     #[command(after_help = "Example:\n  churnguard bench baseline --users 100000 --days 180 --repeat 3")]
@@ -553,7 +556,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Uplift(a) => crate::uplift::run_cli(&a),
         Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
-        Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows }) => {
+        Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows, repeat }) => {
             let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions {
                 users,
                 days,
@@ -561,6 +564,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 model,
                 workdir,
                 train_rows,
+                repeat,
             })?;
             crate::term::stdout_str(&report);
             Ok(())

@@ -519,7 +519,14 @@ fn cooldown_suppresses_repeats_but_escalation_goes_through() {
         decisions(&ivs, "C", c0),
         expect(&[("medium", 3.0), ("medium", 10.0), ("medium", 17.0), ("high", 23.5)])
     );
-    assert_eq!(engine.counters.suppressed_cooldown, 2 + 5, "A: days 4, 5; C: 6.5, 13.5, 20.5, 21.5, 22.5");
+    // Suppressions are counted where a score is computed. Polling every due time computes all
+    // seven; by default, due times the score bound proves cannot escalate are not computed.
+    let mut polled =
+        Engine::new(&model, policy_without_control(), EngineConfig { exhaustive_polling: true, ..no_warm_up() });
+    let polled_ivs = run(&mut polled, &events);
+    assert_eq!(polled.counters.suppressed_cooldown, 2 + 5, "A: days 4, 5; C: 6.5, 13.5, 20.5, 21.5, 22.5");
+    assert!(engine.counters.suppressed_cooldown <= polled.counters.suppressed_cooldown);
+    assert_eq!(decisions(&polled_ivs, "C", c0), decisions(&ivs, "C", c0));
     assert!(of_user(&ivs, "B").is_empty());
     assert_eq!(engine.counters.interventions, ivs.len() as u64);
     for iv in &ivs {

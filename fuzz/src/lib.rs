@@ -175,6 +175,7 @@ pub fn engine(variant: u8) -> Engine {
         rescore_interval: Span::hours(12),
         outcome_horizon: Span::days(5),
         score_at: (variant & 2 != 0).then_some(TimeOfDay(6 * HOUR_MS)),
+        exhaustive_polling: false,
     };
     Engine::new(model, policy(), cfg)
 }

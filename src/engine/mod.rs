@@ -5,7 +5,9 @@
 //! function of the user's own events and of event time, never of arrival interleaving with other
 //! users, so the same events give the same decisions in both modes:
 //! - an event is scored at the user's newest event time;
-//! - a silent user is scored at exact due times `last decision + rescore_interval`;
+//! - a silent user is scored at exact due times `last decision + rescore_interval`, except that
+//!   due times a bound on their frozen score proves unable to decide anything fire without
+//!   computing a score (`crossing`, docs/ARCHITECTURE.md rule 5a);
 //! - before a user's event is applied, any of their timers due at or before it fire first.
 //!
 //! With `engine.score_at` set (a UTC time of day, e.g. `"00:00"`), the cadence is daily instead:
@@ -20,6 +22,7 @@ use crate::decision::{Decision, ReasonRef};
 use crate::event::ActivityEvent;
 use crate::features::{FeatureStore, Layout};
 use crate::intervention::{Intervention, Trigger};
+use crate::model::score::sigmoid;
 use crate::model::{ModelArtifact, Scorer};
 use crate::policy::{Memory, Policy, PolicyConfig, Stage, Verdict};
 use crate::population::PopulationIndex;
@@ -48,6 +51,11 @@ pub struct EngineConfig {
     /// on events or on the `rescore_interval` timer. Unset (the default): per-event scoring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_at: Option<TimeOfDay>,
+    /// Rescore silent users at every due time, as before issue 9, instead of only where the
+    /// score bound says a decision could change: the reference the skipping engine is tested
+    /// and measured against. Not a config key.
+    #[serde(skip)]
+    pub exhaustive_polling: bool,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +67,7 @@ impl Default for EngineConfig {
             warm_up: WarmUp::Auto,
             outcome_horizon: Span::days(30),
             score_at: None,
+            exhaustive_polling: false,
         }
     }
 }
@@ -295,9 +304,19 @@ struct UserMeta {
     outcome: PendingOutcome,
     /// Changed since the last [`Engine::drain_changes`] (listed in `Engine::dirty`).
     dirty: bool,
+    /// How many due times `next_due + k * interval` (k = 0, 1, ...) are proven quiet: they fire
+    /// as timers, exactly when they would have, but compute nothing ([`crossing`]); `ALL_QUIET`:
+    /// every one before the eviction. A count rather than a time, so the record stays 64 bytes.
+    /// Not persisted: a restored user is rescored at every due time until their next computed
+    /// scoring proves a span again.
+    quiet_left: u32,
 }
 
-const FRESH_META: UserMeta = UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false };
+const FRESH_META: UserMeta =
+    UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false, quiet_left: 0 };
+
+/// `UserMeta::quiet_left`: every due time before the user's eviction is proven quiet.
+const ALL_QUIET: u32 = u32::MAX;
 
 /// The outcome of a user's latest decision, open until event time passes `due`.
 ///
@@ -340,6 +359,9 @@ pub struct Engine {
     /// Scratch for a decision's reasons: reused, so deciding allocates nothing.
     ranked: Vec<(f64, usize)>,
     reasons: Vec<ReasonRef>,
+    /// Scratch for the per-feature bounds of a quiet span (see [`crossing`]).
+    bound_lo: Vec<f64>,
+    bound_hi: Vec<f64>,
     /// Index in the feature vector of `policy.value.value_feature`, when the rule is set.
     value_idx: Option<usize>,
     pub counters: EngineCounters,
@@ -359,6 +381,7 @@ pub struct Engine {
     track_changes: bool,
 }
 
+mod crossing;
 mod persist;
 pub use persist::{Change, ClockState, RestoreError, UserRecord, UserView};
 
@@ -396,6 +419,8 @@ impl Engine {
             due_scratch: Vec::new(),
             ranked: Vec::new(),
             reasons: Vec::new(),
+            bound_lo: vec![0.0; n],
+            bound_hi: vec![0.0; n],
             value_idx,
             counters: EngineCounters::default(),
             population,
@@ -445,6 +470,8 @@ impl Engine {
             return Err("the shadow model's feature spec differs from the live model's".into());
         }
         self.shadow = Some(Arc::new(Scorer::new(model)));
+        // Spans proven without the shadow would leave its disagreements there uncounted.
+        self.forget_quiet_spans();
         Ok(())
     }
 
@@ -456,7 +483,32 @@ impl Engine {
         self.scorer = Arc::new(Scorer::new(model));
         let cfg = self.policy.cfg.clone();
         self.policy = Policy::new(cfg, &model.thresholds.tiers);
+        self.forget_quiet_spans();
         Ok(())
+    }
+
+    /// Forget every proof of quiet due times: they were made for another model. The users'
+    /// timers are on their due-time chains already, so they are rescored from their next one.
+    fn forget_quiet_spans(&mut self) {
+        for m in &mut self.meta {
+            m.quiet_left = 0;
+        }
+    }
+
+    /// When a user last active at `last` is evicted: the TTL's end, on the daily grid with the
+    /// daily cadence.
+    fn evict_at(&self, last: Millis) -> Millis {
+        let expires = last.saturating_add(self.cfg.state_ttl.ms());
+        self.cfg.score_at.map_or(expires, |daily| daily.at_or_after(expires))
+    }
+
+    /// The spacing of a user's due times.
+    fn interval(&self) -> Millis {
+        if self.cfg.score_at.is_some() {
+            DAY_MS
+        } else {
+            self.cfg.rescore_interval.ms()
+        }
     }
 
     /// Apply one valid event, emitting any interventions it or the advanced clock causes.
@@ -486,7 +538,7 @@ impl Engine {
         // Catch-up: the user's own timers due before this event fire first, whatever the clock.
         while self.meta[idx as usize].next_due <= ev.ts {
             let due = self.meta[idx as usize].next_due;
-            if !self.fire(idx, due, emit) {
+            if !self.fire(idx, due, ev.ts, emit) {
                 idx = self.lookup_or_create(&ev.user_id, ev.ts);
                 break;
             }
@@ -512,6 +564,8 @@ impl Engine {
             if self.meta[idx as usize].next_due > next {
                 self.schedule(idx, next);
             }
+            // The event changed the state the quiet span was proven for.
+            self.meta[idx as usize].quiet_left = 0;
             return Ingested::Applied;
         }
         let at = self.store.user(idx).last_ts();
@@ -571,7 +625,7 @@ impl Engine {
             // A jump in event time can leave several of the user's due times behind the clock.
             while self.meta[id as usize].next_due <= to {
                 let d = self.meta[id as usize].next_due;
-                if !self.fire(id, d, emit) {
+                if !self.fire(id, d, to, emit) {
                     break;
                 }
             }
@@ -593,9 +647,10 @@ impl Engine {
         idx
     }
 
-    /// A rescore timer at `due`: evict the user if silent past the TTL, else score them.
-    /// Returns false if the user was evicted.
-    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
+    /// A rescore timer at `due`, fired with the clock at `clock` (every due time up to it fires
+    /// in this pass): evict the user if silent past the TTL, else score them. Returns false if
+    /// the user was evicted.
+    fn fire(&mut self, idx: u32, due: Millis, clock: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
         self.mark_changed(idx);
@@ -612,6 +667,26 @@ impl Engine {
             self.meta[idx as usize].next_due = NO_DUE;
             self.counters.users_evicted += 1;
             return false;
+        }
+        let left = self.meta[idx as usize].quiet_left;
+        if left > 0 {
+            // Proven quiet: this and every due time up to the clock would score below the cut and
+            // change nothing. The timer moves on as polling would have moved it (to the first due
+            // time past the clock, or the first unproven one if that is sooner, which this same
+            // pass then fires), so every later decision fires in the same pass and order as when
+            // polled.
+            let step = self.interval();
+            let passed = (clock - due).max(0) / step + 1;
+            let (next, left) = if left == ALL_QUIET {
+                (due.saturating_add(passed.saturating_mul(step)).min(self.evict_at(last)), ALL_QUIET)
+            } else if passed >= i64::from(left) {
+                (due + i64::from(left) * step, 0)
+            } else {
+                (due + passed * step, left - passed as u32)
+            };
+            self.schedule(idx, next);
+            self.meta[idx as usize].quiet_left = left;
+            return true;
         }
         self.counters.scored_on_timer += 1;
         // On the daily cadence, a user with an event in the day before is reported as scored
@@ -682,6 +757,60 @@ impl Engine {
         }
     }
 
+    /// The score below which a rescoring at any time in `[from, to]` decides nothing, for a user
+    /// with policy memory `mem` and no event since `last_active`: the lowest tier's threshold,
+    /// or, while only an escalation could be sent (in the cooldown, or silent since a send
+    /// without `resend_while_silent`), the threshold of the tier above the last one sent. The
+    /// warm-up and a shadow model keep the lowest threshold, so that no score above it goes
+    /// uncounted there (`held_warm_up`, shadow disagreements).
+    fn quiet_cut(&self, mem: &Memory, last_active: Millis, from: Millis, to: Millis) -> f64 {
+        let min = self.policy.min_threshold();
+        if self.shadow.is_some() || from < self.warm_until || mem.last_sent == Millis::MIN {
+            return min;
+        }
+        let cooling = to < mem.last_sent.saturating_add(self.policy.cfg.cooldown.ms());
+        let sent_this_silence = !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(mem, last_active);
+        if !(cooling || sent_this_silence) {
+            return min;
+        }
+        match mem.last_rank as usize {
+            0 => f64::INFINITY,
+            r if r <= self.policy.tiers.len() => self.policy.tiers[r - 1].min_score,
+            _ => min,
+        }
+    }
+
+    /// Whether a search for quiet due times is worth its cost: only when the score just computed
+    /// (and the shadow's) is below the cut at `next`, as the next ones then likely are too. The
+    /// caller also waits until the user has been silent for a whole interval: most users have
+    /// another event before that, which would waste the search. Not searching is always sound.
+    fn worth_a_search(&self, score: f64, mem: &Memory, last_active: Millis, next: Millis) -> bool {
+        let min = self.policy.min_threshold();
+        score < self.quiet_cut(mem, last_active, next, next)
+            && self.shadow.as_ref().is_none_or(|s| s.score(&self.vector) < min)
+    }
+
+    /// Where the quiet span of the chain `next + k * interval` (before `evict_at`) ends: after
+    /// up to `len` due times whose scores the bound keeps below the cut (crossing::quiet_until).
+    /// Between the user's events their state and policy memory are frozen, and below the cut a
+    /// rescoring changes nothing: no decision, no policy memory, no warm-up hold; with a shadow
+    /// model, the shadow is kept below too, so no disagreement goes uncounted.
+    fn quiet_span(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis, len: i64) -> Millis {
+        let min = self.policy.min_threshold();
+        let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
+        let (layout, user) = (self.store.layout(), self.store.user(idx));
+        let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
+        let mem = self.meta[idx as usize].memory;
+        let due = crossing::quiet_until(next, interval, evict_at, len, |a, b| {
+            let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
+            layout.vector_bounds(user, a, b, &mut lo, &mut hi);
+            sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < min)
+        });
+        self.bound_lo = lo;
+        self.bound_hi = hi;
+        due
+    }
+
     fn score_and_decide(&mut self, idx: u32, at: Millis, trigger: Trigger, emit: &mut dyn FnMut(&Decision<'_>)) {
         self.store.vector_at(idx, at, &mut self.vector);
         let score = self.scorer.score(&self.vector);
@@ -736,7 +865,7 @@ impl Engine {
         let mem = self.meta[idx as usize].memory;
         let last_active = self.store.user(idx).last_ts();
         let expires = last_active.saturating_add(self.cfg.state_ttl.ms());
-        let interval = if self.cfg.score_at.is_some() { DAY_MS } else { self.cfg.rescore_interval.ms() };
+        let interval = self.interval();
         let mut next = at.saturating_add(interval);
         if mem.last_rank == 0 && mem.last_sent != Millis::MIN {
             next = if !self.policy.cfg.resend_while_silent && self.policy.silent_since_sent(&mem, last_active) {
@@ -750,6 +879,20 @@ impl Engine {
             // Daily cadence: every due time (rescore or eviction) is on the daily grid.
             next = daily.at_or_after(next);
         }
+        let evict_at = self.evict_at(last_active);
+        let silent_a_while = at - last_active >= interval;
+        let quiet_until =
+            if self.cfg.exhaustive_polling || !silent_a_while || !self.worth_a_search(score, &mem, last_active, next) {
+                next
+            } else {
+                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))
+            };
+        // Too many to count (a TTL of years at a 1m interval) is cut short: fewer is sound.
+        self.meta[idx as usize].quiet_left = if quiet_until >= evict_at {
+            ALL_QUIET
+        } else {
+            u32::try_from((quiet_until - next) / interval).unwrap_or(ALL_QUIET - 1)
+        };
         self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,

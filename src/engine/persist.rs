@@ -222,7 +222,7 @@ impl Engine {
             self.meta.resize(i + 1, FRESH_META);
         }
         // Timers are pushed by `restore_clock`, in due order, once every user is in.
-        self.meta[i] = super::UserMeta { next_due: r.next_due, memory: r.memory, outcome: r.outcome, dirty: false };
+        self.meta[i] = super::UserMeta { next_due: r.next_due, memory: r.memory, outcome: r.outcome, ..FRESH_META };
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! Per-user sliding-window features in event time: one code path for training and serving.
 
+pub mod bound;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -10,13 +10,13 @@ use super::window::{DayBitmap, Ring};
 use crate::time::{Millis, DAY_MS};
 
 /// A `last_by_type` value meaning "never seen".
-const NEVER: u64 = i64::MIN as u64;
+pub(super) const NEVER: u64 = i64::MIN as u64;
 
 const W_FIRST_TS: usize = 0;
 const W_LAST_TS: usize = 1;
-const W_LIFETIME_AMOUNT: usize = 2;
+pub(super) const W_LIFETIME_AMOUNT: usize = 2;
 const W_RETURNED_AT: usize = 3;
-const W_LAST_BY_TYPE: usize = 4;
+pub(super) const W_LAST_BY_TYPE: usize = 4;
 
 /// What applying an event did to a user's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,18 +31,18 @@ pub enum Applied {
 /// Offsets of everything inside one user's state, derived from a spec.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    spec: FeatureSpec,
-    rings: Vec<Ring>,
-    days: DayBitmap,
-    n_types: usize,
+    pub(super) spec: FeatureSpec,
+    pub(super) rings: Vec<Ring>,
+    pub(super) days: DayBitmap,
+    pub(super) n_types: usize,
     /// Cells per ring slot: one count per type, then the amount in cents (i32 bits).
     slot_cells: usize,
-    lifetime_off: usize,
+    pub(super) lifetime_off: usize,
     narrow_len: usize,
     wide_len: usize,
     n_features: usize,
-    window_days: Vec<Option<i64>>,
-    recency_cap_days: f64,
+    pub(super) window_days: Vec<Option<i64>>,
+    pub(super) recency_cap_days: f64,
     /// A silence at least this long before an event marks the user as returned (reactivated).
     return_gap_ms: Millis,
 }

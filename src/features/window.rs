@@ -98,6 +98,13 @@ impl Ring {
         }
     }
 
+    /// How many slots [`Ring::for_each_in_window`] visits at time `at` (`at >= head`): the
+    /// newest ones of the ring, fewer as `at` moves on.
+    pub fn slots_in_window(&self, head: Millis, at: Millis) -> i64 {
+        let (h, q) = (self.slot_of(head), self.slot_of(at));
+        (h - (q - self.k + 1).max(h - self.k + 1) + 1).max(0)
+    }
+
     /// Call `f` with the cells of every slot inside the window at time `at`, for a ring whose head
     /// is `head` (`at >= head`).
     #[inline]

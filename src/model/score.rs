@@ -107,6 +107,42 @@ impl Scorer {
         z
     }
 
+    /// An upper bound of [`Scorer::logit`] over every raw vector with `lo[i] <= x[i] <= hi[i]`
+    /// (`+inf` when none can be given, e.g. for NaN). Every transform is non-decreasing, so a
+    /// term is largest at the top of its range for a positive weight and at the bottom for a
+    /// negative one. The terms are added in `logit`'s order and rounding is monotone, so the
+    /// bound holds for the computed logit too; the margin covers a libm that is not exactly
+    /// monotone.
+    pub fn logit_upper(&self, lo: &[f64], hi: &[f64]) -> f64 {
+        let mut z = self.bias;
+        let mut size = self.bias.abs();
+        let mut add = |t: Transform, w: f64, l: f64, h: f64| {
+            // A NaN end must poison the bound, not be skipped over.
+            let x = if l.is_nan() || h.is_nan() {
+                f64::NAN
+            } else if w >= 0.0 {
+                h
+            } else {
+                l
+            };
+            let term = w * transform(t, x);
+            z += term;
+            size += term.abs();
+        };
+        for &(i, w) in &self.log1p_terms {
+            add(Transform::Log1p, w, lo[i], hi[i]);
+        }
+        for &(i, t, w) in &self.other_terms {
+            add(t, w, lo[i], hi[i]);
+        }
+        let bound = z + 1e-9 * (1.0 + size);
+        if bound.is_nan() {
+            f64::INFINITY
+        } else {
+            bound
+        }
+    }
+
     /// P(churn) for a raw feature vector.
     #[inline]
     pub fn score(&self, raw: &[f64]) -> f64 {

@@ -1,0 +1,96 @@
+//! Where a silent user's next rescoring has to happen: the first of their due times at which the
+//! decision could be anything but "nothing happens".
+//!
+//! After a rescoring with no event since, a user's due times form a chain `first + k * step`
+//! (k = 0, 1, ...) up to their eviction at `end`: the policy's memory, and so the cadence, can
+//! only change on a send. The engine proves spans of that chain quiet with an interval bound on
+//! the score (crate::features::bound) and computes the next score only where the span ends.
+//! Polling the skipped due times would have changed nothing but counters.
+
+use crate::time::Millis;
+
+/// How far the quiet span starting at `first` reaches: the due time after the first `len` due
+/// times of the chain `first + k * step` (or `end`, if they reach it) when `quiet` proves them
+/// all, else after the first `len / 2`, `len / 4`, ... of them; `first` when not even the first
+/// one is proven. `quiet(a, b)` must be true only if every due time in `[a, b]` decides nothing.
+///
+/// The caller passes a `len` as long as the user's silence so far: a span that doubles the
+/// silence costs one bound, so a silence of `n` due times costs about `log2 n` computed
+/// rescorings and bounds, however soon the user's next event ends it (a span proven far past
+/// that event would be wasted work). Halving keeps a span that ends near a crossing tight.
+pub fn quiet_until(
+    first: Millis,
+    step: Millis,
+    end: Millis,
+    len: i64,
+    mut quiet: impl FnMut(Millis, Millis) -> bool,
+) -> Millis {
+    if first >= end || step <= 0 {
+        return first.min(end);
+    }
+    // Due times before `end`: indices 0..n.
+    let n = (end - first - 1) / step + 1;
+    let mut len = len.clamp(1, n);
+    loop {
+        if quiet(first, first + (len - 1) * step) {
+            return if len == n { end } else { first + len * step };
+        }
+        if len == 1 {
+            return first;
+        }
+        len /= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against the reference, a walk over every due time: every due time before the answer
+        /// was proven quiet, the answer is a due time or `end`, and a quiet first due time is
+        /// always passed.
+        #[test]
+        fn stops_at_or_before_the_first_due_time_not_quiet(
+            first in 0i64..1000, step in 1i64..50, len in 0i64..3000, cross in 0i64..4000, span in 0i64..200,
+        ) {
+            let end = first + len;
+            // A due time is quiet iff it is before `first + cross`: a monotone property, as a
+            // bound over spans is.
+            let loud = first + cross;
+            let mut proven = Vec::new();
+            let got = quiet_until(first, step, end, span, |a, b| {
+                assert!(a == first && a <= b && b < end, "asked about [{a}, {b}]");
+                let ok = b < loud;
+                if ok {
+                    proven.push(b);
+                }
+                ok
+            });
+            let reference = (0..).map(|k| first + k * step).find(|&t| t >= end || t >= loud).map_or(end, |t| t.min(end));
+            prop_assert!(got <= reference);
+            prop_assert!(got == end || (got - first) % step == 0);
+            prop_assert!(got == first || proven.iter().any(|&b| b + step >= got || got == end));
+            if first < end && first < loud {
+                prop_assert!(got > first, "the first due time is quiet and was not passed");
+            }
+        }
+    }
+
+    /// The proof is a count that fits the per-user record's padding: tracking it costs no memory.
+    #[test]
+    fn the_per_user_record_stays_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::super::UserMeta>(), 64);
+    }
+
+    #[test]
+    fn nothing_to_search_past_the_end() {
+        assert_eq!(quiet_until(10, 5, 10, 4, |_, _| true), 10);
+        assert_eq!(quiet_until(12, 5, 10, 4, |_, _| true), 10);
+        assert_eq!(quiet_until(0, 5, 12, 9, |_, _| true), 12, "every due time 0, 5, 10 proven");
+        assert_eq!(quiet_until(0, 5, 12, 2, |_, _| true), 10, "only the first two asked for");
+        assert_eq!(quiet_until(0, 5, 12, 3, |_, b| b < 10), 5, "three fail, then one passes");
+        assert_eq!(quiet_until(0, 5, 12, 3, |_, _| false), 0);
+    }
+}
