@@ -217,6 +217,8 @@ pub struct KafkaBenchOptions {
     pub guarantees: Vec<crate::config::Guarantee>,
     /// `sink.commit_interval` of the service runs (commits, changelog flushes, transactions).
     pub commit_interval: Span,
+    /// `[state] changelog` of the service runs.
+    pub changelog: bool,
 }
 
 /// The q-quantile of a Prometheus histogram, interpolated within its bucket.
@@ -456,6 +458,7 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     cfg.engine.warm_up = WarmUp::Off;
     // Counts reach the registry at each worker tick; a short tick keeps the timing resolution fine.
     cfg.sink.commit_interval = o.commit_interval;
+    cfg.state.changelog = o.changelog;
     cfg.validate()?;
 
     // Side by side, interleaved per round so that machine noise hits every side alike.
@@ -513,9 +516,14 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     c.source.group_id = format!("bench-live-{tag}");
     c.runtime.workers = w;
     let (metrics, stop, handle) = spawn_service(c, w)?;
-    // Let the consumer join the group before the clock starts.
+    // Let the consumer join the group and every partition finish its restore (each is paused
+    // until then) before the clock starts: the start-up is not the latency being measured.
     let join_deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while metrics.partitions_assigned.get() == 0 && Instant::now() < join_deadline {
+    let ready = |m: &crate::telemetry::Metrics| {
+        let held = m.partitions_assigned.get();
+        held >= i64::from(o.partitions) && m.restore_seconds.get_sample_count() >= held as u64
+    };
+    while !ready(&metrics) && Instant::now() < join_deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -539,12 +547,14 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     let (eng_min, eng_med) = min_median(&engine);
     let mut out = String::new();
     out.push_str(&format!(
-        "broker: {}; topic: {} partitions; {n} simulator events ({} users, {} days); {} rounds, min / median\n\n",
+        "broker: {}; topic: {} partitions; {n} simulator events ({} users, {} days); {} rounds, min / median; service changelog {}, commit interval {}\n\n",
         o.brokers,
         o.partitions,
         o.users,
         o.days,
-        o.repeat.max(1)
+        o.repeat.max(1),
+        if o.changelog { format!("on (flush every {})", cfg.state.flush_interval) } else { "off".into() },
+        o.commit_interval
     ));
     out.push_str("| measurement | min | median |\n|---|---|---|\n");
     out.push_str(&format!("| produce rate (setup, one run) | {produce_rate:.0} | |\n"));

@@ -189,6 +189,10 @@ pub enum BenchCommand {
         /// The service's sink.commit_interval (commits, changelog flushes, transactions).
         #[arg(long, value_name = "DUR", default_value = "20ms")]
         commit_interval: crate::time::Span,
+        /// Run the service without its changelog ([state] changelog = false), to measure what
+        /// durable state costs.
+        #[arg(long)]
+        no_changelog: bool,
     },
     /// Durable state: changelog restore speed (in process and via a broker), bytes per user,
     /// changelog bytes per user; with --idle, RSS and eviction with most users going silent.
@@ -594,6 +598,7 @@ pub fn run(cli: Cli) -> Result<()> {
             kafka,
             guarantees,
             commit_interval,
+            no_changelog,
         }) => {
             let o = crate::bench::KafkaBenchOptions {
                 brokers,
@@ -608,6 +613,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 kafka,
                 guarantees,
                 commit_interval,
+                changelog: !no_changelog,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
             crate::term::stdout_str(&report);
