@@ -530,47 +530,8 @@ async fn ten_sigkills_at_random_points_lose_nothing() {
     let evs = mixed_stream(150, 60);
     let expected = h.replay(&evs);
     assert!(expected.len() > 50, "the stream must produce interventions ({})", expected.len());
-    let producer = common::producer(&brokers);
-    // A seed printed for reproduction; the points vary from run to run.
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-    eprintln!("kill loop seed {seed}");
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
     const KILLS: usize = 10;
-    // Half the stream is a backlog before the first start; the rest arrives in slices, live,
-    // each ending between time steps (see `step_slices`).
-    let slices = step_slices(&evs, 2 * KILLS);
-    let half = slices[KILLS].start;
-    common::produce_all(&producer, &t.events, &evs[..half]).await;
-    for (k, part) in slices[KILLS..].iter().enumerate() {
-        let child = h.start();
-        let live = &evs[part.clone()];
-        // Killed once it holds its partitions: the kill lands in a restore, a catch-up or live.
-        let joined = wait_for(Duration::from_secs(60), || {
-            (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
-        })
-        .await;
-        assert!(joined.is_some(), "run {k} got no partitions; log:\n{}", h.log());
-        if k % 2 == 1 {
-            // Live: the slice arrives while the service runs, and the kill lands mid-slice.
-            let p = producer.clone();
-            let topic = t.events.clone();
-            let live = live.to_vec();
-            let send = tokio::spawn(async move { common::produce_all(&p, &topic, &live).await });
-            tokio::time::sleep(Duration::from_millis(next(1500))).await;
-            assert!(!stop(child, "-KILL").success());
-            send.await.expect("producing the live slice");
-        } else {
-            common::produce_all(&producer, &t.events, live).await;
-            tokio::time::sleep(Duration::from_millis(next(1500))).await;
-            assert!(!stop(child, "-KILL").success());
-        }
-    }
+    kill_loop(&brokers, &h, &t, &evs, KILLS, 0, 1500).await;
     // A last run drains everything.
     let child = h.start();
     let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(180)).await;

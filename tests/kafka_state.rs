@@ -256,37 +256,8 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
     let evs = mixed_stream(120, 50);
     let expected = h.replay(&evs);
     assert!(expected.len() > 50, "the stream must produce interventions ({})", expected.len());
-    let producer = common::producer(&brokers);
-    let mut seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-    eprintln!("exactly-once kill loop seed {seed}");
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    const KILLS: usize = 10;
-    // A backlog of about half the stream, then slices that end between time steps (see
-    // `step_slices`), produced live.
-    let slices = step_slices(&evs, 2 * KILLS);
-    let half = slices[KILLS].start;
-    common::produce_all(&producer, &t.events, &evs[..half]).await;
-    for (k, part) in slices[KILLS..].iter().enumerate() {
-        let child = h.start();
-        let live = evs[part.clone()].to_vec();
-        let joined = wait_for(Duration::from_secs(60), || {
-            (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
-        })
-        .await;
-        assert!(joined.is_some(), "run {k} got no partitions; log:\n{}", h.log());
-        let p = producer.clone();
-        let topic = t.events.clone();
-        let send = tokio::spawn(async move { common::produce_all(&p, &topic, &live).await });
-        tokio::time::sleep(Duration::from_millis(500 + next(2000))).await;
-        assert!(!stop(child, "-KILL").success());
-        send.await.expect("producing a live slice");
-    }
+    // Transactions need time to commit between kills: each run lives at least half a second.
+    kill_loop(&brokers, &h, &t, &evs, 10, 500, 2000).await;
     let child = h.start();
     let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(10), Duration::from_secs(180)).await;
     let ctl = read_all(&brokers, &t.control, Duration::from_secs(3), Duration::from_secs(30)).await;

@@ -361,8 +361,8 @@ proptest! {
             let i = at.index(records.len() + 1);
             let (k, v): (Vec<u8>, Option<Vec<u8>>) = match (how, records.get(i).cloned()) {
                 (0, _) => (vec![0xc3, byte], Some(vec![byte; 3])),
-                (1, Some((k, Some(mut v)))) => { let j = usize::from(byte) % v.len(); v[j] ^= 0x5a; (k, Some(v)) }
-                (2, Some((k, Some(mut v)))) => { v.truncate(usize::from(byte) % v.len()); (k, Some(v)) }
+                (1, Some((k, Some(mut v)))) if !v.is_empty() => { let j = usize::from(byte) % v.len(); v[j] ^= 0x5a; (k, Some(v)) }
+                (2, Some((k, Some(mut v)))) if !v.is_empty() => { v.truncate(usize::from(byte) % v.len()); (k, Some(v)) }
                 (3, Some((k, _))) => (k, None),
                 _ => (format!("x{byte}").into_bytes(), Some(vec![1, b'U', byte])),
             };

@@ -92,7 +92,8 @@ impl Buckets {
         let today = now.div_euclid(DAY_MS);
         *x = [0.0; FEATURES];
         for s in 0..RING {
-            let age = today - self.day[s];
+            // An unused slot holds i64::MIN: its age saturates far out of both windows.
+            let age = today.saturating_sub(self.day[s]);
             if !(0..30).contains(&age) {
                 continue;
             }

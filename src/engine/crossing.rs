@@ -93,4 +93,70 @@ mod tests {
         assert_eq!(quiet_until(0, 5, 12, 3, |_, b| b < 10), 5, "three fail, then one passes");
         assert_eq!(quiet_until(0, 5, 12, 3, |_, _| false), 0);
     }
+
+    /// The full intervention and control output of `replay` (default engine and policy, the
+    /// shipped model) on the simulator's 5.4M-event log (100k users, 180 days, seed 7), with and
+    /// without the skip: byte for byte, but for `emitted_at` (the wall clock). A release-only
+    /// measurement, like the simulator's (`--lib` tests are not run with their ignored ones):
+    /// `cargo test --release --lib engine::crossing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn replay_output_is_byte_identical_on_the_simulator_log() {
+        use crate::engine::{Engine, EngineConfig};
+        use crate::event::DEFAULT_MAX_EVENT_BYTES;
+        use crate::pipeline::replay::{replay, ReplaySink};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let sim = crate::sim::SimConfig { users: 100_000, days: 180, seed: 7, ..Default::default() };
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("log file"));
+        crate::sim::simulate::<_, std::io::Sink>(&sim, &mut f, None).expect("simulate");
+        std::io::Write::flush(&mut f).expect("flush");
+        drop(f);
+        let model = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"));
+        let art = crate::model::ModelArtifact::load(model).expect("shipped model");
+        let run = |exhaustive: bool| {
+            let cfg = EngineConfig { exhaustive_polling: exhaustive, ..EngineConfig::default() };
+            let mut engine = Engine::new(&art, crate::policy::PolicyConfig::default(), cfg);
+            let (mut out, mut control) = (Vec::new(), Vec::new());
+            let s = replay(
+                &path,
+                DEFAULT_MAX_EVENT_BYTES,
+                &mut engine,
+                ReplaySink { interventions: &mut out, control: Some(&mut control) },
+            )
+            .expect("replay");
+            (without_emitted_at(&out), without_emitted_at(&control), s)
+        };
+        let (out_a, control_a, a) = run(true);
+        let (out_b, control_b, b) = run(false);
+        eprintln!(
+            "{} events; polled: {} rescorings, {:.2}s; skipping: {} rescorings, {:.2}s; {} intervention and {} control bytes",
+            a.valid,
+            a.counters.scored_on_timer,
+            a.elapsed.as_secs_f64(),
+            b.counters.scored_on_timer,
+            b.elapsed.as_secs_f64(),
+            out_a.len(),
+            control_a.len()
+        );
+        assert!(a.valid > 5_000_000 && !out_a.is_empty() && !control_a.is_empty());
+        assert!(b.counters.scored_on_timer < a.counters.scored_on_timer, "the skip skipped nothing");
+        assert!(out_a == out_b, "intervention output differs");
+        assert!(control_a == control_b, "control output differs");
+    }
+
+    /// Each record's `"emitted_at":"..."` value blanked: the only field that is the wall clock.
+    fn without_emitted_at(jsonl: &[u8]) -> Vec<u8> {
+        let key = b"\"emitted_at\":\"";
+        let mut out = Vec::with_capacity(jsonl.len());
+        let mut rest = jsonl;
+        while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+            out.extend_from_slice(&rest[..i + key.len()]);
+            rest = &rest[i + key.len()..];
+            let end = rest.iter().position(|&c| c == b'"').unwrap_or(rest.len());
+            rest = &rest[end..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
 }

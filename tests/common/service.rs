@@ -410,3 +410,55 @@ pub async fn quiet_users_flagged(brokers: &str, t: &Topics) -> std::collections:
     }
     flagged
 }
+
+/// The kill -9 loop (fault test 2): half of `evs` is produced as a backlog, then `kills` runs of
+/// the service each get a slice of the rest and are SIGKILLed at a random point once they hold
+/// partitions. Even runs get their slice before the kill (it lands in a restore or a catch-up),
+/// odd runs while it arrives (it lands mid-stream). A run lives `min_ms` plus up to `spread_ms`.
+/// The seed is printed for reproduction.
+pub async fn kill_loop(
+    brokers: &str,
+    h: &Harness,
+    t: &Topics,
+    evs: &[(String, Vec<u8>)],
+    kills: usize,
+    min_ms: u64,
+    spread_ms: u64,
+) {
+    let producer = common::producer(brokers);
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    eprintln!("kill loop seed {seed}");
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    // Slices end between time steps (see `step_slices`).
+    let slices = step_slices(evs, 2 * kills);
+    let half = slices[kills].start;
+    common::produce_all(&producer, &t.events, &evs[..half]).await;
+    for (k, part) in slices[kills..].iter().enumerate() {
+        let child = h.start();
+        let live = evs[part.clone()].to_vec();
+        let joined = wait_for(Duration::from_secs(60), || {
+            (h.metric_sum("churnguard_partitions_assigned", "") > 0.0).then_some(())
+        })
+        .await;
+        assert!(joined.is_some(), "run {k} got no partitions; log:\n{}", h.log());
+        let lives = Duration::from_millis(min_ms + next(spread_ms));
+        if k % 2 == 1 {
+            let p = producer.clone();
+            let topic = t.events.clone();
+            let send = tokio::spawn(async move { common::produce_all(&p, &topic, &live).await });
+            tokio::time::sleep(lives).await;
+            assert!(!stop(child, "-KILL").success());
+            send.await.expect("producing a live slice");
+        } else {
+            common::produce_all(&producer, &t.events, &live).await;
+            tokio::time::sleep(lives).await;
+            assert!(!stop(child, "-KILL").success());
+        }
+    }
+}
