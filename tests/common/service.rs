@@ -462,3 +462,33 @@ pub async fn kill_loop(
         }
     }
 }
+
+/// Every decision replay makes up to `until` was published, and every repeated id repeats the
+/// same decision. Returns how many outputs repeated an id.
+pub fn assert_same_decisions_at_least_once(expected: &[Intervention], got: &[Intervention], until: i64) -> usize {
+    let mut by_id: std::collections::HashMap<&str, &Intervention> = std::collections::HashMap::new();
+    for iv in got {
+        if let Some(prev) = by_id.insert(&iv.intervention_id, iv) {
+            assert_eq!(
+                (&prev.user_id, &prev.tier, &prev.event_time, prev.control),
+                (&iv.user_id, &iv.tier, &iv.event_time, iv.control),
+                "a duplicate id must be the same decision"
+            );
+        }
+    }
+    let until = churnguard::time::format_rfc3339_ms(until);
+    let ids = |v: &[Intervention]| -> std::collections::BTreeSet<String> {
+        v.iter().filter(|i| i.event_time <= until).map(|i| i.intervention_id.clone()).collect()
+    };
+    let (want, have) = (ids(expected), ids(got));
+    let missing: Vec<_> = want.difference(&have).collect();
+    eprintln!("{} replay decisions, {} lost, {} duplicates", want.len(), missing.len(), got.len() - by_id.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} replay decisions lost (e.g. {:?})",
+        missing.len(),
+        want.len(),
+        missing.first()
+    );
+    got.len() - by_id.len()
+}
