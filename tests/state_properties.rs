@@ -402,3 +402,77 @@ proptest! {
         prop_assert_eq!(replayed(&mut piped, counts, &done), want);
     }
 }
+
+/// A flush's records as a set: key and value, in key order (a flush's order is free).
+fn sorted(f: &Flush) -> Records {
+    let mut r: Records = (0..f.len()).map(|i| f.get(i)).map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+    r.sort();
+    r
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    /// The service encodes a flush a few users at a time while its engine goes on with events,
+    /// evictions and outcome closes. Whatever happens in between, the flush holds exactly the
+    /// records of one built all at once where it began, and the engine decides as one that never
+    /// flushes.
+    #[test]
+    fn a_flush_encoded_a_few_users_at_a_time_holds_the_state_where_it_began(
+        steps in proptest::collection::vec(step(), 1..200),
+        chunks in proptest::collection::vec(0usize..4, 1..50),
+    ) {
+        let acts = actions(&steps);
+        let (mut at_once, mut spread, mut plain) = (engine(), engine(), engine());
+        at_once.track_changes(true);
+        spread.track_changes(true);
+        let shape = Shape::of(at_once.store().layout());
+        let (mut prev_a, mut prev_s): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+        let mut open: Option<(Flush, Records)> = None;
+        let mut chunk = chunks.iter().cycle();
+        let (mut out_a, mut out_s, mut out_p) = (Vec::new(), Vec::new(), Vec::new());
+        let mut compared = 0;
+        for (i, a) in acts.iter().enumerate() {
+            if let Some((f, want)) = open.as_mut() {
+                if f.extend(&mut spread, &shape, *chunk.next().unwrap_or(&1)) {
+                    prop_assert_eq!(&sorted(f), want);
+                    prev_s = Some(f.clock_record().to_vec());
+                    compared += 1;
+                    open = None;
+                }
+            }
+            for (e, out) in [(&mut at_once, &mut out_a), (&mut spread, &mut out_s), (&mut plain, &mut out_p)] {
+                let mut emit = |d: &Decision<'_>| out.push(key(d));
+                match a {
+                    Action::Event { line, .. } => {
+                        let ev = parse_event(line.as_bytes(), 4096).expect("valid event");
+                        e.ingest_decisions(&ev, &mut emit);
+                    }
+                    Action::Jump { to } => e.advance_watermark_decisions(*to, &mut emit),
+                    Action::Flush => {}
+                }
+            }
+            if matches!(a, Action::Flush) {
+                if let Some((mut f, want)) = open.take() {
+                    // The service begins a flush only once the previous one is whole.
+                    prop_assert!(f.extend(&mut spread, &shape, usize::MAX));
+                    prop_assert_eq!(&sorted(&f), &want);
+                    prev_s = Some(f.clock_record().to_vec());
+                    compared += 1;
+                }
+                let whole = Flush::build(&mut at_once, &shape, i as i64 + 1, prev_a.as_deref(), false);
+                prev_a = Some(whole.clock_record().to_vec());
+                let f = Flush::begin(&mut spread, &shape, i as i64 + 1, prev_s.as_deref(), false);
+                open = Some((f, sorted(&whole)));
+            }
+        }
+        if let Some((mut f, want)) = open.take() {
+            prop_assert!(f.extend(&mut spread, &shape, usize::MAX));
+            prop_assert_eq!(&sorted(&f), &want);
+            compared += 1;
+        }
+        prop_assert_eq!(compared, acts.iter().filter(|a| matches!(a, Action::Flush)).count());
+        prop_assert_eq!(&out_s, &out_p);
+        prop_assert_eq!(&out_a, &out_p);
+        prop_assert_eq!(states(&spread), states(&plain));
+    }
+}

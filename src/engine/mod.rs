@@ -302,8 +302,10 @@ struct UserMeta {
     next_due: Millis,
     memory: Memory,
     outcome: PendingOutcome,
-    /// Changed since the last [`Engine::drain_changes`] (listed in `Engine::dirty`).
+    /// Changed since the last [`Engine::drain_changes`] or snapshot (listed in `Engine::dirty`).
     dirty: bool,
+    /// In the open snapshot and not handed out yet ([`snapshot`]).
+    frozen: bool,
     /// How many due times `next_due + k * interval` (k = 0, 1, ...) are proven quiet: they fire
     /// as timers, exactly when they would have, but compute nothing ([`crossing`]); `ALL_QUIET`:
     /// every one before the eviction. A count rather than a time, so the record stays 64 bytes.
@@ -312,8 +314,14 @@ struct UserMeta {
     quiet_left: u32,
 }
 
-const FRESH_META: UserMeta =
-    UserMeta { next_due: NO_DUE, memory: Memory::NONE, outcome: NO_OUTCOME, dirty: false, quiet_left: 0 };
+const FRESH_META: UserMeta = UserMeta {
+    next_due: NO_DUE,
+    memory: Memory::NONE,
+    outcome: NO_OUTCOME,
+    dirty: false,
+    frozen: false,
+    quiet_left: 0,
+};
 
 /// `UserMeta::quiet_left`: every due time before the user's eviction is proven quiet.
 const ALL_QUIET: u32 = u32::MAX;
@@ -379,10 +387,13 @@ pub struct Engine {
     /// Ids of users evicted since the last drain (tombstones for a changelog).
     removed: Vec<Box<str>>,
     track_changes: bool,
+    /// A changelog flush's users, handed out while the engine runs on.
+    snapshot: snapshot::Snapshot,
 }
 
 mod crossing;
 mod persist;
+mod snapshot;
 pub use persist::{Change, ClockState, RestoreError, UserRecord, UserView};
 
 impl Engine {
@@ -430,6 +441,7 @@ impl Engine {
             dirty: Vec::new(),
             removed: Vec::new(),
             track_changes: false,
+            snapshot: snapshot::Snapshot::default(),
         }
     }
 
@@ -535,6 +547,7 @@ impl Engine {
         self.start_clock(ev.ts, emit);
         let type_idx = self.store.layout().spec().type_index(&ev.event_type);
         let mut idx = self.lookup_or_create(&ev.user_id, ev.ts);
+        self.preserve(idx);
         // Catch-up: the user's own timers due before this event fire first, whatever the clock.
         while self.meta[idx as usize].next_due <= ev.ts {
             let due = self.meta[idx as usize].next_due;
@@ -651,6 +664,7 @@ impl Engine {
     /// in this pass): evict the user if silent past the TTL, else score them. Returns false if
     /// the user was evicted.
     fn fire(&mut self, idx: u32, due: Millis, clock: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
+        self.preserve(idx);
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
         self.mark_changed(idx);
@@ -715,6 +729,7 @@ impl Engine {
         });
         for &id in &due_now {
             if self.meta[id as usize].outcome.due <= to {
+                self.preserve(id);
                 self.close_outcome(id);
                 self.mark_changed(id);
             }

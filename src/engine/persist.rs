@@ -155,7 +155,7 @@ impl Engine {
         self.dirty.len() + self.removed.len()
     }
 
-    fn user_view(&self, idx: u32) -> UserView<'_> {
+    pub(super) fn user_view(&self, idx: u32) -> UserView<'_> {
         let u = self.store.user(idx);
         let m = &self.meta[idx as usize];
         UserView {

@@ -85,9 +85,19 @@ impl ChangelogWriter {
         self.full || engine.pending_changes() > 0 || self.last != Some((next, engine.watermark()))
     }
 
-    /// Build a flush if there is news, and send what may be sent. `next`: the input offset the
-    /// engine's state reflects (one past the last processed message).
-    /// `now`: flush whatever is new even if the interval has not passed (revoke, shutdown).
+    /// Whether a flush is still being encoded: [`ChangelogWriter::step`] should be called
+    /// again soon, not only at the next tick.
+    pub fn building(&self) -> bool {
+        self.pending.as_ref().is_some_and(|f| !f.is_complete())
+    }
+
+    /// Begin a flush if one is due and there is news, encode up to `users` more of its users
+    /// (`usize::MAX` with `now`), and send what may be sent. `now`: flush whatever is new even if
+    /// the interval has not passed (revoke, shutdown).
+    ///
+    /// A flush is encoded a few users per step, between batches of messages, so that a flush
+    /// of many users never holds the partition's events back for long; the engine hands each
+    /// user out as they were when the flush began (crate::engine's snapshot).
     pub fn step(
         &mut self,
         engine: &mut Engine,
@@ -95,22 +105,26 @@ impl ChangelogWriter {
         sink: &mut KafkaSink,
         metrics: &Metrics,
         now: bool,
+        users: usize,
     ) {
-        let Some(next) = offsets.next_to_process() else { return };
         if self.pending.is_none() {
+            // The state reflects every message before `next`.
+            let Some(next) = offsets.next_to_process() else { return };
             let due = now || self.built_at.is_none_or(|t| t.elapsed() >= self.interval);
             if !due || !self.has_news(engine, next) {
                 return;
             }
             self.built_at = Some(std::time::Instant::now());
-            let f = Flush::build(engine, &self.shape, next, self.prev.as_deref(), self.full);
+            let f = Flush::begin(engine, &self.shape, next, self.prev.as_deref(), self.full);
             self.full = false;
             self.last = Some((next, engine.watermark()));
-            ChangelogFlushed { records: f.len(), bytes: f.bytes() }.emit(metrics);
             self.pending = Some(f);
             self.sent = 0;
         }
-        let Some(f) = &self.pending else { return };
+        let Some(f) = &mut self.pending else { return };
+        if !f.is_complete() && f.extend(engine, &self.shape, if now { usize::MAX } else { users }) {
+            ChangelogFlushed { records: f.len(), bytes: f.bytes() }.emit(metrics);
+        }
         // Outputs of everything the flush holds must be acknowledged before it is written.
         if self.sent == 0 && offsets.position().is_none_or(|p| p < f.offset) {
             return;
@@ -134,6 +148,15 @@ impl ChangelogWriter {
         }
     }
 
+    /// Give up the flush being built or sent (its records may be lost): the next flush writes
+    /// everyone, and the engine forgets its snapshot.
+    pub fn abandon(&mut self, engine: &mut Engine) {
+        if self.pending.take().is_some() {
+            engine.abandon_snapshot();
+            self.full = true;
+        }
+    }
+
     /// A changelog record was acknowledged (`ok`) or failed for good.
     pub fn settled(&mut self, ok: bool) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -141,7 +164,8 @@ impl ChangelogWriter {
             self.failed = true;
         }
         let Some(f) = &self.pending else { return };
-        if self.in_flight == 0 && self.sent == f.len() {
+        // `END` is the last record: until it is encoded, the flush is not whole.
+        if self.in_flight == 0 && f.is_complete() && self.sent == f.len() {
             if self.failed {
                 // Some user's record may be missing: the next flush writes everyone.
                 self.full = true;

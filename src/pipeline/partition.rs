@@ -42,6 +42,9 @@ use crate::time::Millis;
 
 /// Messages taken per wake-up when they are already fetched.
 const BATCH: usize = 512;
+/// Users of a changelog flush encoded per step: about a batch of messages' worth of work at
+/// most, so events wait behind a flush for a fraction of a millisecond, not for all of it.
+const FLUSH_STEP: usize = 256;
 
 /// What every worker shares: configuration, telemetry and the cross-partition clock.
 pub struct Shared {
@@ -390,7 +393,7 @@ impl PartitionWorker {
     fn step_changelog(&mut self, now: bool) {
         if let Some(w) = self.changelog.as_mut() {
             let before = self.sink.in_flight();
-            w.step(&mut self.engine, &self.offsets, &mut self.sink, &self.shared.metrics, now);
+            w.step(&mut self.engine, &self.offsets, &mut self.sink, &self.shared.metrics, now, FLUSH_STEP);
             let sent = self.sink.in_flight() - before;
             if sent > 0 {
                 InFlightChanged { delta: sent as i64 }.emit(&self.shared.metrics);
@@ -400,6 +403,10 @@ impl PartitionWorker {
 
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    fn flush_building(&self) -> bool {
+        self.changelog.as_ref().is_some_and(|w| w.building())
     }
 
     /// Restore (partition paused), resume, then process until stopped. Returns the offset to
@@ -508,9 +515,19 @@ impl PartitionWorker {
                     if let Some(Stopped::Drain(d)) = stopped {
                         break d;
                     }
+                    if self.flush_building() {
+                        self.step_changelog(false);
+                    }
                     // A partition queue is no tokio resource, so a partition with a backlog never
                     // waits: yield after each batch, or on a busy worker thread the timers, the
                     // other partitions and the coordinator would starve.
+                    tokio::task::yield_now().await;
+                }
+                // Last, so only when no message waits: a flush being encoded goes on by itself (it
+                // also steps after each batch above), a step at a time, yielding to the worker's
+                // other partitions.
+                _ = std::future::ready(()), if self.flush_building() => {
+                    self.step_changelog(false);
                     tokio::task::yield_now().await;
                 }
             }
@@ -946,7 +963,8 @@ impl PartitionWorker {
                     // Only under heavy load, when the partition is not idle. Its state now says
                     // it was decided: keep the state from reaching the changelog.
                     tracing::warn!(partition = %self.id, "producer queue full; an idle-clock decision was not sent");
-                    if self.changelog.take().is_some() {
+                    if let Some(mut w) = self.changelog.take() {
+                        w.abandon(&mut self.engine);
                         tracing::error!(partition = %self.id, "changelog writes stopped for this assignment: its state holds a decision that was not sent; the next owner restores the last flush");
                     }
                 }

@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use super::batch::{Decoded, DecodedBatch, Record};
 use super::codec::{self, CodecError, Shape};
-use crate::engine::{Change, Engine, UserRecord};
+use crate::engine::{Engine, UserRecord};
 
 pub const PREV_KEY: &[u8] = b"\xffchurnguard.prev";
 pub const CLOCK_KEY: &[u8] = b"\xffchurnguard.clock";
@@ -51,7 +51,8 @@ pub fn topic_name(group: &str, input_topic: &str) -> String {
     format!("{group}-{input_topic}-changelog")
 }
 
-/// One flush's records, encoded into one buffer.
+/// One flush's records, encoded into one buffer, possibly a few users at a time
+/// ([`Flush::begin`], [`Flush::extend`]): records already encoded may be sent while the rest are.
 #[derive(Debug, Default)]
 pub struct Flush {
     /// The input offset the state reflects.
@@ -60,12 +61,23 @@ pub struct Flush {
     items: Vec<(Range<usize>, Option<Range<usize>>)>,
     clock: Range<usize>,
     users: usize,
+    /// Every user is in and `END` written.
+    complete: bool,
 }
 
 impl Flush {
     /// Take the engine's changes since the last flush (or, with `full`, every user: after a
-    /// failed flush, or when the changelog held another layout's state).
+    /// failed flush, or when the changelog held another layout's state), all at once.
     pub fn build(engine: &mut Engine, shape: &Shape, offset: i64, prev: Option<&[u8]>, full: bool) -> Flush {
+        let mut f = Flush::begin(engine, shape, offset, prev, full);
+        f.extend(engine, shape, usize::MAX);
+        f
+    }
+
+    /// Start a flush of the engine's state as it is now: `PREV`, `CLOCK` and the deletions.
+    /// The users follow through [`Flush::extend`], as they were now, however the engine has
+    /// changed in between (see crate::engine's snapshot).
+    pub fn begin(engine: &mut Engine, shape: &Shape, offset: i64, prev: Option<&[u8]>, full: bool) -> Flush {
         let mut f = Flush { offset, ..Flush::default() };
         if let Some(prev) = prev {
             f.push(PREV_KEY, Some(|out: &mut Vec<u8>| out.extend_from_slice(prev)));
@@ -74,28 +86,38 @@ impl Flush {
         let start = f.data.len() + CLOCK_KEY.len();
         f.push(CLOCK_KEY, Some(|out: &mut Vec<u8>| codec::encode_clock(out, shape, &clock, offset)));
         f.clock = start..f.data.len();
-        let mut users = 0;
-        if full {
-            // The dirty list is cleared too: everything it holds is written below.
-            engine.drain_changes(|_| {});
-            engine.for_each_user(|u| {
-                users += 1;
-                f.push(u.user_id.as_bytes(), Some(|out: &mut Vec<u8>| codec::encode_user(out, shape, &u)));
-            });
-        } else {
-            engine.drain_changes(|c| {
-                users += 1;
-                match c {
-                    Change::Put(u) => {
-                        f.push(u.user_id.as_bytes(), Some(|out: &mut Vec<u8>| codec::encode_user(out, shape, &u)))
-                    }
-                    Change::Delete(id) => f.push(id.as_bytes(), None::<fn(&mut Vec<u8>)>),
-                }
-            });
-        }
-        f.users = users;
-        f.push(END_KEY, Some(|out: &mut Vec<u8>| codec::encode_end(out, shape, offset)));
+        let mut deleted = 0;
+        engine.begin_snapshot(full, |id| {
+            deleted += 1;
+            f.push(id.as_bytes(), None::<fn(&mut Vec<u8>)>);
+        });
+        f.users = deleted;
         f
+    }
+
+    /// Encode up to `max` more users; then, once all are in, `END`. Returns whether the flush
+    /// is complete.
+    pub fn extend(&mut self, engine: &mut Engine, shape: &Shape, max: usize) -> bool {
+        if self.complete {
+            return true;
+        }
+        let mut users = 0;
+        let done = engine.snapshot_step(max, |u| {
+            users += 1;
+            self.push(u.user_id.as_bytes(), Some(|out: &mut Vec<u8>| codec::encode_user(out, shape, &u)));
+        });
+        self.users += users;
+        if done {
+            let offset = self.offset;
+            self.push(END_KEY, Some(|out: &mut Vec<u8>| codec::encode_end(out, shape, offset)));
+            self.complete = true;
+        }
+        done
+    }
+
+    /// Every user is encoded and `END` is the last record.
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     fn push(&mut self, key: &[u8], value: Option<impl FnOnce(&mut Vec<u8>)>) {
