@@ -485,9 +485,11 @@ async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_st
     let t = Topics::create(&brokers, "longrestore", 1).await;
     let h = Harness::new(&brokers, &t, "");
     h.kafka_setting("max.poll.interval.ms", "6000");
-    // History the group has already processed: committed at its end, so it is restored.
-    const N: i64 = 400_000;
-    produce_backlog(&brokers, &t.events, N, 5000, 60_000).await;
+    // History the group has already processed: committed at its end, so it is restored. Sized
+    // so that its restore outlasts max.poll.interval.ms with room to spare on a fast machine
+    // (about 13 s here, alone; 400k events took 1.7 s once the engine got faster).
+    const N: i64 = 3_000_000;
+    produce_backlog(&brokers, &t.events, N, 20_000, 10_000).await;
     {
         let c = common::consumer(&brokers, &t.group, &[]);
         let mut tpl = TopicPartitionList::new();
