@@ -53,21 +53,34 @@ pub struct ReplayBenchOptions {
     /// Rounds of the replay measurements, each mode once per round; events/s are reported as
     /// min and median.
     pub repeat: usize,
+    /// Engines of the multi-threaded row (`replay --threads`); 1 or less: no such row.
+    pub threads: usize,
 }
 
 fn run_replay(path: &Path, art: &ModelArtifact, engine_cfg: EngineConfig) -> Result<(ReplaySummary, u64, usize)> {
+    run_replay_on(path, art, engine_cfg, 1)
+}
+
+/// Replay on `threads` engines (`replay --threads`); returns the summary, the peak RSS and the
+/// store's heap bytes per tracked user.
+fn run_replay_on(
+    path: &Path,
+    art: &ModelArtifact,
+    engine_cfg: EngineConfig,
+    threads: usize,
+) -> Result<(ReplaySummary, u64, usize)> {
     reset_peak_rss();
-    let mut engine = Engine::new(art, PolicyConfig::default(), engine_cfg);
+    let mut engines: Vec<Engine> =
+        (0..threads.max(1)).map(|_| Engine::new(art, PolicyConfig::default(), engine_cfg.clone())).collect();
     let mut sink = std::io::sink();
-    let s = replay::replay(
+    let s = replay::replay_sharded(
         path,
         DEFAULT_MAX_EVENT_BYTES,
-        &mut engine,
+        &mut engines,
         ReplaySink { interventions: &mut sink, control: None },
     )?;
     let peak = peak_rss_bytes();
-    let users = engine.store().len().max(1);
-    Ok((s, peak, engine.store().heap_bytes() / users))
+    Ok((s.clone(), peak, s.state_bytes / s.users_tracked.max(1)))
 }
 
 pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
@@ -111,22 +124,28 @@ pub fn replay_bench(o: &ReplayBenchOptions) -> Result<String> {
     let full = EngineConfig { warm_up: WarmUp::Off, ..EngineConfig::default() };
     let no_silence = EngineConfig { rescore_interval: Span::days(3650), state_ttl: Span::days(3651), ..full.clone() };
     let polling = EngineConfig { exhaustive_polling: true, ..full.clone() };
-    let modes = [
-        ("per-event update + score (no timer rescoring)", no_silence),
-        ("full engine, every due time rescored (before issue 9)", polling),
-        ("full engine, rescored where a tier can be crossed (TTL 120d)", full),
+    let threaded = format!("the same on {} threads (`replay --threads {}`)", o.threads, o.threads);
+    let mut modes = vec![
+        ("per-event update + score (no timer rescoring)", no_silence, 1),
+        ("full engine, every due time rescored (before issue 9)", polling, 1),
+        ("full engine, rescored where a tier can be crossed (TTL 120d)", full.clone(), 1),
     ];
+    if o.threads > 1 {
+        modes.push((threaded.as_str(), full, o.threads));
+    }
     let mut runs: Vec<Vec<(ReplaySummary, u64)>> = modes.iter().map(|_| Vec::new()).collect();
     let mut state_per_user = 0;
     // Rounds interleave the modes, so drift on a shared machine hits them alike.
     for _ in 0..o.repeat.max(1) {
-        for ((_, ecfg), runs) in modes.iter().zip(&mut runs) {
-            let (s, peak, per_user) = run_replay(&events, &art, ecfg.clone())?;
-            state_per_user = state_per_user.max(per_user);
+        for ((_, ecfg, threads), runs) in modes.iter().zip(&mut runs) {
+            let (s, peak, per_user) = run_replay_on(&events, &art, ecfg.clone(), *threads)?;
+            if *threads == 1 {
+                state_per_user = state_per_user.max(per_user);
+            }
             runs.push((s, peak));
         }
     }
-    for ((name, _), runs) in modes.iter().zip(&runs) {
+    for ((name, _, _), runs) in modes.iter().zip(&runs) {
         let rates: Vec<f64> = runs.iter().map(|(s, _)| s.events_per_second()).collect();
         let walls: Vec<f64> = runs.iter().map(|(s, _)| s.elapsed.as_secs_f64()).collect();
         let ((min, median), (_, wall)) = (min_median(&rates), min_median(&walls));

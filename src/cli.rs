@@ -124,6 +124,9 @@ pub enum BenchCommand {
         /// Rounds of the replay measurements (each mode once per round; min and median reported).
         #[arg(long, value_name = "N", default_value_t = 1)]
         repeat: usize,
+        /// Engines (threads) of the multi-threaded full-engine row, as `replay --threads N`.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        threads: usize,
     },
     /// The engine against a hand-written single-purpose loop on the same events, in one run.
     #[command(after_help = "Example:\n  churnguard bench baseline --users 100000 --days 180 --repeat 3")]
@@ -522,6 +525,10 @@ pub struct ReplayArgs {
     /// Config TOML; its [engine] and [policy] sections apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Engines to spread users over, one thread each (0: one per core). The output is the same
+    /// for any number.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug)]
@@ -560,7 +567,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Uplift(a) => crate::uplift::run_cli(&a),
         Command::Run(a) => run_cmd(a, cli.log_format),
         Command::Demo(a) => demo_cmd(a),
-        Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows, repeat }) => {
+        Command::Bench(BenchCommand::Replay { users, days, seed, model, workdir, train_rows, repeat, threads }) => {
             let report = crate::bench::replay_bench(&crate::bench::ReplayBenchOptions {
                 users,
                 days,
@@ -569,6 +576,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 workdir,
                 train_rows,
                 repeat,
+                threads,
             })?;
             crate::term::stdout_str(&report);
             Ok(())
@@ -1325,13 +1333,18 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
     cfg.policy.resolve_uplift_from()?;
     cfg.policy.validate()?;
     cfg.engine.validate(&cfg.policy)?;
-    let mut engine = Engine::new(&art, cfg.policy, cfg.engine);
+    let threads = match a.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut engines: Vec<Engine> =
+        (0..threads).map(|_| Engine::new(&art, cfg.policy.clone(), cfg.engine.clone())).collect();
     let mut out = create(&a.out)?;
     let mut control = a.control_out.as_deref().map(create).transpose()?;
-    let s = replay::replay(
+    let s = replay::replay_sharded(
         &a.events,
         DEFAULT_MAX_EVENT_BYTES,
-        &mut engine,
+        &mut engines,
         ReplaySink { interventions: &mut out, control: control.as_mut().map(|c| c as &mut dyn Write) },
     )?;
     out.flush()?;

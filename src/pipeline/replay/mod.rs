@@ -9,9 +9,14 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::decision::Decision;
 use crate::engine::{Engine, EngineCounters, Ingested};
 use crate::source::{self, RejectTally, SourceError};
+
+pub mod decided;
+mod sharded;
+
+use decided::Decided;
+pub use sharded::replay_sharded;
 
 #[derive(Debug, Default, Clone)]
 pub struct ReplaySummary {
@@ -48,7 +53,8 @@ pub struct ReplaySink<'a> {
 }
 
 /// Replay `path` through `engine`. At the end of input the watermark moves to the newest event,
-/// so silent users are rescored up to the last moment the file describes.
+/// so silent users are rescored up to the last moment the file describes. Each step's
+/// decisions are written by user id ([`decided`]), as [`replay_sharded`] writes them.
 pub fn replay(
     path: &Path,
     max_event_bytes: usize,
@@ -59,36 +65,29 @@ pub fn replay(
     let mut summary = ReplaySummary::default();
     let mut write_err: Option<std::io::Error> = None;
     let ReplaySink { interventions, mut control } = sink;
-    let mut line = Vec::with_capacity(512);
-    let mut emit = |d: &Decision<'_>| {
-        let tally = if d.control { &mut summary.control_by_tier } else { &mut summary.interventions_by_tier };
-        match tally.get_mut(d.tier) {
-            Some(n) => *n += 1,
-            None => {
-                tally.insert(d.tier.to_string(), 1);
-            }
+    let mut decided = Decided::default();
+    let mut write = |decided: &mut Decided| {
+        if decided.is_empty() || write_err.is_some() {
+            return;
         }
-        let target: Option<&mut dyn Write> =
-            if d.control { control.as_mut().map(|w| &mut **w as &mut dyn Write) } else { Some(&mut *interventions) };
-        if let (Some(w), None) = (target, write_err.as_ref()) {
-            line.clear();
-            d.write_json(chrono::Utc::now().timestamp_millis(), &mut line);
-            line.push(b'\n');
-            if let Err(e) = w.write_all(&line) {
-                write_err = Some(e);
-            }
+        let control = control.as_mut().map(|w| &mut **w as &mut dyn Write);
+        if let Err(e) = Decided::write_merged(&mut [decided], &mut *interventions, control) {
+            write_err = Some(e);
         }
     };
     let mut valid = 0u64;
     let mut late = 0u64;
     let mut rejected = RejectTally::default();
     let lines = source::for_each_event(path, max_event_bytes, &mut rejected, |ev| {
+        let step = valid;
         valid += 1;
-        if engine.ingest_decisions(&ev, &mut emit) == Ingested::Late {
+        if engine.ingest_decisions(&ev, &mut |d| decided.push(step, d)) == Ingested::Late {
             late += 1;
         }
+        write(&mut decided);
     })?;
-    engine.advance_watermark_decisions(engine.max_ts(), &mut emit);
+    engine.advance_watermark_decisions(engine.max_ts(), &mut |d| decided.push(decided::END_STEP, d));
+    write(&mut decided);
     if let Some(e) = write_err {
         return Err(ReplayError::Write(e));
     }
@@ -99,6 +98,8 @@ pub fn replay(
     summary.users_tracked = engine.store().len();
     summary.counters = engine.counters.clone();
     summary.state_bytes = engine.store().heap_bytes();
+    summary.interventions_by_tier = std::mem::take(&mut decided.interventions_by_tier);
+    summary.control_by_tier = std::mem::take(&mut decided.control_by_tier);
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
