@@ -315,12 +315,15 @@ async fn produce(
 }
 
 async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let with: Vec<(&str, i32, &[(&str, &str)])> = topics.iter().map(|&(t, p)| (t, p, &[][..])).collect();
+    let with: Vec<TopicSpec<'_>> = topics.iter().map(|&(t, p)| (t, p, &[][..])).collect();
     create_topics_with(brokers, &with).await
 }
 
+/// A topic to create: name, partitions, topic configs.
+type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
 /// Create topics, each with its own topic configs.
-async fn create_topics_with(brokers: &str, topics: &[(&str, i32, &[(&str, &str)])]) -> Result<()> {
+async fn create_topics_with(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::config::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
