@@ -1,10 +1,12 @@
 //! All tracked users' feature state: interned user ids and two flat arenas.
 //!
-//! Users are addressed by a dense `u32` index. Each id string is stored once; the hash table
-//! holds only indices, so a lookup by `&str` allocates nothing. Evicted indices are reused.
+//! Users are addressed by a dense `u32` index. Ids are interned end to end in one string
+//! ([`IdArena`]), with no allocation per user; the hash table holds only indices (and hash
+//! bits), so a lookup by `&str` allocates nothing. Evicted indices are reused.
 
 use hashbrown::HashTable;
 
+use super::ids::IdArena;
 use super::state::{Applied, Layout, UserMut, UserRef};
 use crate::time::Millis;
 
@@ -36,7 +38,7 @@ pub struct FeatureStore {
     layout: Layout,
     hasher: ahash::RandomState,
     table: HashTable<Entry>,
-    ids: Vec<Box<str>>,
+    ids: IdArena,
     narrow: Vec<u32>,
     wide: Vec<u64>,
     free: Vec<UserIdx>,
@@ -51,7 +53,7 @@ impl FeatureStore {
             // runs repeatable byte for byte when debugging.
             hasher: ahash::RandomState::with_seeds(0x51, 0x7e, 0xc4, 0x19),
             table: HashTable::new(),
-            ids: Vec::new(),
+            ids: IdArena::default(),
             narrow: Vec::new(),
             wide: Vec::new(),
             free: Vec::new(),
@@ -83,7 +85,7 @@ impl FeatureStore {
 
     fn find(&self, tag: u32, user_id: &str) -> Option<UserIdx> {
         let ids = &self.ids;
-        self.table.find(table_hash(tag), |e| e.tag == tag && &*ids[e.idx as usize] == user_id).map(|e| e.idx)
+        self.table.find(table_hash(tag), |e| e.tag == tag && ids.get(e.idx as usize) == user_id).map(|e| e.idx)
     }
 
     fn insert(&mut self, tag: u32, idx: UserIdx) {
@@ -99,12 +101,12 @@ impl FeatureStore {
         }
         let idx = match self.free.pop() {
             Some(i) => {
-                self.ids[i as usize] = user_id.into();
+                self.ids.set(i as usize, user_id);
                 i
             }
             None => {
                 let i = self.ids.len() as UserIdx;
-                self.ids.push(user_id.into());
+                self.ids.push(user_id);
                 self.narrow.resize(self.narrow.len() + self.layout.narrow_len(), 0);
                 self.wide.resize(self.wide.len() + self.layout.wide_len(), 0);
                 i
@@ -128,7 +130,7 @@ impl FeatureStore {
     }
 
     pub fn user_id(&self, idx: UserIdx) -> &str {
-        &self.ids[idx as usize]
+        self.ids.get(idx as usize)
     }
 
     #[inline]
@@ -158,6 +160,9 @@ impl FeatureStore {
                 let i = idx as usize;
                 self.narrow[i * n..(i + 1) * n].copy_from_slice(narrow);
                 self.wide[i * w..(i + 1) * w].copy_from_slice(wide);
+                if known.is_none() {
+                    self.ids.set(i, user_id);
+                }
                 (idx, known.is_none())
             }
             None => {
@@ -165,12 +170,11 @@ impl FeatureStore {
                 // `get_or_insert` would zero, initialise and then overwrite them.
                 self.narrow.extend_from_slice(narrow);
                 self.wide.extend_from_slice(wide);
-                self.ids.push(Box::from(""));
+                self.ids.push(user_id);
                 ((self.ids.len() - 1) as UserIdx, true)
             }
         };
         if created {
-            self.ids[idx as usize] = user_id.into();
             self.insert(tag, idx);
             self.live += 1;
         }
@@ -179,10 +183,10 @@ impl FeatureStore {
 
     /// Forget a user; their index is reused by the next new user.
     pub fn evict(&mut self, idx: UserIdx) {
-        let tag = tag_of(self.hasher.hash_one(&*self.ids[idx as usize]));
+        let tag = tag_of(self.hasher.hash_one(self.ids.get(idx as usize)));
         if let Ok(entry) = self.table.find_entry(table_hash(tag), |e| e.idx == idx) {
             entry.remove();
-            self.ids[idx as usize] = Box::from("");
+            // The id stays in the arena: the index's next user may write theirs over it.
             self.free.push(idx);
             self.live -= 1;
         }
@@ -195,14 +199,13 @@ impl FeatureStore {
 
     /// Approximate heap bytes held, for the state-size gauge and the benchmark.
     pub fn heap_bytes(&self) -> usize {
-        let ids: usize = self.ids.iter().map(|s| s.len()).sum::<usize>() + self.ids.capacity() * 16;
-        ids + self.narrow.capacity() * 4
+        self.ids.heap_bytes()
+            + self.narrow.capacity() * 4
             + self.wide.capacity() * 8
             + self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
             + self.free.capacity() * 4
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
