@@ -14,8 +14,8 @@ pub type UserIdx = u32;
 
 /// A user table entry: the index, and 32 bits of its id's hash. Keeping the hash here means
 /// growing the table rehashes from the entries alone (without it every entry's id is read and
-/// hashed again: a cache miss per user, measured at 15% of a restore), and a probe reads an id
-/// only when its hash matches too, which is almost only the user looked for.
+/// hashed again: a cache miss per user, 15% of a restore's applying thread), and a probe reads
+/// an id only when its hash matches too, which is almost only the user looked for.
 #[derive(Clone, Copy)]
 struct Entry {
     idx: UserIdx,
