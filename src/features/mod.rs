@@ -1,6 +1,7 @@
 //! Per-user sliding-window features in event time: one code path for training and serving.
 
 pub mod bound;
+mod ids;
 pub mod spec;
 pub mod state;
 pub mod store;
