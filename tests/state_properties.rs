@@ -4,42 +4,16 @@
 //! same final state as an uninterrupted run.
 
 use churnguard::decision::Decision;
-use churnguard::engine::{Change, Engine, EngineConfig, UserRecord, WarmUp, NO_DUE};
+use churnguard::engine::{Change, Engine, UserRecord, NO_DUE};
 use churnguard::event::parse_event;
-use churnguard::features::spec::FeatureSpec;
-use churnguard::model::artifact::{ModelArtifact, TierThreshold};
-use churnguard::policy::PolicyConfig;
 use churnguard::state::changelog::{Flush, ReplayError, Replayer};
 use churnguard::state::codec::{self, Kind, Shape};
-use churnguard::time::{Span, HOUR_MS};
+use churnguard::time::HOUR_MS;
 use proptest::prelude::*;
 
-const T0: i64 = 1_767_225_600_000;
-
-fn engine() -> Engine {
-    let spec = FeatureSpec {
-        event_types: vec!["login".into(), "purchase".into()],
-        windows: vec![Span::days(1), Span::days(7), Span::days(30)],
-        ..FeatureSpec::default()
-    };
-    let tiers = vec![
-        TierThreshold { name: "high".into(), min_score: 0.8 },
-        TierThreshold { name: "medium".into(), min_score: 0.45 },
-    ];
-    let model =
-        ModelArtifact::from_weights(spec, "state-1", &[("recency", 1.2), ("count.login.7d", -0.4)], -2.0, tiers)
-            .expect("model");
-    let cfg = EngineConfig {
-        warm_up: WarmUp::For(Span::days(3)),
-        allowed_lateness: Span::hours(6),
-        state_ttl: Span::days(40),
-        rescore_interval: Span::hours(12),
-        outcome_horizon: Span::days(5),
-        ..EngineConfig::default()
-    };
-    let policy = PolicyConfig { cooldown: Span::days(2), ..PolicyConfig::default() };
-    Engine::new(&model, policy, cfg)
-}
+#[path = "common/small_engine.rs"]
+mod small_engine;
+use small_engine::{engine, T0};
 
 #[derive(Debug, Clone)]
 enum Step {
