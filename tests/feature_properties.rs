@@ -237,9 +237,9 @@ fn artifacts_from_before_the_options_load_with_them_off() {
     assert!(shipped.spec.aggregates.rhythm && shipped.spec.aggregates.recency_to_tenure);
     assert!(shipped.feature_names.iter().any(|n| n == "rhythm.overdue"));
     // Rhythm reads the activity-day bitmap `active_days` already keeps: the state does not grow
-    // (docs/FEATURES.md, "State per user": 1104 bytes for both).
+    // (docs/FEATURES.md, "State per user": 720 bytes for both).
     let bytes = |spec: &FeatureSpec| Layout::new(spec, 30 * DAY_MS).state_bytes();
-    assert_eq!((bytes(&old.spec), bytes(&shipped.spec)), (1104, 1104));
+    assert_eq!((bytes(&old.spec), bytes(&shipped.spec)), (720, 720));
     assert_eq!(shipped.feature_names.len(), 70);
     let hourly = FeatureSpec { windows: vec![Span(12 * HOUR_MS)], ..FeatureSpec::default() };
     assert!(hourly.validate().unwrap_err().to_string().contains("rhythm needs a whole-day window"));

@@ -106,9 +106,9 @@ static ALLOC: LimitedAlloc = LimitedAlloc;
 pub const T0: Millis = 1_767_225_600_000;
 
 /// A shape made by hand, as in the codec's own tests: not tied to any feature spec.
-pub const HAND_SHAPE: Shape = Shape { layout_id: 0x1234_5678_9abc_def0, narrow: 40, wide: 7 };
+pub const HAND_SHAPE: Shape = Shape { layout_id: 0x1234_5678_9abc_def0, narrow: 40, wide: 7, unpacked: None };
 /// No cells at all: the decoder's `wide == 0` path (no base time).
-pub const EMPTY_SHAPE: Shape = Shape { layout_id: 0x0fed_cba9_8765_4321, narrow: 0, wide: 0 };
+pub const EMPTY_SHAPE: Shape = Shape { layout_id: 0x0fed_cba9_8765_4321, narrow: 0, wide: 0, unpacked: None };
 
 /// The small spec of tests/state_properties.rs: two types, three windows.
 pub fn small_spec() -> FeatureSpec {

@@ -47,25 +47,25 @@ impl Layout {
             let (held_a, held_b) = (r.slots_in_window(head, a), r.slots_in_window(head, b));
             let mut slot = 0i64;
             let mut amount_a = 0i64;
+            let mut acc_a = [0u64; super::MAX_TYPES.div_ceil(2)];
+            let mut acc_b = [0u64; super::MAX_TYPES.div_ceil(2)];
             r.for_each_in_window(u.narrow, head, a, |cells| {
-                amount_a += i64::from(cells[nt] as i32);
-                for (acc, c) in counts_a[w][..nt].iter_mut().zip(&cells[..nt]) {
-                    *acc = acc.saturating_add(*c);
-                }
+                amount_a += r.amount(cells);
+                r.add_counts(&mut acc_a, cells);
                 // The window at `b` keeps the newest `held_b` of these slots.
                 if slot >= held_a - held_b {
-                    for (acc, c) in counts_b[w][..nt].iter_mut().zip(&cells[..nt]) {
-                        *acc = acc.saturating_add(*c);
-                    }
+                    r.add_counts(&mut acc_b, cells);
                 }
                 slot += 1;
             });
+            r.split_counts(&acc_a, &mut counts_a[w]);
+            r.split_counts(&acc_b, &mut counts_b[w]);
             // The amount at a time in [a, b]: the total less the oldest `d` slots, for some d
             // in 0..=held_a-held_b. Walk the slots again, dropping them one by one.
             let (mut min, mut max, mut rest, mut dropped) = (amount_a, amount_a, amount_a, 0i64);
             r.for_each_in_window(u.narrow, head, a, |cells| {
                 if dropped < held_a - held_b {
-                    rest -= i64::from(cells[nt] as i32);
+                    rest -= r.amount(cells);
                     dropped += 1;
                     min = min.min(rest);
                     max = max.max(rest);

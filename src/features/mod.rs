@@ -10,6 +10,7 @@ pub mod window;
 pub use spec::{FeatureSpec, Transform};
 pub use state::{Applied, Layout, UserRef};
 pub use store::FeatureStore;
+pub use window::SLOT_COUNT_MAX;
 
 /// The most windows a spec may list (bounded so the vector is built on the stack).
 pub const MAX_WINDOWS: usize = 8;

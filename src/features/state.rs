@@ -35,8 +35,6 @@ pub struct Layout {
     pub(super) rings: Vec<Ring>,
     pub(super) days: DayBitmap,
     pub(super) n_types: usize,
-    /// Cells per ring slot: one count per type, then the amount in cents (i32 bits).
-    slot_cells: usize,
     pub(super) lifetime_off: usize,
     narrow_len: usize,
     wide_len: usize,
@@ -65,13 +63,12 @@ impl Layout {
     /// [`UserRef::returned_at`]); the lifecycle policy reads it.
     pub fn new(spec: &FeatureSpec, return_gap_ms: Millis) -> Layout {
         let n_types = spec.n_types();
-        let slot_cells = n_types + 1;
         let mut off = 0;
         let rings: Vec<Ring> = spec
             .windows
             .iter()
             .map(|w| {
-                let r = Ring::new(w.ms(), spec.slots_per_window, slot_cells, off);
+                let r = Ring::new(w.ms(), spec.slots_per_window, n_types, off);
                 off += r.len();
                 r
             })
@@ -89,7 +86,6 @@ impl Layout {
             rings,
             days,
             n_types,
-            slot_cells,
             lifetime_off,
             narrow_len: off,
             wide_len: W_LAST_BY_TYPE + spec.event_types.len(),
@@ -154,7 +150,7 @@ impl Layout {
         // Amounts are summed as whole cents in integers: exact, so any arrival order gives the
         // same state.
         for r in &self.rings {
-            r.record(narrow, last, ts, type_idx, self.n_types, cents32);
+            r.record(narrow, last, ts, type_idx, cents32);
         }
         let applied = if ts >= last {
             if ts > last {
@@ -198,25 +194,22 @@ impl Layout {
             out[i] = v;
             i += 1;
         };
-        // Per-window totals, gathered once: counts per type (u32, summed exactly), then amount.
+        // Per-window totals, gathered once: counts per type (summed exactly), then amount.
         let nw = self.rings.len();
         let nt = self.n_types;
         let mut counts = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
         let mut amounts = [0i64; super::MAX_WINDOWS];
         let mut all_events = [0f64; super::MAX_WINDOWS];
         for (w, r) in self.rings.iter().enumerate() {
-            let acc = &mut counts[w][..nt];
+            let mut acc = [0u64; super::MAX_TYPES.div_ceil(2)];
             let mut amount = 0i64;
             r.for_each_in_window(u.narrow, head, at, |cells| {
-                // Saturating, as each slot's count is: slots near u32::MAX (a restored state,
-                // found by the restore fuzz target) would overflow the sum.
-                for (a, c) in acc.iter_mut().zip(&cells[..nt]) {
-                    *a = a.saturating_add(*c);
-                }
-                amount += i64::from(cells[nt] as i32);
+                r.add_counts(&mut acc, cells);
+                amount += r.amount(cells);
             });
+            r.split_counts(&acc, &mut counts[w]);
             amounts[w] = amount;
-            all_events[w] = acc.iter().map(|c| f64::from(*c)).sum();
+            all_events[w] = counts[w][..nt].iter().map(|c| f64::from(*c)).sum();
         }
         if a.counts {
             for c in &counts[..nw] {
@@ -277,8 +270,14 @@ impl Layout {
         debug_assert_eq!(i, self.n_features);
     }
 
-    pub fn slot_cells(&self) -> usize {
-        self.slot_cells
+    /// Event types counted: the spec's, plus one for every other type.
+    pub fn n_types(&self) -> usize {
+        self.n_types
+    }
+
+    /// The windows' slots, at the start of the narrow cells, ring after ring.
+    pub fn rings(&self) -> &[Ring] {
+        &self.rings
     }
 }
 
@@ -312,22 +311,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_counts_saturate_instead_of_overflowing() {
+    fn full_slots_sum_exactly_and_odd_times_are_invalid() {
         let spec = FeatureSpec::default();
         let layout = Layout::new(&spec, 30 * DAY_MS);
         let (mut narrow, mut wide) = (vec![0u32; layout.narrow_len()], vec![0u64; layout.wide_len()]);
         let t0 = 1_767_225_600_000;
         layout.init(UserMut { narrow: &mut narrow, wide: &mut wide }, t0);
-        // Every slot of the first window full for the first type: the window sums them all.
+        // Every slot of the first window full for the first type (and, restored from outside,
+        // with every other bit of the word set too): the window sums that type's halves alone.
         let ring = &layout.rings[0];
-        for slot in 0..ring.len() / layout.slot_cells {
-            narrow[slot * layout.slot_cells] = u32::MAX;
+        let k = ring.len() / ring.slot_cells();
+        for slot in 0..k {
+            narrow[slot * ring.slot_cells()] = u32::MAX;
         }
         let mut out = vec![0.0; layout.n_features()];
         layout.vector_at(UserRef { narrow: &narrow, wide: &wide }, t0, &mut out);
-        assert_eq!(out[0], f64::from(u32::MAX), "the first feature is that window's count of that type");
+        assert_eq!(out[0], f64::from(super::super::window::SLOT_COUNT_MAX) * k as f64, "type 0, first window");
+        assert_eq!(out[1], out[0], "type 1 shares the words, in the upper halves");
+        assert_eq!(out[2], 0.0);
         assert!(layout.times_valid(&wide));
         wide[W_LAST_TS] = (i64::MIN + 5) as u64;
         assert!(!layout.times_valid(&wide));
+    }
+
+    #[test]
+    fn a_slot_takes_two_counts_per_word() {
+        // 9 types (8 named and "other"): 5 count words and an amount per slot, against 10 cells
+        // when counts were a word each.
+        let spec = FeatureSpec { event_types: (0..8).map(|i| format!("t{i}")).collect(), ..FeatureSpec::default() };
+        let layout = Layout::new(&spec, 30 * DAY_MS);
+        assert!(layout.rings().iter().all(|r| r.slot_cells() == 6));
+        let rings = spec.windows.len() * spec.slots_per_window as usize * 6;
+        assert_eq!(layout.narrow_len(), rings + 9 + (spec.max_active_days() + 1).div_ceil(32));
     }
 }

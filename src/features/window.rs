@@ -13,11 +13,18 @@ use strength_reduce::StrengthReducedU64;
 
 use crate::time::{day_of, Millis};
 
-/// One sliding window stored as `k` slots of `cells` u32 each, at `offset` in a user's cells.
+/// One sliding window stored as `k` slots at `offset` in a user's narrow cells. A slot holds a
+/// count per event type, then the amount in cents (i32 bits). In a slot of at most
+/// [`PACKED_SLOT_MS`] the counts are 16 bits, two to a u32 word, saturating at
+/// [`SLOT_COUNT_MAX`]: half-width counts keep a user's state in fewer cache lines, and 65,535
+/// events of one type in 16 days is one every 21 s for the whole span, beyond any person. Longer
+/// slots keep a word per count.
 #[derive(Debug, Clone)]
 pub struct Ring {
     slot_ms: Millis,
     k: i64,
+    n_types: usize,
+    packed: bool,
     cells: usize,
     offset: usize,
     // Slot arithmetic runs several times per event; a hardware divide by a runtime value costs
@@ -26,17 +33,93 @@ pub struct Ring {
     div_k: StrengthReducedU64,
 }
 
+/// Largest count a packed slot holds for one type.
+pub const SLOT_COUNT_MAX: u32 = 0xffff;
+
+/// The longest slot whose counts are packed 16 bits each.
+pub const PACKED_SLOT_MS: Millis = 16 * crate::time::DAY_MS;
+
+/// The count words of a slot `slot_ms` long, for `n_types` types; and whether they are packed.
+pub fn count_words(slot_ms: Millis, n_types: usize) -> (usize, bool) {
+    if slot_ms <= PACKED_SLOT_MS {
+        (n_types.div_ceil(2), true)
+    } else {
+        (n_types, false)
+    }
+}
+
 impl Ring {
-    pub fn new(window_ms: Millis, k: u32, cells: usize, offset: usize) -> Ring {
+    pub fn new(window_ms: Millis, k: u32, n_types: usize, offset: usize) -> Ring {
         debug_assert!(window_ms > 0 && window_ms % i64::from(k) == 0);
         let slot_ms = window_ms / i64::from(k);
+        let (words, packed) = count_words(slot_ms, n_types);
         Ring {
             slot_ms,
             k: i64::from(k),
-            cells,
+            n_types,
+            packed,
+            cells: words + 1,
             offset,
             div_slot: StrengthReducedU64::new(slot_ms.max(1) as u64),
             div_k: StrengthReducedU64::new(u64::from(k.max(1))),
+        }
+    }
+
+    /// u32 cells per slot.
+    pub fn slot_cells(&self) -> usize {
+        self.cells
+    }
+
+    /// Whether the counts are 16 bits, two to a word.
+    pub fn packed(&self) -> bool {
+        self.packed
+    }
+
+    /// Add a slot's counts (from [`Ring::for_each_in_window`]) into `acc`, a word per count word.
+    /// The two 16-bit halves of a packed word are summed apart in the halves of a u64, which
+    /// cannot carry from one into the other within the at most 64 slots of a window;
+    /// [`Ring::split_counts`] separates them.
+    #[inline]
+    pub fn add_counts(&self, acc: &mut [u64], cells: &[u32]) {
+        let words = &cells[..self.cells - 1];
+        if self.packed {
+            for (a, &w) in acc.iter_mut().zip(words) {
+                *a += u64::from(w & 0xffff) | (u64::from(w >> 16) << 32);
+            }
+        } else {
+            for (a, &w) in acc.iter_mut().zip(words) {
+                *a += u64::from(w);
+            }
+        }
+    }
+
+    /// The per-type totals of slots summed by [`Ring::add_counts`], into `out` (one per type).
+    /// An unpacked total beyond u32 saturates, as a slot's own count does.
+    #[inline]
+    pub fn split_counts(&self, acc: &[u64], out: &mut [u32]) {
+        if self.packed {
+            for (t, o) in out[..self.n_types].iter_mut().enumerate() {
+                *o = (acc[t / 2] >> (32 * (t % 2))) as u32;
+            }
+        } else {
+            for (o, a) in out[..self.n_types].iter_mut().zip(acc) {
+                *o = (*a).min(u64::from(u32::MAX)) as u32;
+            }
+        }
+    }
+
+    /// A slot's amount in cents.
+    #[inline]
+    pub fn amount(&self, cells: &[u32]) -> i64 {
+        i64::from(cells[self.cells - 1] as i32)
+    }
+
+    /// One type's count in a slot's cells.
+    pub fn count(&self, cells: &[u32], type_idx: usize) -> u32 {
+        if self.packed {
+            (cells[type_idx / 2] >> (16 * (type_idx % 2))) & 0xffff
+        } else {
+            cells[type_idx]
         }
     }
 
@@ -65,10 +148,10 @@ impl Ring {
     }
 
     /// Record an event at `ts` for a user whose newest event was `old_head` before it: move the
-    /// head if the event is newer, then add `1` to `cell` and `cents` to the amount cell of the
-    /// event's slot, unless that slot has left the ring.
+    /// head if the event is newer, then count the event for its type and add `cents` to the
+    /// amount of the event's slot, unless that slot has left the ring.
     #[inline]
-    pub fn record(&self, data: &mut [u32], old_head: Millis, ts: Millis, cell: usize, amount_cell: usize, cents: i32) {
+    pub fn record(&self, data: &mut [u32], old_head: Millis, ts: Millis, type_idx: usize, cents: i32) {
         let (old, s) = (self.slot_of(old_head), self.slot_of(ts));
         let head = if s > old {
             if s - old >= self.k {
@@ -90,9 +173,17 @@ impl Ring {
         };
         if s > head - self.k {
             let b = self.base(s);
-            data[b + cell] = data[b + cell].saturating_add(1);
+            if self.packed {
+                let shift = 16 * (type_idx % 2);
+                let word = &mut data[b + type_idx / 2];
+                if (*word >> shift) & 0xffff < SLOT_COUNT_MAX {
+                    *word += 1 << shift;
+                }
+            } else {
+                data[b + type_idx] = data[b + type_idx].saturating_add(1);
+            }
             if cents != 0 {
-                let a = &mut data[b + amount_cell];
+                let a = &mut data[b + self.cells - 1];
                 *a = (*a as i32).saturating_add(cents) as u32;
             }
         }
@@ -257,25 +348,68 @@ mod tests {
 
     #[test]
     fn ring_skips_events_older_than_its_span_and_reuses_slots() {
-        // A 7-day window of 7 one-day slots, one count cell and one amount cell per slot.
-        let r = Ring::new(7 * DAY_MS, 7, 2, 0);
+        // A 7-day window of 7 one-day slots, one type: a count word and an amount per slot.
+        let r = Ring::new(7 * DAY_MS, 7, 1, 0);
         let mut data = vec![0u32; r.len()];
         let sum = |data: &[u32], head: i64, at: i64| {
             let mut n = 0;
-            r.for_each_in_window(data, head, at, |c| n += c[0]);
+            r.for_each_in_window(data, head, at, |c| n += r.count(c, 0));
             n
         };
         let head = 10 * DAY_MS;
-        r.record(&mut data, head, head, 0, 1, 250);
-        r.record(&mut data, head, 3 * DAY_MS + 5, 0, 1, 0);
+        r.record(&mut data, head, head, 0, 250);
+        r.record(&mut data, head, 3 * DAY_MS + 5, 0, 0);
         assert_eq!(sum(&data, head, head), 1, "slot 3 left the ring at head 10: not recorded");
-        r.record(&mut data, head, 4 * DAY_MS, 0, 1, 0);
+        r.record(&mut data, head, 4 * DAY_MS, 0, 0);
         assert_eq!(sum(&data, head, head), 2, "slot 4 is the oldest slot in the ring");
         assert_eq!(sum(&data, head, head + 6 * DAY_MS), 1, "queried 6 days later only slot 10 is inside");
-        r.record(&mut data, head, 17 * DAY_MS, 0, 1, 0);
+        r.record(&mut data, head, 17 * DAY_MS, 0, 0);
         assert_eq!(sum(&data, 17 * DAY_MS, 17 * DAY_MS), 1, "slot 10 was reused by slot 17");
         assert_eq!(data.iter().step_by(2).sum::<u32>(), 1);
         assert_eq!(data[1..].iter().step_by(2).sum::<u32>(), 0, "the amount left with slot 10");
+    }
+
+    #[test]
+    fn slot_counts_are_packed_two_to_a_word_and_saturate_alone() {
+        // Three types: two count words per slot, the second half-used.
+        let r = Ring::new(2 * DAY_MS, 2, 3, 0);
+        assert_eq!(r.slot_cells(), 3);
+        let mut data = vec![0u32; r.len()];
+        let head = 10 * DAY_MS;
+        data[0] = SLOT_COUNT_MAX - 1;
+        for _ in 0..3 {
+            r.record(&mut data, head, head, 0, 0);
+        }
+        r.record(&mut data, head, head, 1, -7);
+        r.record(&mut data, head, head, 2, 0);
+        r.record(&mut data, head, head - DAY_MS, 2, 0);
+        let (mut acc, mut out) = ([0u64; 2], [0u32; 3]);
+        let mut amount = 0;
+        r.for_each_in_window(&data, head, head, |c| {
+            r.add_counts(&mut acc, c);
+            amount += r.amount(c);
+        });
+        r.split_counts(&acc, &mut out);
+        assert_eq!(out, [SLOT_COUNT_MAX, 1, 2], "type 0 stopped at the maximum without touching type 1");
+        assert_eq!(amount, -7);
+    }
+
+    #[test]
+    fn slots_longer_than_16_days_keep_a_word_per_count() {
+        // A 34-day window of 2 slots: 17-day slots.
+        let r = Ring::new(34 * DAY_MS, 2, 3, 0);
+        assert!(!r.packed());
+        assert_eq!(r.slot_cells(), 4);
+        let mut data = vec![0u32; r.len()];
+        let head = 100 * DAY_MS;
+        data[0] = u32::from(u16::MAX);
+        r.record(&mut data, head, head, 0, 0);
+        r.record(&mut data, head, head, 2, 3);
+        let (mut acc, mut out) = ([0u64; 3], [0u32; 3]);
+        r.for_each_in_window(&data, head, head, |c| r.add_counts(&mut acc, c));
+        r.split_counts(&acc, &mut out);
+        assert_eq!(out, [SLOT_COUNT_MAX + 1, 0, 1]);
+        assert!(Ring::new(32 * DAY_MS, 2, 3, 0).packed(), "16-day slots are packed");
     }
 
     #[test]

@@ -51,15 +51,78 @@ pub struct Shape {
     pub layout_id: u64,
     pub narrow: usize,
     pub wide: usize,
+    /// The same spec's layout before slot counts were packed two to a word, still read (and
+    /// repacked) so that upgrading churnguard does not throw a changelog away.
+    pub unpacked: Option<Unpacked>,
+}
+
+/// A layout with a u32 cell per slot count: `ring_slots` slots of `n_types + 1` cells (the
+/// counts, then the amount) where today's windows are packed, then the rest of the narrow cells
+/// as they are today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    pub layout_id: u64,
+    pub narrow: usize,
+    pub n_types: usize,
+    pub ring_slots: usize,
 }
 
 impl Shape {
     pub fn of(layout: &crate::features::Layout) -> Shape {
-        let id = crate::hash::stable_u64(
-            "churnguard.state.layout",
-            &format!("{}/{}/{}", layout.spec().fingerprint(), layout.narrow_len(), layout.wide_len()),
-        );
-        Shape { layout_id: id, narrow: layout.narrow_len(), wide: layout.wide_len() }
+        let id = |tag: &str, narrow: usize| {
+            let fingerprint = layout.spec().fingerprint();
+            crate::hash::stable_u64(
+                "churnguard.state.layout",
+                &format!("{fingerprint}/{narrow}/{}{tag}", layout.wide_len()),
+            )
+        };
+        // The packed windows are the shortest ones, so the first rings.
+        let packed = || layout.rings().iter().filter(|r| r.packed());
+        let ring_slots: usize = packed().map(|r| r.len() / r.slot_cells()).sum();
+        let packed_cells: usize = packed().map(|r| r.len()).sum();
+        let (n_types, narrow) = (layout.n_types(), layout.narrow_len());
+        let unpacked_narrow = narrow - packed_cells + ring_slots * (n_types + 1);
+        Shape {
+            layout_id: id("/packed", narrow),
+            narrow,
+            wide: layout.wide_len(),
+            unpacked: Some(Unpacked {
+                layout_id: id("", unpacked_narrow),
+                narrow: unpacked_narrow,
+                n_types,
+                ring_slots,
+            }),
+        }
+    }
+}
+
+impl Unpacked {
+    /// Repack `cells` (of this layout's length) in place into the packed layout of `narrow`
+    /// cells. A count above 16 bits reads as the packed slot's maximum, as counting it would have.
+    fn repack(&self, cells: &mut Vec<u32>, narrow: usize) -> Result<(), CodecError> {
+        let (old, new) = (self.n_types + 1, self.n_types.div_ceil(2) + 1);
+        let tail = self.ring_slots * old;
+        if self.n_types > crate::features::MAX_TYPES
+            || cells.len() != self.narrow
+            || self.narrow - tail + self.ring_slots * new != narrow
+        {
+            return Err(CodecError::Cells { what: "narrow", got: cells.len() as u64, want: narrow });
+        }
+        let mut slot = [0u32; crate::features::MAX_TYPES + 1];
+        // Slot s moves from s * old to s * new, never later: reading it whole first lets the
+        // packed cells overwrite it in place.
+        for s in 0..self.ring_slots {
+            slot[..old].copy_from_slice(&cells[s * old..(s + 1) * old]);
+            let out = &mut cells[s * new..(s + 1) * new];
+            out.fill(0);
+            for (t, &c) in slot[..self.n_types].iter().enumerate() {
+                out[t / 2] |= c.min(crate::features::SLOT_COUNT_MAX) << (16 * (t % 2));
+            }
+            out[new - 1] = slot[self.n_types];
+        }
+        cells.copy_within(tail.., self.ring_slots * new);
+        cells.truncate(narrow);
+        Ok(())
     }
 }
 
@@ -243,7 +306,8 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(n as usize)?).map_err(|_| CodecError::Utf8)
     }
 
-    fn header(&mut self, kind: u8, what: &'static str, shape: &Shape) -> Result<(), CodecError> {
+    /// Read a header; `Some` when the record has the unpacked layout of `shape`.
+    fn header(&mut self, kind: u8, what: &'static str, shape: &Shape) -> Result<Option<Unpacked>, CodecError> {
         let v = self.byte()?;
         if v != VERSION {
             return Err(CodecError::Version(v));
@@ -255,10 +319,11 @@ impl<'a> Reader<'a> {
         let mut id = [0u8; 8];
         id.copy_from_slice(self.bytes(8)?);
         let got = u64::from_le_bytes(id);
-        if got != shape.layout_id {
-            return Err(CodecError::Layout { got, want: shape.layout_id });
+        match shape.unpacked {
+            _ if got == shape.layout_id => Ok(None),
+            Some(u) if got == u.layout_id => Ok(Some(u)),
+            _ => Err(CodecError::Layout { got, want: shape.layout_id }),
         }
-        Ok(())
     }
 
     fn end(&self) -> Result<(), CodecError> {
@@ -277,26 +342,30 @@ pub fn decode_user(key: &[u8], value: &[u8], shape: &Shape, into: &mut UserRecor
     }
     let id = std::str::from_utf8(key).map_err(|_| CodecError::Utf8)?;
     let mut r = Reader { buf: value, pos: 0 };
-    r.header(KIND_USER, "user", shape)?;
+    let unpacked = r.header(KIND_USER, "user", shape)?;
+    let cells = unpacked.map_or(shape.narrow, |u| u.narrow);
     let n = r.u64()?;
-    if n != shape.narrow as u64 {
-        return Err(CodecError::Cells { what: "narrow", got: n, want: shape.narrow });
+    if n != cells as u64 {
+        return Err(CodecError::Cells { what: "narrow", got: n, want: cells });
     }
     into.narrow.clear();
-    into.narrow.resize(shape.narrow, 0);
+    into.narrow.resize(cells, 0);
     let mut i = 0usize;
-    while i < shape.narrow {
+    while i < cells {
         let zeros = r.u64()?;
         let lits = r.u64()?;
         let end = (i as u64).saturating_add(zeros).saturating_add(lits);
-        if end > shape.narrow as u64 || zeros.saturating_add(lits) == 0 {
-            return Err(CodecError::Cells { what: "narrow", got: end, want: shape.narrow });
+        if end > cells as u64 || zeros.saturating_add(lits) == 0 {
+            return Err(CodecError::Cells { what: "narrow", got: end, want: cells });
         }
         i += zeros as usize;
         for _ in 0..lits {
             into.narrow[i] = r.u32()?;
             i += 1;
         }
+    }
+    if let Some(u) = unpacked {
+        u.repack(&mut into.narrow, shape.narrow)?;
     }
     let w = r.u64()?;
     if w != shape.wide as u64 {
@@ -372,7 +441,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SHAPE: Shape = Shape { layout_id: 0x1234_5678_9abc_def0, narrow: 40, wide: 7 };
+    const SHAPE: Shape = Shape { layout_id: 0x1234_5678_9abc_def0, narrow: 40, wide: 7, unpacked: None };
 
     fn time() -> impl Strategy<Value = i64> {
         prop_oneof![Just(Millis::MIN), Just(Millis::MAX), any::<i64>(), 1_600_000_000_000i64..1_900_000_000_000,]
@@ -489,6 +558,67 @@ mod tests {
         buf[0] = 9;
         assert_eq!(decode_user(b"u", &buf, &SHAPE, &mut into), Err(CodecError::Version(9)));
         assert_eq!(kind_of(&buf), Err(CodecError::Version(9)));
+    }
+
+    /// Cells of a state written before slot counts were packed: a word per count.
+    fn unpack(packed: &[u32], u: &Unpacked) -> Vec<u32> {
+        let new = u.n_types.div_ceil(2) + 1;
+        let mut old = Vec::new();
+        for cells in packed[..u.ring_slots * new].chunks(new) {
+            old.extend((0..u.n_types).map(|t| (cells[t / 2] >> (16 * (t % 2))) & 0xffff));
+            old.push(cells[new - 1]);
+        }
+        old.extend_from_slice(&packed[u.ring_slots * new..]);
+        old
+    }
+
+    proptest! {
+        /// A changelog written by the previous layout is read into today's: the same counts,
+        /// amounts and everything after the windows.
+        #[test]
+        fn state_with_a_word_per_count_is_read_and_repacked(
+            n_named in 1usize..9,
+            long in any::<bool>(),
+            events in prop::collection::vec((0i64..2_000, 0usize..9, -500i32..5_000), 1..60),
+        ) {
+            use crate::features::{FeatureSpec, FeatureStore, Layout};
+            use crate::time::{Span, DAY_MS, HOUR_MS};
+            let mut spec = FeatureSpec { event_types: (0..n_named).map(|i| format!("t{i}")).collect(), ..FeatureSpec::default() };
+            if long {
+                // 30-day slots in the last window: a word per count there, in both layouts.
+                spec.windows = vec![Span::days(7), Span::days(30), Span::days(180)];
+            }
+            let layout = Layout::new(&spec, 30 * DAY_MS);
+            let shape = Shape::of(&layout);
+            let u = shape.unpacked.unwrap();
+            let mut store = FeatureStore::new(layout.clone());
+            let t0 = 1_767_225_600_000;
+            let (idx, _) = store.get_or_insert("u", t0);
+            for (h, ty, cents) in &events {
+                store.apply(idx, t0 + h * HOUR_MS, ty % layout.n_types(), f64::from(*cents) / 100.0);
+            }
+            let packed = store.user(idx).narrow.to_vec();
+            let old = unpack(&packed, &u);
+            prop_assert_eq!(old.len(), u.narrow);
+            let rec = UserRecord { user_id: "u".into(), narrow: old, wide: store.user(idx).wide.to_vec(), ..Default::default() };
+            let mut buf = Vec::new();
+            encode_user(&mut buf, &Shape { layout_id: u.layout_id, narrow: u.narrow, unpacked: None, ..shape }, &rec.view());
+            let mut into = UserRecord::default();
+            decode_user(b"u", &buf, &shape, &mut into).unwrap();
+            prop_assert_eq!(&into.narrow, &packed);
+            prop_assert_eq!(&into.wide, &rec.wide);
+        }
+    }
+
+    #[test]
+    fn an_unpacked_count_beyond_16_bits_reads_as_the_slot_maximum() {
+        let u = Unpacked { layout_id: 7, narrow: 2 * 4 + 3, n_types: 3, ring_slots: 2 };
+        // Slot 0: counts 70000, 1, 2 and amount -5; slot 1: counts 0, 65535, 3 and amount 9.
+        let mut cells = vec![70_000, 1, 2, -5i32 as u32, 0, 65_535, 3, 9, 41, 42, 43];
+        u.repack(&mut cells, 2 * 3 + 3).unwrap();
+        assert_eq!(cells, vec![0xffff | 1 << 16, 2, -5i32 as u32, 65_535 << 16, 3, 9, 41, 42, 43]);
+        let mut short = vec![0; 10];
+        assert!(u.repack(&mut short, 9).is_err(), "a length other than the layout's is refused");
     }
 
     #[test]
