@@ -157,17 +157,31 @@ async fn a_survivor_takes_over_a_killed_instances_partitions_from_the_changelog(
         wait_for(Duration::from_secs(60), || (b.metric_sum("churnguard_partitions_assigned", "") == 4.0).then_some(()))
             .await;
     assert!(took_over.is_some(), "the survivor did not take all partitions:\n{}", b.log());
-    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(120)).await;
-    let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    // The survivor restores and catches up on a loaded machine at its own pace: a pause of the
+    // outputs is not a loss. Read again until every replay decision is in, or two minutes pass;
+    // whatever is still missing then is lost.
+    let until = T0 + 49 * DAY_MS;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(120)).await;
+        let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+        let mut got = interventions(&msgs);
+        got.extend(interventions(&ctl));
+        let have: std::collections::HashSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
+        let cut = churnguard::time::format_rfc3339_ms(until);
+        let complete =
+            expected.iter().filter(|i| i.event_time <= cut).all(|i| have.contains(i.intervention_id.as_str()));
+        if complete || std::time::Instant::now() >= deadline {
+            break got;
+        }
+    };
     assert!(stop(child_b, "-TERM").success(), "{}", b.log());
     assert!(
         b.log().contains("state restored from the changelog"),
         "the survivor restored from the changelog:\n{}",
         b.log()
     );
-    let mut got = interventions(&msgs);
-    got.extend(interventions(&ctl));
-    assert_same_decisions_at_least_once(&expected, &got, T0 + 49 * DAY_MS);
+    assert_same_decisions_at_least_once(&expected, &got, until);
     assert_changelog_features_equal_replay(&brokers, &b, &t, &evs).await;
 }
 
