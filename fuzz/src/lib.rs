@@ -453,18 +453,9 @@ pub fn advance_to(watermark: Millis, max_ts: Millis, hours: u16) -> Millis {
     from.saturating_add(i64::from(hours) * HOUR_MS).min(MAX_TS)
 }
 
-/// Compare two records field by field, the spend by its bits (NaN is a value a record may hold).
+/// Compare two records field by field, the spend by its bits.
 pub fn same_record(a: &UserRecord, b: &UserRecord) -> bool {
-    a.user_id == b.user_id
-        && a.narrow == b.narrow
-        && a.wide == b.wide
-        && a.next_due == b.next_due
-        && a.memory == b.memory
-        && a.outcome.due == b.outcome.due
-        && a.outcome.decided == b.outcome.decided
-        && a.outcome.cell == b.outcome.cell
-        && a.outcome.retained == b.outcome.retained
-        && a.outcome.spend.to_bits() == b.outcome.spend.to_bits()
+    a.identical(b)
 }
 
 pub mod seeds;

@@ -48,6 +48,22 @@ impl Default for UserRecord {
 }
 
 impl UserRecord {
+    /// Equal field by field, the spend by its bits (NaN is a value a decoded record may hold):
+    /// what a round trip through the codec must keep.
+    pub fn identical(&self, other: &UserRecord) -> bool {
+        let (a, b) = (self, other);
+        a.user_id == b.user_id
+            && a.narrow == b.narrow
+            && a.wide == b.wide
+            && a.next_due == b.next_due
+            && a.memory == b.memory
+            && a.outcome.due == b.outcome.due
+            && a.outcome.decided == b.outcome.decided
+            && a.outcome.cell == b.outcome.cell
+            && a.outcome.retained == b.outcome.retained
+            && a.outcome.spend.to_bits() == b.outcome.spend.to_bits()
+    }
+
     pub fn view(&self) -> UserView<'_> {
         UserView {
             user_id: &self.user_id,

@@ -497,20 +497,6 @@ mod tests {
             )
     }
 
-    fn same(a: &UserRecord, b: &UserRecord) -> bool {
-        // NaN spend compares by bits.
-        a.user_id == b.user_id
-            && a.narrow == b.narrow
-            && a.wide == b.wide
-            && a.next_due == b.next_due
-            && a.memory == b.memory
-            && a.outcome.due == b.outcome.due
-            && a.outcome.decided == b.outcome.decided
-            && a.outcome.cell == b.outcome.cell
-            && a.outcome.retained == b.outcome.retained
-            && a.outcome.spend.to_bits() == b.outcome.spend.to_bits()
-    }
-
     proptest! {
         #[test]
         fn user_records_round_trip((id, rec) in record()) {
@@ -519,7 +505,7 @@ mod tests {
             prop_assert_eq!(kind_of(&buf), Ok(Kind::User));
             let mut back = UserRecord::default();
             decode_user(id.as_bytes(), &buf, &SHAPE, &mut back).unwrap();
-            prop_assert!(same(&rec, &back), "{:?} != {:?}", rec, back);
+            prop_assert!(rec.identical(&back), "{:?} != {:?}", rec, back);
         }
 
         #[test]

@@ -248,6 +248,45 @@ pub async fn read_all(brokers: &str, topic: &str, quiet: Duration, max: Duration
     out
 }
 
+/// Every record `topic` holds, for a topic nothing writes to any more: each partition read from
+/// its start up to its end, which a slow moment of the reader cannot cut short (a quiet period,
+/// as in [`read_all`], can).
+pub async fn read_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Offset, TopicPartitionList};
+    let c = common::consumer(brokers, &common::unique_group("reader"), &[("enable.partition.eof", "true")]);
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    assert!(!parts.is_empty(), "{topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    let mut open = std::collections::HashSet::new();
+    for p in parts {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+            open.insert(p);
+        }
+    }
+    let mut out = Vec::new();
+    if open.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !open.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} to its end took over two minutes");
+        match tokio::time::timeout(Duration::from_secs(1), c.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
 pub fn interventions(msgs: &[OwnedMessage]) -> Vec<Intervention> {
     msgs.iter().map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("intervention JSON")).collect()
 }
