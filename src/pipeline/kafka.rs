@@ -169,6 +169,17 @@ impl RebalanceListener for Workers {
     }
 }
 
+/// The service's producer settings unless `[kafka]` sets them.
+fn producer_defaults(c: &mut ClientConfig) {
+    set_default(c, "linger.ms", "5");
+    set_default(c, "acks", "all");
+    // Without idempotence librdkafka may reorder a partition's batches when it retries one (a
+    // leader change, a timeout), and the changelog's protocol rests on the order of a flush's
+    // records: an `END` that lands before the users it closes makes a cut-short flush read as
+    // whole after a crash.
+    set_default(c, "enable.idempotence", "true");
+}
+
 fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
@@ -214,8 +225,7 @@ impl Service {
 
     fn producer_config(&self) -> ClientConfig {
         let mut pc = self.client_config();
-        set_default(&mut pc, "linger.ms", "5");
-        set_default(&mut pc, "acks", "all");
+        producer_defaults(&mut pc);
         pc
     }
 
@@ -491,5 +501,22 @@ impl Hangup {
             }
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_keeps_order_on_retries_unless_the_config_says_otherwise() {
+        let mut c = ClientConfig::new();
+        producer_defaults(&mut c);
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        let mut c = ClientConfig::new();
+        c.set("enable.idempotence", "false").set("acks", "1");
+        producer_defaults(&mut c);
+        assert_eq!((c.get("enable.idempotence"), c.get("acks")), (Some("false"), Some("1")));
     }
 }
