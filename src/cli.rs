@@ -196,6 +196,10 @@ pub enum BenchCommand {
         /// durable state costs.
         #[arg(long)]
         no_changelog: bool,
+        /// The service's state.flush_interval (how often each partition writes its changed users
+        /// to the changelog).
+        #[arg(long, value_name = "DUR", default_value = "5s")]
+        flush_interval: crate::time::Span,
     },
     /// Durable state: changelog restore speed (in process and via a broker), bytes per user,
     /// changelog bytes per user; with --idle, RSS and eviction with most users going silent.
@@ -607,6 +611,7 @@ pub fn run(cli: Cli) -> Result<()> {
             guarantees,
             commit_interval,
             no_changelog,
+            flush_interval,
         }) => {
             let o = crate::bench::KafkaBenchOptions {
                 brokers,
@@ -622,6 +627,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 guarantees,
                 commit_interval,
                 changelog: !no_changelog,
+                flush_interval,
             };
             let report = runtime()?.block_on(crate::bench::kafka_bench(&o))?;
             crate::term::stdout_str(&report);

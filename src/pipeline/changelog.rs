@@ -32,9 +32,25 @@ pub struct ChangelogWriter {
     durable: Option<i64>,
     last: Option<(i64, Millis)>,
     label: Arc<str>,
-    /// When the last flush was built, and how long to wait before the next.
-    built_at: Option<std::time::Instant>,
+    /// When the next flush is due (`None`: at once), and the interval between flushes.
+    next_due: Option<std::time::Instant>,
     interval: std::time::Duration,
+}
+
+/// Milliseconds from `now_ms` (Unix time) to partition `partition`'s next flush, at least half an
+/// interval away. Each partition flushes at its own phase of the interval, the same in every
+/// process, so the partitions of a worker (and of an instance) do not all flush at once: a flush
+/// is a burst of records for the producer and the broker, and bursts that coincide add up to a
+/// stall of the input on a busy machine. The phases are the multiples of the golden ratio,
+/// which spread any number of consecutive partitions evenly.
+pub fn next_flush_in(now_ms: u64, interval_ms: u64, partition: i32) -> u64 {
+    let interval = interval_ms.max(1);
+    let phase = ((f64::from(partition.max(0)) * 0.618_033_988_749_895).fract() * interval as f64) as u64;
+    let earliest = now_ms + interval / 2;
+    // The first time at `phase` modulo the interval, not before `earliest`.
+    let behind = (earliest + interval - phase % interval) % interval;
+    let at = if behind == 0 { earliest } else { earliest + interval - behind };
+    at - now_ms
 }
 
 impl ChangelogWriter {
@@ -65,7 +81,7 @@ impl ChangelogWriter {
             durable,
             last: durable.map(|d| (d, engine.watermark())),
             label: Arc::from(""),
-            built_at: None,
+            next_due: None,
             interval,
         }
     }
@@ -110,11 +126,14 @@ impl ChangelogWriter {
         if self.pending.is_none() {
             // The state reflects every message before `next`.
             let Some(next) = offsets.next_to_process() else { return };
-            let due = now || self.built_at.is_none_or(|t| t.elapsed() >= self.interval);
+            let due = now || self.next_due.is_none_or(|t| std::time::Instant::now() >= t);
             if !due || !self.has_news(engine, next) {
                 return;
             }
-            self.built_at = Some(std::time::Instant::now());
+            let unix_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let wait = next_flush_in(unix_ms, self.interval.as_millis() as u64, self.partition);
+            self.next_due = Some(std::time::Instant::now() + std::time::Duration::from_millis(wait));
             let f = Flush::begin(engine, &self.shape, next, self.prev.as_deref(), self.full);
             self.full = false;
             self.last = Some((next, engine.watermark()));
@@ -176,5 +195,38 @@ impl ChangelogWriter {
             }
             self.pending = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_next_flush_is_half_to_one_and_a_half_intervals_away_at_the_partitions_phase(
+            now in 0u64..4_000_000_000_000,
+            interval in 1u64..600_000,
+            partition in 0i32..10_000,
+        ) {
+            let wait = next_flush_in(now, interval, partition);
+            prop_assert!(wait >= interval / 2 && wait < interval / 2 + interval, "{wait}");
+            // Every flush of the partition lands on the same phase of the interval.
+            let later = now + wait + 1 + (now % 7);
+            let again = next_flush_in(later, interval, partition);
+            prop_assert_eq!((now + wait) % interval, (later + again) % interval);
+        }
+    }
+
+    #[test]
+    fn consecutive_partitions_flush_at_well_spread_phases() {
+        let interval = 5_000;
+        let mut phases: Vec<u64> =
+            (0..4).map(|p| (1_000_000 + next_flush_in(1_000_000, interval, p)) % interval).collect();
+        phases.sort_unstable();
+        let gaps: Vec<u64> = phases.windows(2).map(|w| w[1] - w[0]).chain([phases[0] + interval - phases[3]]).collect();
+        // An even spread would be 1,250 ms apart; the golden ratio's is never under 700.
+        assert!(gaps.iter().all(|&g| g >= 700), "{phases:?} {gaps:?}");
     }
 }
