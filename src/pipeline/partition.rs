@@ -216,10 +216,6 @@ pub struct PartitionWorker {
     restored_clock: Option<(Vec<u8>, i64)>,
     topics: crate::sink::kafka::Topics,
     consumer: Option<Arc<GroupConsumer>>,
-    /// The group consumer, for what librdkafka knows of the partition.
-    group: Option<Arc<GroupConsumer>>,
-    /// When the partition was first seen fetching after its restore, while no message had come.
-    fetching_since: Option<Instant>,
     /// Another owner fenced this one: nothing more may be committed.
     fenced: bool,
     /// Check the first message after a changelog restore against the state's offset.
@@ -293,8 +289,6 @@ impl PartitionWorker {
             restored_clock: None,
             topics,
             consumer: None,
-            group: None,
-            fetching_since: None,
             fenced: false,
             check_gap: false,
             key_mismatches: 0,
@@ -418,7 +412,6 @@ impl PartitionWorker {
     /// Restore (partition paused), resume, then process until stopped. Returns the offset to
     /// commit for this partition, if any.
     pub async fn run(mut self, queue: PartitionQueue, consumer: Arc<GroupConsumer>, mut stop: StopRx) -> Option<i64> {
-        self.group = Some(consumer.clone());
         if self.shared.cfg.sink.processing_guarantee == Guarantee::ExactlyOnce {
             // Fence the previous owner before reading its state: initialising the transactional
             // id completes or aborts whatever transaction it left, so the changelog and the
@@ -932,25 +925,6 @@ impl PartitionWorker {
         }
     }
 
-    /// Since when the partition has had nothing to process: its last message, or, before its
-    /// first one, the moment it was first seen fetching. `None` while it has not fetched since
-    /// its restore: it may hold a backlog, and were it taken for idle, the idle clock would move
-    /// its event time to the other partitions' and make that backlog late. (librdkafka applies
-    /// an assignment's pause up to a second late, and only the resume after that starts the
-    /// fetching: a restored partition can sit unfetched for longer than `source.idle_timeout`.)
-    fn quiet_since(&mut self, now: Instant) -> Option<Instant> {
-        if self.consumed > 0 {
-            return Some(self.last_message);
-        }
-        if self.fetching_since.is_none() {
-            let Some(group) = &self.group else { return Some(self.last_message) };
-            if crate::source::kafka::cached_high_watermark(group, &self.id).is_some() {
-                self.fetching_since = Some(now);
-            }
-        }
-        self.fetching_since.map(|f| f.max(self.last_message))
-    }
-
     /// Timer outputs belong to no input offset; they are decided again after a restart because
     /// their due times are deterministic.
     fn advance_idle_clock(&mut self) {
@@ -966,7 +940,7 @@ impl PartitionWorker {
             }
             Err(_) => None,
         };
-        let idle = self.quiet_since(now).is_some_and(|t| now.duration_since(t) >= idle_after);
+        let idle = now.duration_since(self.last_message) >= idle_after;
         let Some(target) = target else { return };
         if !idle || self.engine.watermark() == Millis::MIN {
             return;

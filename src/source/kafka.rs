@@ -207,25 +207,3 @@ pub fn probe(
 ) -> Result<(), String> {
     client.fetch_metadata(Some(topic), timeout).map(|_| ()).map_err(|e| kafka_error_code(&e))
 }
-
-/// The partition's high watermark as librdkafka last heard it from the broker (in a fetch
-/// response or an offset query), without asking again: `None` until then. A partition whose
-/// watermark is known has fetched since it was assigned (or before, under this consumer).
-pub fn cached_high_watermark(consumer: &GroupConsumer, partition: &PartitionId) -> Option<i64> {
-    // rust-rdkafka exposes only the variant that asks the broker (a blocking round trip).
-    let topic = std::ffi::CString::new(partition.topic()).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a
-    // NUL-terminated string that outlives the call; librdkafka only reads the partition's two
-    // cached offsets under its lock and writes them to the two out-parameters, which are valid.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition.partition(),
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
-}
