@@ -41,14 +41,14 @@ pub struct ChangelogWriter {
 /// interval away. Each partition flushes at its own phase of the interval, the same in every
 /// process, so the partitions of a worker (and of an instance) do not all flush at once: a flush
 /// is a burst of records for the producer and the broker, and bursts that coincide add up to a
-/// stall of the input on a busy machine. The phases are the multiples of the golden ratio,
-/// which spread any number of consecutive partitions evenly.
+/// stall of the input on a busy machine. The phases are the multiples of the golden ratio:
+/// however many consecutive partitions there are, no two phases fall close together.
 pub fn next_flush_in(now_ms: u64, interval_ms: u64, partition: i32) -> u64 {
     let interval = interval_ms.max(1);
     let phase = ((f64::from(partition.max(0)) * 0.618_033_988_749_895).fract() * interval as f64) as u64;
     let earliest = now_ms + interval / 2;
     // The first time at `phase` modulo the interval, not before `earliest`.
-    let behind = (earliest + interval - phase % interval) % interval;
+    let behind = (earliest + interval - phase) % interval;
     let at = if behind == 0 { earliest } else { earliest + interval - behind };
     at - now_ms
 }
