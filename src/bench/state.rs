@@ -469,29 +469,34 @@ fn each_partition<T: Send>(parts: i32, parallel: bool, f: &(dyn Fn(i32) -> Resul
 }
 
 /// Read every record of `topic`/`partition` with the restore consumer's settings and do nothing
-/// with them: how fast librdkafka and the broker deliver. Returns the records read.
+/// with them: how fast librdkafka and the broker deliver. Taken a batch at a time, as the
+/// service's changelog reader takes them. Returns the records read.
 fn bare_read(settings: &rdkafka::config::ClientConfig, topic: &str, partition: i32) -> Result<u64> {
+    use crate::source::batch::QueueBatch;
     use rdkafka::consumer::Consumer;
-    use rdkafka::Message;
     let c = crate::pipeline::restore::restore_consumer(settings)?;
     let (_, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
     c.assign(&tpl)?;
+    let mut batch = QueueBatch::consumer_queue(&c, crate::state::pipelined::BATCH_RECORDS)
+        .context("the bare consumer has no queue")?;
     let mut n = 0u64;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(120) {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                n += 1;
-                std::hint::black_box(m.payload());
-                if m.offset() + 1 >= high {
-                    return Ok(n);
+        batch.fill(Duration::from_millis(200));
+        for m in batch.iter() {
+            match m.error() {
+                None => {
+                    n += 1;
+                    std::hint::black_box(m.payload());
+                    if m.offset() + 1 >= high {
+                        return Ok(n);
+                    }
                 }
+                Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => return Ok(n),
+                Some(code) => anyhow::bail!("bare read: {code:?}"),
             }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(n),
-            Some(Err(e)) => return Err(e).context("bare read"),
-            None => {}
         }
     }
     anyhow::bail!("bare read of {topic}/{partition}: {n} records in 120 s, not done")

@@ -11,10 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
-use rdkafka::Message;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -33,6 +30,7 @@ use crate::pipeline::offsets::OffsetTracker;
 use crate::pipeline::restore;
 use crate::pipeline::transaction::{transactional_id, Transactions, TxnError};
 use crate::sink::kafka::{KafkaSink, Settled, Staging};
+use crate::source::batch::Msg;
 use crate::source::kafka::{GroupConsumer, PartitionId, PartitionQueue};
 use crate::state::changelog::Flush;
 use crate::state::changelog::{Restored, Skip};
@@ -411,7 +409,12 @@ impl PartitionWorker {
 
     /// Restore (partition paused), resume, then process until stopped. Returns the offset to
     /// commit for this partition, if any.
-    pub async fn run(mut self, queue: PartitionQueue, consumer: Arc<GroupConsumer>, mut stop: StopRx) -> Option<i64> {
+    pub async fn run(
+        mut self,
+        mut queue: PartitionQueue,
+        consumer: Arc<GroupConsumer>,
+        mut stop: StopRx,
+    ) -> Option<i64> {
         if self.shared.cfg.sink.processing_guarantee == Guarantee::ExactlyOnce {
             // Fence the previous owner before reading its state: initialising the transactional
             // id completes or aborts whatever transaction it left, so the changelog and the
@@ -442,10 +445,11 @@ impl PartitionWorker {
         let mut tick = tokio::time::interval(period);
         let max_in_flight = self.shared.cfg.sink.max_in_flight;
         let mut was_full = false;
-        // One stream for the worker's life: each `recv()` would register and drop a waker.
-        let mut messages = queue.stream();
         let deadline = loop {
             let full = self.sink.in_flight() >= max_in_flight;
+            // At most the room left under the bound of outputs in flight, so a batch taken whole
+            // overshoots it by no more than a message's outputs, as one message did.
+            let room = max_in_flight.saturating_sub(self.sink.in_flight()).min(BATCH);
             if full && !was_full {
                 Backpressured.emit(self.metrics());
             }
@@ -499,17 +503,17 @@ impl PartitionWorker {
                         }
                     }
                 }
-                Some(m) = messages.next(), if !full => {
+                _ = queue.next(room), if !full => {
                     let now = Instant::now();
                     if self.model.has_changed().unwrap_or(false) {
                         self.swap_model();
                     }
-                    let mut stopped = self.on_received(m, now, &mut stop).await.err();
-                    let mut taken = 1;
-                    while stopped.is_none() && taken < BATCH && self.sink.in_flight() < max_in_flight {
-                        let Some(Some(m)) = messages.next().now_or_never() else { break };
+                    let mut stopped = None;
+                    for m in queue.iter() {
                         stopped = self.on_received(m, now, &mut stop).await.err();
-                        taken += 1;
+                        if stopped.is_some() {
+                            break;
+                        }
                     }
                     self.report_clock();
                     if let Some(Stopped::Drain(d)) = stopped {
@@ -535,16 +539,11 @@ impl PartitionWorker {
         self.finish(deadline).await
     }
 
-    async fn on_received(
-        &mut self,
-        m: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-        now: Instant,
-        stop: &mut StopRx,
-    ) -> Result<(), Stopped> {
-        match m {
-            Ok(m) => self.on_message(&m, now, stop).await,
-            Err(e) => {
-                tracing::warn!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "consume error");
+    async fn on_received(&mut self, m: Msg<'_>, now: Instant, stop: &mut StopRx) -> Result<(), Stopped> {
+        match m.error() {
+            None => self.on_message(&m, now, stop).await,
+            Some(code) => {
+                tracing::warn!(partition = %self.id, error = ?code, "consume error");
                 Ok(())
             }
         }
@@ -683,7 +682,7 @@ impl PartitionWorker {
         }
     }
 
-    async fn on_message(&mut self, m: &BorrowedMessage<'_>, now: Instant, stop: &mut StopRx) -> Result<(), Stopped> {
+    async fn on_message(&mut self, m: &Msg<'_>, now: Instant, stop: &mut StopRx) -> Result<(), Stopped> {
         // Durations are sampled (1 in 16): a distribution needs no census, and the clock reads
         // would otherwise be a noticeable share of the per-message cost.
         self.seq = self.seq.wrapping_add(1);
@@ -763,7 +762,7 @@ impl PartitionWorker {
                 .await?;
             }
         }
-        let source_ts = m.timestamp().to_millis();
+        let source_ts = m.timestamp();
         let mut result = Ok(());
         for i in 0..staging.len() {
             result = self

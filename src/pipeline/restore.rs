@@ -14,10 +14,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::engine::Engine;
 use crate::event::parse_event;
+use crate::source::batch::QueueBatch;
 use crate::source::kafka::{kafka_error_code, GroupConsumer, PartitionId};
 use crate::state::pipelined::{ApplierGone, BatchWriter};
 
@@ -122,36 +123,42 @@ pub fn restore(
     let mut reported = 0u64;
     let mut last_progress = Instant::now();
     let mut discard = |_| {};
-    loop {
+    let Some(mut batch) = QueueBatch::consumer_queue(&c, crate::state::pipelined::BATCH_RECORDS) else {
+        return Err(RestoreError::Kafka("the restore consumer has no queue".into()));
+    };
+    'read: loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(RestoreError::Cancelled);
         }
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                if m.offset() >= range.until {
-                    break;
-                }
-                if let Ok(ev) = parse_event(m.payload().unwrap_or(&[]), max_event_bytes) {
-                    engine.ingest(&ev, &mut discard);
-                }
-                n += 1;
-                if n - reported >= REPORT_EVERY {
-                    progress(n - reported);
-                    reported = n;
-                }
-                if m.offset() + 1 >= range.until {
-                    break;
-                }
+        if batch.fill(Duration::from_millis(200)) == 0 {
+            if last_progress.elapsed() >= STALL {
+                return Err(RestoreError::Stalled(STALL));
             }
-            // The end of what the broker holds: records up to `until` may have been removed.
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => {
-                tracing::warn!(partition = %partition, error = %kafka_error_code(&e), "restore read error; continuing");
-            }
-            None => {
-                if last_progress.elapsed() >= STALL {
-                    return Err(RestoreError::Stalled(STALL));
+            continue;
+        }
+        last_progress = Instant::now();
+        for m in batch.iter() {
+            match m.error() {
+                None => {
+                    if m.offset() >= range.until {
+                        break 'read;
+                    }
+                    if let Ok(ev) = parse_event(m.payload().unwrap_or(&[]), max_event_bytes) {
+                        engine.ingest(&ev, &mut discard);
+                    }
+                    n += 1;
+                    if n - reported >= REPORT_EVERY {
+                        progress(n - reported);
+                        reported = n;
+                    }
+                    if m.offset() + 1 >= range.until {
+                        break 'read;
+                    }
+                }
+                // The end of what the broker holds: records up to `until` may have been removed.
+                Some(RDKafkaErrorCode::PartitionEOF) => break 'read,
+                Some(code) => {
+                    tracing::warn!(partition = %partition, error = ?code, "restore read error; continuing");
                 }
             }
         }
@@ -295,7 +302,8 @@ pub fn restore_changelog(
 }
 
 /// The reading side of [`restore_changelog`]: every record of the assigned changelog partition
-/// before offset `high`, in order, into `w`.
+/// before offset `high`, in order, into `w`. Records are taken from librdkafka a batch at a time
+/// ([`QueueBatch`]): per record, `poll` cost as much as decoding.
 fn read_changelog(
     c: &BaseConsumer<RestoreContext>,
     topic: &str,
@@ -305,6 +313,9 @@ fn read_changelog(
     w: &mut BatchWriter,
 ) -> Result<(), RestoreError> {
     const STALL: Duration = Duration::from_secs(30);
+    let Some(mut batch) = QueueBatch::consumer_queue(c, crate::state::pipelined::BATCH_RECORDS) else {
+        return Err(RestoreError::Kafka("the restore consumer has no queue".into()));
+    };
     let mut last_progress = Instant::now();
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -312,28 +323,27 @@ fn read_changelog(
         }
         // Whatever librdkafka has fetched is taken without waiting; only when its queue is
         // empty does the reader hand over a partial batch (the applier would idle) and wait.
-        let polled = match c.poll(Duration::ZERO) {
-            Some(r) => Some(r),
-            None => {
-                w.flush()?;
-                c.poll(Duration::from_millis(200))
-            }
-        };
-        match polled {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                w.push(m.key().unwrap_or(&[]), m.payload())?;
-                if m.offset() + 1 >= high {
-                    return Ok(());
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
-            Some(Err(e)) => {
-                tracing::warn!(topic, partition, error = %kafka_error_code(&e), "changelog read error; continuing");
-            }
-            None => {
+        if batch.fill(Duration::ZERO) == 0 {
+            w.flush()?;
+            if batch.fill(Duration::from_millis(200)) == 0 {
                 if last_progress.elapsed() >= STALL {
                     return Err(RestoreError::Stalled(STALL));
+                }
+                continue;
+            }
+        }
+        last_progress = Instant::now();
+        for m in batch.iter() {
+            match m.error() {
+                None => {
+                    w.push(m.key().unwrap_or(&[]), m.payload())?;
+                    if m.offset() + 1 >= high {
+                        return Ok(());
+                    }
+                }
+                Some(RDKafkaErrorCode::PartitionEOF) => return Ok(()),
+                Some(code) => {
+                    tracing::warn!(topic, partition, error = ?code, "changelog read error; continuing");
                 }
             }
         }

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -59,7 +58,11 @@ impl fmt::Display for PartitionId {
 }
 
 pub type GroupConsumer = StreamConsumer<SourceContext>;
-pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
+/// A partition's own queue, read a batch at a time by its worker.
+pub type PartitionQueue = super::batch::PartitionFeed;
+
+/// Messages a worker takes from its partition's queue at once, at most.
+pub const FEED_BATCH: usize = 512;
 
 /// What the runtime does when the group changes this member's partitions. Called on the poller
 /// thread, inside librdkafka's rebalance callback.
@@ -126,7 +129,7 @@ impl ConsumerContext for SourceContext {
                     if let Err(e) = consumer.pause(&p.list()) {
                         tracing::warn!(partition = %p, error = %kafka_error_code(&e), "cannot pause a newly assigned partition");
                     }
-                    match group.split_partition_queue(p.topic(), p.partition()) {
+                    match super::batch::PartitionFeed::split(&group, p.topic(), p.partition(), FEED_BATCH) {
                         Some(queue) => {
                             PartitionAssigned { partition: &p }.emit(&self.metrics);
                             self.listener.assigned(p, queue, group.clone());
