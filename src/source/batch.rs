@@ -24,8 +24,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::Notify;
 
-use super::kafka::GroupConsumer;
-
 /// One message of a batch, borrowed from librdkafka's buffers until the next fill.
 #[derive(Clone, Copy)]
 pub struct Msg<'a>(&'a rd::rd_kafka_message_t);
@@ -192,14 +190,18 @@ pub struct PartitionFeed {
     // Fields drop in order: the batch (its messages and queue reference) before the consumer.
     batch: QueueBatch<'static>,
     notify: Arc<Notify>,
-    _consumer: Arc<GroupConsumer>,
+    _consumer: Arc<dyn Send + Sync>,
 }
 
 impl PartitionFeed {
     /// Take `topic`/`partition`'s messages off the consumer's queue onto one of their own
     /// (librdkafka forwards each assigned partition to the consumer queue: call this on every
     /// assignment, before the partition is read). `None` when librdkafka knows no such partition.
-    pub fn split(consumer: &Arc<GroupConsumer>, topic: &str, partition: i32, capacity: usize) -> Option<Self> {
+    pub fn split<C, K>(consumer: &Arc<K>, topic: &str, partition: i32, capacity: usize) -> Option<Self>
+    where
+        C: ConsumerContext,
+        K: Consumer<C> + Send + Sync + 'static,
+    {
         let topic = CString::new(topic).ok()?;
         // SAFETY: the client pointer is valid while `consumer` is, and the feed holds it; the
         // call returns a new reference to the partition's queue (or null).
@@ -213,7 +215,8 @@ impl PartitionFeed {
             rd::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut());
             rd::rd_kafka_queue_cb_event_enable(queue.as_ptr(), Some(wake), Arc::as_ptr(&notify) as *mut c_void);
         }
-        Some(PartitionFeed { batch: QueueBatch::with_queue(queue, capacity), notify, _consumer: consumer.clone() })
+        let keep: Arc<dyn Send + Sync> = consumer.clone();
+        Some(PartitionFeed { batch: QueueBatch::with_queue(queue, capacity), notify, _consumer: keep })
     }
 
     /// Release the previous batch and wait for the next: at most `max` messages (at least one),
