@@ -351,6 +351,8 @@ pub const NO_DUE: Millis = Millis::MAX;
 pub struct Engine {
     store: FeatureStore,
     meta: Vec<UserMeta>,
+    /// `meta`'s spare capacity mapped ahead of new users (see `features::prefault`).
+    meta_ahead: crate::features::prefault::Ahead,
     timers: TimerWheel,
     scorer: Arc<Scorer>,
     shadow: Option<Arc<Scorer>>,
@@ -416,6 +418,7 @@ impl Engine {
         Engine {
             store: FeatureStore::new(layout),
             meta: Vec::new(),
+            meta_ahead: Default::default(),
             // Due times within a bucket fire together; a 24th of the interval keeps the delay small.
             timers: TimerWheel::new((cfg.rescore_interval.ms() / 24).max(1000)),
             scorer: Arc::new(Scorer::new(model)),
@@ -654,6 +657,7 @@ impl Engine {
             let i = idx as usize;
             if self.meta.len() <= i {
                 self.meta.resize(i + 1, FRESH_META);
+                self.meta_ahead.grew(&self.meta);
             }
             self.meta[i] = FRESH_META;
         }

@@ -236,6 +236,7 @@ impl Engine {
         let i = idx as usize;
         if self.meta.len() <= i {
             self.meta.resize(i + 1, FRESH_META);
+            self.meta_ahead.grew(&self.meta);
         }
         // Timers are pushed by `restore_clock`, in due order, once every user is in.
         self.meta[i] = super::UserMeta { next_due: r.next_due, memory: r.memory, outcome: r.outcome, ..FRESH_META };

@@ -2,6 +2,7 @@
 
 pub mod bound;
 mod ids;
+pub(crate) mod prefault;
 pub mod spec;
 pub mod state;
 pub mod store;

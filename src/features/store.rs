@@ -7,6 +7,7 @@
 use hashbrown::HashTable;
 
 use super::ids::IdArena;
+use super::prefault::Ahead;
 use super::state::{Applied, Layout, UserMut, UserRef};
 use crate::time::Millis;
 
@@ -41,6 +42,9 @@ pub struct FeatureStore {
     ids: IdArena,
     narrow: Vec<u32>,
     wide: Vec<u64>,
+    /// The arenas' spare capacity mapped ahead of new users (see [`super::prefault`]).
+    narrow_ahead: Ahead,
+    wide_ahead: Ahead,
     free: Vec<UserIdx>,
     live: usize,
 }
@@ -56,6 +60,8 @@ impl FeatureStore {
             ids: IdArena::default(),
             narrow: Vec::new(),
             wide: Vec::new(),
+            narrow_ahead: Ahead::default(),
+            wide_ahead: Ahead::default(),
             free: Vec::new(),
             live: 0,
         }
@@ -109,6 +115,8 @@ impl FeatureStore {
                 self.ids.push(user_id);
                 self.narrow.resize(self.narrow.len() + self.layout.narrow_len(), 0);
                 self.wide.resize(self.wide.len() + self.layout.wide_len(), 0);
+                self.narrow_ahead.grew(&self.narrow);
+                self.wide_ahead.grew(&self.wide);
                 i
             }
         };
@@ -170,6 +178,8 @@ impl FeatureStore {
                 // `get_or_insert` would zero, initialise and then overwrite them.
                 self.narrow.extend_from_slice(narrow);
                 self.wide.extend_from_slice(wide);
+                self.narrow_ahead.grew(&self.narrow);
+                self.wide_ahead.grew(&self.wide);
                 self.ids.push(user_id);
                 ((self.ids.len() - 1) as UserIdx, true)
             }
