@@ -113,7 +113,6 @@ pub fn restore(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, RestoreError> {
     const REPORT_EVERY: u64 = 65_536;
-    const STALL: Duration = Duration::from_secs(30);
     let c = restore_consumer(settings)?;
     let mut tpl = TopicPartitionList::new();
     let start = if range.from > 0 { Offset::Offset(range.from) } else { Offset::Beginning };
@@ -121,22 +120,10 @@ pub fn restore(
     c.assign(&tpl)?;
     let mut n = 0u64;
     let mut reported = 0u64;
-    let mut last_progress = Instant::now();
     let mut discard = |_| {};
-    let Some(mut batch) = QueueBatch::consumer_queue(&c, crate::state::pipelined::BATCH_RECORDS) else {
-        return Err(RestoreError::Kafka("the restore consumer has no queue".into()));
-    };
+    let mut batch = queue_of(&c)?;
     'read: loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(RestoreError::Cancelled);
-        }
-        if batch.fill(Duration::from_millis(200)) == 0 {
-            if last_progress.elapsed() >= STALL {
-                return Err(RestoreError::Stalled(STALL));
-            }
-            continue;
-        }
-        last_progress = Instant::now();
+        next_batch(&mut batch, cancel, &mut || Ok(()))?;
         for m in batch.iter() {
             match m.error() {
                 None => {
@@ -312,27 +299,11 @@ fn read_changelog(
     cancel: &AtomicBool,
     w: &mut BatchWriter,
 ) -> Result<(), RestoreError> {
-    const STALL: Duration = Duration::from_secs(30);
-    let Some(mut batch) = QueueBatch::consumer_queue(c, crate::state::pipelined::BATCH_RECORDS) else {
-        return Err(RestoreError::Kafka("the restore consumer has no queue".into()));
-    };
-    let mut last_progress = Instant::now();
+    let mut batch = queue_of(c)?;
     loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(RestoreError::Cancelled);
-        }
-        // Whatever librdkafka has fetched is taken without waiting; only when its queue is
-        // empty does the reader hand over a partial batch (the applier would idle) and wait.
-        if batch.fill(Duration::ZERO) == 0 {
-            w.flush()?;
-            if batch.fill(Duration::from_millis(200)) == 0 {
-                if last_progress.elapsed() >= STALL {
-                    return Err(RestoreError::Stalled(STALL));
-                }
-                continue;
-            }
-        }
-        last_progress = Instant::now();
+        // Only when librdkafka's queue is empty does the reader hand over a partial batch (the
+        // applier would idle) and wait.
+        next_batch(&mut batch, cancel, &mut || Ok(w.flush()?))?;
         for m in batch.iter() {
             match m.error() {
                 None => {
@@ -346,6 +317,39 @@ fn read_changelog(
                     tracing::warn!(topic, partition, error = ?code, "changelog read error; continuing");
                 }
             }
+        }
+    }
+}
+
+/// The restore consumer's queue, read a batch at a time.
+fn queue_of(c: &BaseConsumer<RestoreContext>) -> Result<QueueBatch<'_>, RestoreError> {
+    QueueBatch::consumer_queue(c, crate::state::pipelined::BATCH_RECORDS)
+        .ok_or_else(|| RestoreError::Kafka("the restore consumer has no queue".into()))
+}
+
+/// Take the next batch from the restore consumer's queue: at once when records are fetched;
+/// else, after `idle` (the caller's chance to hand over what it holds), waiting up to 200 ms at a
+/// time. Fails when cancelled, or when nothing comes for 30 s (the broker is unreachable).
+fn next_batch(
+    batch: &mut QueueBatch<'_>,
+    cancel: &AtomicBool,
+    idle: &mut dyn FnMut() -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    const STALL: Duration = Duration::from_secs(30);
+    let waiting_since = Instant::now();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RestoreError::Cancelled);
+        }
+        if batch.fill(Duration::ZERO) > 0 {
+            return Ok(());
+        }
+        idle()?;
+        if batch.fill(Duration::from_millis(200)) > 0 {
+            return Ok(());
+        }
+        if waiting_since.elapsed() >= STALL {
+            return Err(RestoreError::Stalled(STALL));
         }
     }
 }
