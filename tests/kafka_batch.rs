@@ -1,7 +1,8 @@
 //! Reading a partition a batch at a time (`source::batch`), on the real broker: every record
 //! comes back once, in order, with its key and payload (tombstones included), batches respect
 //! their bound, the end of the partition is reported, and a partition's feed wakes its task
-//! when a record arrives after it started waiting.
+//! when a record arrives after it started waiting, even after an earlier feed of the same
+//! partition was dropped.
 
 mod common;
 
@@ -88,7 +89,7 @@ async fn a_queue_batch_returns_every_record_in_order_within_its_bound_then_the_e
 
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_feed_wakes_its_task_when_a_record_arrives_after_it_waits() {
+async fn a_partition_feed_wakes_its_task_when_a_record_arrives_after_it_waits_even_after_an_earlier_feed_went() {
     let brokers = common::brokers();
     let topic = common::unique_topic("batch-feed");
     common::create_topic(&brokers, &topic, 1).await;
@@ -98,7 +99,12 @@ async fn a_partition_feed_wakes_its_task_when_a_record_arrives_after_it_waits() 
 
     let consumer = Arc::new(common::consumer(&brokers, &common::unique_group("batch-feed"), &[]));
     consumer.assign(&partition_0(&topic)).expect("assign");
+    // The partition's feed of an earlier assignment, dropped after the next one is made (as a
+    // revoked partition's worker may end after the partition is assigned again): the new feed
+    // must still be woken.
+    let earlier = PartitionFeed::split(&consumer, &topic, 0, 8).expect("the partition's queue");
     let mut feed = PartitionFeed::split(&consumer, &topic, 0, 8).expect("the partition's queue");
+    drop(earlier);
 
     // What was there before: taken in batches of at most 8, in order.
     let mut offsets = Vec::new();

@@ -13,10 +13,11 @@
 //! the batch as messages with an error code, in order with the records, as `poll` returns them.
 //! Other events (client errors, statistics, logs) go to the client context's callbacks.
 
+use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -207,10 +208,10 @@ impl PartitionFeed {
         // call returns a new reference to the partition's queue (or null).
         let q = unsafe { rd::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition) };
         let queue = NonNull::new(q)?;
-        let notify = Arc::new(Notify::new());
+        let notify = partition_notify(consumer.client().native_ptr() as usize, &topic, partition);
         // SAFETY: the queue reference is live; forwarding to null keeps its messages on it. The
-        // callback's argument is the `Notify`, which the feed keeps alive until `drop` removes
-        // the callback (under the queue's lock, which librdkafka holds while calling it).
+        // callback's argument is the partition's `Notify`, which is never freed (see
+        // `partition_notify`), so the callback may outlive this feed.
         unsafe {
             rd::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut());
             rd::rd_kafka_queue_cb_event_enable(queue.as_ptr(), Some(wake), Arc::as_ptr(&notify) as *mut c_void);
@@ -225,13 +226,16 @@ impl PartitionFeed {
     /// Cancel-safe: messages are taken only in the poll that returns them.
     pub async fn next(&mut self, max: usize) -> usize {
         loop {
+            // Registered before looking, so a message that arrives after the fill below wakes
+            // this wait (librdkafka calls back when the empty queue gets one).
+            let woken = self.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let n = self.batch.fill_up_to(max, Duration::ZERO);
             if n > 0 {
                 return n;
             }
-            // A message arriving after the fill above calls back and leaves a permit, so this
-            // returns at once.
-            self.notify.notified().await;
+            woken.await;
         }
     }
 
@@ -241,19 +245,28 @@ impl PartitionFeed {
     }
 }
 
-impl Drop for PartitionFeed {
-    fn drop(&mut self) {
-        // If the partition was assigned again meanwhile, this removes the new feed's callback
-        // too: that feed then finds its messages on its worker's next tick instead of at once.
-        // SAFETY: the queue reference is still held (the batch drops after this).
-        unsafe { rd::rd_kafka_queue_cb_event_enable(self.batch.queue.as_ptr(), None, std::ptr::null_mut()) };
-    }
+/// The `Notify` that librdkafka's callback wakes for one client's partition: one per partition
+/// for the life of the process, shared by its successive feeds.
+///
+/// A feed cannot remove its callback when it goes: the partition may be assigned again before
+/// the old worker ends, and the queue's callback is then the new feed's (librdkafka keeps one per
+/// queue). So the callback stays, and what it points to must stay too. Held here, it is one small
+/// allocation per partition ever assigned to a client.
+fn partition_notify(client: usize, topic: &CString, partition: i32) -> Arc<Notify> {
+    type Key = (usize, CString, i32);
+    static NOTIFIES: OnceLock<Mutex<HashMap<Key, Arc<Notify>>>> = OnceLock::new();
+    let map = NOTIFIES.get_or_init(Default::default);
+    // A poisoned lock only means another thread panicked while inserting: the map is whole.
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry((client, topic.clone(), partition)).or_insert_with(|| Arc::new(Notify::new())).clone()
 }
 
 /// librdkafka's callback when a feed's queue gets a message (on one of its threads).
 unsafe extern "C" fn wake(_rk: *mut rd::rd_kafka_t, notify: *mut c_void) {
-    // SAFETY: the `Notify` registered in `PartitionFeed::split`, alive until the callback is
-    // removed.
+    // SAFETY: the `Notify` registered in `PartitionFeed::split`, which `partition_notify` never
+    // frees.
     let notify = unsafe { &*(notify as *const Notify) };
-    notify.notify_one();
+    // Every waiter: a partition's previous feed may still hold the `Notify` (it wakes, finds
+    // nothing and waits again, if it waits at all).
+    notify.notify_waiters();
 }
