@@ -202,13 +202,7 @@ async fn takeover(name: &str, exactly_once: bool) {
         b.log()
     );
     if exactly_once {
-        let mut seen = BTreeSet::new();
-        let doubled: Vec<&str> = got
-            .iter()
-            .filter(|iv| !seen.insert(iv.intervention_id.as_str()))
-            .map(|iv| iv.intervention_id.as_str())
-            .collect();
-        assert!(doubled.is_empty(), "{} decisions seen twice, e.g. {:?}", doubled.len(), doubled.first());
+        assert_nothing_doubled(&got);
     }
     assert_same_decisions_at_least_once(&expected, &got, until);
     assert_changelog_features_equal_replay(&brokers, &b, &t, &evs).await;
@@ -279,18 +273,7 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
     assert!(committed > 0.0, "transactions were committed:\n{}", h.log());
     let mut got = interventions(&msgs);
     got.extend(interventions(&ctl));
-    let mut seen = BTreeSet::new();
-    let doubled: Vec<&str> = got
-        .iter()
-        .filter(|iv| !seen.insert(iv.intervention_id.clone()))
-        .map(|iv| iv.intervention_id.as_str())
-        .collect();
-    assert!(
-        doubled.is_empty(),
-        "{} decisions seen twice by a read_committed reader, e.g. {:?}",
-        doubled.len(),
-        doubled.first()
-    );
+    assert_nothing_doubled(&got);
     let have: BTreeSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
     let until = format_rfc3339_ms(T0 + 49 * DAY_MS);
     let missing: Vec<String> = expected

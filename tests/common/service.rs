@@ -502,6 +502,22 @@ pub async fn kill_loop(
     }
 }
 
+/// No intervention id was read twice (exactly once, by a `read_committed` reader).
+pub fn assert_nothing_doubled(got: &[Intervention]) {
+    let mut seen = std::collections::BTreeSet::new();
+    let doubled: Vec<&str> = got
+        .iter()
+        .filter(|iv| !seen.insert(iv.intervention_id.as_str()))
+        .map(|iv| iv.intervention_id.as_str())
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "{} decisions seen twice by a read_committed reader, e.g. {:?}",
+        doubled.len(),
+        doubled.first()
+    );
+}
+
 /// Every decision replay makes up to `until` was published, and every repeated id repeats the
 /// same decision. Returns how many outputs repeated an id.
 pub fn assert_same_decisions_at_least_once(expected: &[Intervention], got: &[Intervention], until: i64) -> usize {
