@@ -3,6 +3,7 @@
 pub mod bound;
 mod ids;
 pub(crate) mod prefault;
+pub(crate) mod prefetch;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -137,6 +137,17 @@ impl FeatureStore {
         UserRef { narrow: &self.narrow[i * n..(i + 1) * n], wide: &self.wide[i * w..(i + 1) * w] }
     }
 
+    /// Ask the CPU for `idx`'s cells ahead of reading them ([`super::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, idx: UserIdx) {
+        let (n, w) = (self.layout.narrow_len(), self.layout.wide_len());
+        let i = idx as usize;
+        if let (Some(narrow), Some(wide)) = (self.narrow.get(i * n..(i + 1) * n), self.wide.get(i * w..(i + 1) * w)) {
+            super::prefetch::slice(narrow);
+            super::prefetch::slice(wide);
+        }
+    }
+
     pub fn user_id(&self, idx: UserIdx) -> &str {
         self.ids.get(idx as usize)
     }
