@@ -78,6 +78,13 @@ pub struct Clocks {
     all_idle_since: Option<(Millis, Instant)>,
 }
 
+/// Whether a partition is read to `end` (its last reported end offset; `None` before any): the
+/// worker has read up to `next` (one past the newest offset it saw) and its restored state holds
+/// everything before `resume_from`.
+fn read_to(next: i64, resume_from: i64, end: Option<i64>) -> bool {
+    end.is_some_and(|end| next.max(resume_from) >= end)
+}
+
 impl Clocks {
     fn report(&mut self, p: &PartitionId, watermark: Millis, last_message: Instant, active: bool) {
         match self.parts.get_mut(p) {
@@ -206,6 +213,8 @@ pub struct PartitionWorker {
     skip: Option<Skip>,
     /// Messages before this offset are already in the restored state.
     resume_from: i64,
+    /// One past the newest input offset this worker has read since the assignment (0: none).
+    next_offset: i64,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
     /// Exactly once: the partition's transactions and what its next changelog flush needs.
@@ -282,6 +291,7 @@ impl PartitionWorker {
             changelog: None,
             skip: None,
             resume_from: 0,
+            next_offset: 0,
             reported: None,
             eos: None,
             restored_clock: None,
@@ -474,7 +484,7 @@ impl PartitionWorker {
                         // on a partition that is not paused, resuming is free.
                         let _ = consumer.resume(&self.id.list());
                     }
-                    self.on_tick();
+                    self.on_tick(&consumer);
                     if self.eos.is_some() {
                         match self.commit_transaction(&consumer).await {
                             Ok(()) => {}
@@ -485,6 +495,7 @@ impl PartitionWorker {
                                 self.offsets = OffsetTracker::default();
                                 self.skip = None;
                                 self.resume_from = 0;
+                                self.next_offset = 0;
                                 if let Err(d) = self.restore(&consumer, &mut stop).await {
                                     break d;
                                 }
@@ -690,6 +701,7 @@ impl PartitionWorker {
         self.consumed += 1;
         self.last_message = now;
         let offset = m.offset();
+        self.next_offset = self.next_offset.max(offset + 1);
         if std::mem::take(&mut self.check_gap) && offset > self.resume_from {
             // Would mean the group's offset passed the changelog's: those messages are missing
             // from the state. Never expected; said loudly if it happens.
@@ -885,12 +897,12 @@ impl PartitionWorker {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self, consumer: &GroupConsumer) {
         self.ticks += 1;
         if self.model.has_changed().unwrap_or(false) {
             self.swap_model();
         }
-        self.advance_idle_clock();
+        self.advance_idle_clock(consumer);
         self.flush_counts();
         self.step_changelog(false);
         // With exactly once, offsets are committed with the partition's transaction instead.
@@ -926,7 +938,7 @@ impl PartitionWorker {
 
     /// Timer outputs belong to no input offset; they are decided again after a restart because
     /// their due times are deterministic.
-    fn advance_idle_clock(&mut self) {
+    fn advance_idle_clock(&mut self, consumer: &GroupConsumer) {
         if self.forward.is_some() {
             return;
         }
@@ -939,7 +951,11 @@ impl PartitionWorker {
             }
             Err(_) => None,
         };
-        let idle = now.duration_since(self.last_message) >= idle_after;
+        let quiet_for = now.duration_since(self.last_message);
+        // Not read to the end it was last told of: idle only after twice the timeout. A
+        // transactional input ends in a commit marker, which is never delivered, so the end
+        // reported may stay one offset ahead of what a worker can read.
+        let idle = quiet_for >= idle_after && (quiet_for >= idle_after * 2 || self.caught_up(consumer));
         let Some(target) = target else { return };
         if !idle || self.engine.watermark() == Millis::MIN {
             return;
@@ -972,6 +988,16 @@ impl PartitionWorker {
             }
         }
         self.staging = staging;
+    }
+
+    /// Whether this worker has read its partition to the end the broker last reported. A
+    /// partition with nothing new for `idle_timeout` is idle only then: one just restored (or slow
+    /// to be fetched, on a busy broker) may not have fetched its backlog yet, and were its clock
+    /// moved on, that backlog would arrive late and be dropped. Until a fetch response has given
+    /// the end, it is not caught up.
+    fn caught_up(&self, consumer: &GroupConsumer) -> bool {
+        let end = crate::source::batch::cached_end_offset(consumer, self.id.topic(), self.id.partition());
+        read_to(self.next_offset, self.resume_from, end)
     }
 
     fn flush_counts(&mut self) {
@@ -1035,5 +1061,24 @@ impl PartitionWorker {
             Some(w) => w.committable(self.offsets.position()),
             None => self.offsets.position(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_to;
+
+    #[test]
+    fn a_partition_is_read_to_its_end_only_once_an_end_is_known_and_reached() {
+        // No fetch response yet: never caught up, whatever was restored.
+        assert!(!read_to(0, 500, None));
+        // A backlog behind the restored state: not caught up until it is read.
+        assert!(!read_to(0, 100, Some(500)));
+        assert!(!read_to(499, 100, Some(500)));
+        assert!(read_to(500, 100, Some(500)));
+        // A restored state at the end (a quiet partition after a restart) is caught up at once.
+        assert!(read_to(0, 500, Some(500)));
+        // An empty partition.
+        assert!(read_to(0, 0, Some(0)));
     }
 }

@@ -245,6 +245,30 @@ impl PartitionFeed {
     }
 }
 
+/// The end of `topic`/`partition` as librdkafka last heard it from the broker: the high watermark
+/// of its latest fetch response for the partition, read from the client's cache (no request).
+/// `None` until a fetch response for it has come.
+pub fn cached_end_offset<C, K>(consumer: &K, topic: &str, partition: i32) -> Option<i64>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; librdkafka reads the
+    // topic name and writes the two offsets only.
+    let err = unsafe {
+        rd::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 /// The `Notify` that librdkafka's callback wakes for one client's partition: one per partition
 /// for the life of the process, shared by its successive feeds.
 ///
