@@ -79,8 +79,8 @@ pub struct Clocks {
 }
 
 /// Whether a partition is read to `end` (its last reported end offset; `None` before any): the
-/// worker has read up to `next` (one past the newest offset it saw) and its restored state holds
-/// everything before `resume_from`.
+/// worker has processed everything before `next` and its restored state holds everything before
+/// `resume_from`.
 fn read_to(next: i64, resume_from: i64, end: Option<i64>) -> bool {
     end.is_some_and(|end| next.max(resume_from) >= end)
 }
@@ -213,8 +213,6 @@ pub struct PartitionWorker {
     skip: Option<Skip>,
     /// Messages before this offset are already in the restored state.
     resume_from: i64,
-    /// One past the newest input offset this worker has read since the assignment (0: none).
-    next_offset: i64,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
     /// Exactly once: the partition's transactions and what its next changelog flush needs.
@@ -291,7 +289,6 @@ impl PartitionWorker {
             changelog: None,
             skip: None,
             resume_from: 0,
-            next_offset: 0,
             reported: None,
             eos: None,
             restored_clock: None,
@@ -495,7 +492,6 @@ impl PartitionWorker {
                                 self.offsets = OffsetTracker::default();
                                 self.skip = None;
                                 self.resume_from = 0;
-                                self.next_offset = 0;
                                 if let Err(d) = self.restore(&consumer, &mut stop).await {
                                     break d;
                                 }
@@ -701,7 +697,6 @@ impl PartitionWorker {
         self.consumed += 1;
         self.last_message = now;
         let offset = m.offset();
-        self.next_offset = self.next_offset.max(offset + 1);
         if std::mem::take(&mut self.check_gap) && offset > self.resume_from {
             // Would mean the group's offset passed the changelog's: those messages are missing
             // from the state. Never expected; said loudly if it happens.
@@ -997,7 +992,7 @@ impl PartitionWorker {
     /// the end, it is not caught up.
     fn caught_up(&self, consumer: &GroupConsumer) -> bool {
         let end = crate::source::batch::cached_end_offset(consumer, self.id.topic(), self.id.partition());
-        read_to(self.next_offset, self.resume_from, end)
+        read_to(self.offsets.next_to_process().unwrap_or(0), self.resume_from, end)
     }
 
     fn flush_counts(&mut self) {
