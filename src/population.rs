@@ -4,9 +4,10 @@
 //! are in each retention cohort and retained) is a function of their first, last and return
 //! times and of the clock. It changes only when they have an event or when the clock reaches one
 //! of a few instants fixed by those times (`last + dormant_after`, `first + 7d`, ...). So each
-//! user's contribution is kept with the totals, recomputed on their events, and scheduled on a
-//! timer wheel for the next instant it can change. Reading the figures drains what is due: no
-//! scan over the users, ever.
+//! user's contribution is kept with the totals, and scheduled on a timer wheel for the next
+//! instant it can change. An event only records the user's new times: their contribution is
+//! recomputed when the figures are next read, once however many events they had since, as it
+//! depends on nothing else. Reading the figures drains what is due: no scan over the users.
 
 use crate::features::UserRef;
 use crate::policy::LifecycleConfig;
@@ -46,11 +47,13 @@ struct Times {
     first: Millis,
     last: Millis,
     returned: Option<Millis>,
+    /// Changed since the contribution was computed (the user is listed in `stale`).
+    stale: bool,
 }
 
 impl Times {
     fn of(u: UserRef<'_>) -> Times {
-        Times { first: u.first_ts(), last: u.last_ts(), returned: u.returned_at() }
+        Times { first: u.first_ts(), last: u.last_ts(), returned: u.returned_at(), stale: true }
     }
 }
 
@@ -66,6 +69,9 @@ pub struct PopulationIndex {
     wheel: TimerWheel,
     totals: Population,
     scratch: Vec<(Millis, u32)>,
+    /// Users whose times changed since the figures were last read; an entry whose `stale` flag
+    /// is off (the user was removed, or is listed twice) is skipped.
+    stale: Vec<u32>,
 }
 
 impl PopulationIndex {
@@ -79,6 +85,7 @@ impl PopulationIndex {
             wheel: TimerWheel::new(crate::time::HOUR_MS),
             totals: Population::default(),
             scratch: Vec::new(),
+            stale: Vec::new(),
         }
     }
 
@@ -136,22 +143,24 @@ impl PopulationIndex {
     fn ensure(&mut self, idx: usize) {
         if self.contrib.len() <= idx {
             self.contrib.resize(idx + 1, Contribution::default());
-            self.times.resize(idx + 1, Times { first: 0, last: 0, returned: None });
+            self.times.resize(idx + 1, Times { first: 0, last: 0, returned: None, stale: false });
             self.next.resize(idx + 1, NONE);
         }
     }
 
-    /// The user's state changed (an event), seen at clock `at`.
-    pub fn update(&mut self, idx: u32, u: UserRef<'_>, at: Millis) {
+    /// The user's state changed (an event). Their contribution is recomputed at the next read.
+    pub fn update(&mut self, idx: u32, u: UserRef<'_>) {
         let i = idx as usize;
         self.ensure(i);
-        let t = Times::of(u);
-        self.times[i] = t;
-        self.recompute(idx, at);
+        if !self.times[i].stale {
+            self.stale.push(idx);
+        }
+        self.times[i] = Times::of(u);
     }
 
     fn recompute(&mut self, idx: u32, at: Millis) {
         let i = idx as usize;
+        self.times[i].stale = false;
         let t = self.times[i];
         let c = self.contribution(t, at);
         self.apply(self.contrib[i], -1);
@@ -173,11 +182,13 @@ impl PopulationIndex {
             self.apply(self.contrib[i], -1);
             self.contrib[i] = Contribution::default();
             self.next[i] = NONE;
+            self.times[i].stale = false;
         }
     }
 
     /// The figures at `at` (which never goes back). Recomputes only the users whose contribution
-    /// changed since they were last seen.
+    /// can have changed since they were last seen: those with an event since, and those due on
+    /// the wheel.
     pub fn at(&mut self, at: Millis) -> &Population {
         let mut due = std::mem::take(&mut self.scratch);
         let next = &self.next;
@@ -196,10 +207,16 @@ impl PopulationIndex {
                 due.push((n, id));
             }
         }
+        for id in self.stale.drain(..) {
+            if self.times[id as usize].stale {
+                due.push((at, id));
+            }
+        }
         due.sort_unstable_by_key(|&(_, id)| id);
         due.dedup_by_key(|&mut (_, id)| id);
         for &(_, id) in &due {
-            if self.next[id as usize] <= at {
+            let i = id as usize;
+            if self.times[i].stale || self.next[i] <= at {
                 self.recompute(id, at);
             }
         }

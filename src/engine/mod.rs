@@ -575,8 +575,7 @@ impl Engine {
             p.retained = true;
             p.spend += ev.amount.unwrap_or(0.0);
         }
-        let clock = self.population_clock();
-        self.population.update(idx, self.store.user(idx), clock);
+        self.population.update(idx, self.store.user(idx));
         if let Some(daily) = self.cfg.score_at {
             // Daily cadence: no scoring on the event; the user is due at the next daily instant
             // at the latest (a new user has no due time yet, and one whose rescoring was

@@ -367,11 +367,8 @@ impl Engine {
             .collect();
         // Counters describe this run's work; restored decisions were counted by their owner.
         self.counters = Default::default();
-        let clock = self.population_clock();
-        if clock != Millis::MIN {
-            for idx in live {
-                self.population.update(idx, self.store.user(idx), clock);
-            }
+        for idx in live {
+            self.population.update(idx, self.store.user(idx));
         }
         Ok(())
     }
