@@ -30,16 +30,9 @@ impl Layout {
         let ag = &spec.aggregates;
         let nw = self.rings.len();
         let nt = self.n_types;
-        let mut i = 0;
-        let mut put = |l: f64, h: f64| {
-            lo[i] = l;
-            hi[i] = h;
-            i += 1;
-        };
         // Per window: counts per type at both ends (they only fall), and the range of the
-        // amount over the suffixes of the slots held at `a` that the window passes through.
-        let mut counts_a = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
-        let mut counts_b = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
+        // amount over the suffixes of the slots held at `a` that the window passes through. The
+        // counts are the first features, window after window, and are written there directly.
         let mut amount_range = [(0i64, 0i64); super::MAX_WINDOWS];
         let mut total_a = [0f64; super::MAX_WINDOWS];
         let mut total_b = [0f64; super::MAX_WINDOWS];
@@ -58,8 +51,15 @@ impl Layout {
                 }
                 slot += 1;
             });
-            r.split_counts(&acc_a, &mut counts_a[w]);
-            r.split_counts(&acc_b, &mut counts_b[w]);
+            let (mut counts_a, mut counts_b) = ([0u32; super::MAX_TYPES], [0u32; super::MAX_TYPES]);
+            r.split_counts(&acc_a, &mut counts_a);
+            r.split_counts(&acc_b, &mut counts_b);
+            if ag.counts {
+                let (l, h) = (&mut lo[w * nt..(w + 1) * nt], &mut hi[w * nt..(w + 1) * nt]);
+                for t in 0..nt {
+                    (l[t], h[t]) = (f64::from(counts_b[t]), f64::from(counts_a[t]));
+                }
+            }
             // The amount at a time in [a, b]: the total less the oldest `d` slots, for some d
             // in 0..=held_a-held_b. Walk the slots again, dropping them one by one.
             let (mut min, mut max, mut rest, mut dropped) = (amount_a, amount_a, amount_a, 0i64);
@@ -72,16 +72,15 @@ impl Layout {
                 }
             });
             amount_range[w] = (min, max);
-            total_a[w] = counts_a[w][..nt].iter().map(|c| f64::from(*c)).sum();
-            total_b[w] = counts_b[w][..nt].iter().map(|c| f64::from(*c)).sum();
+            total_a[w] = counts_a[..nt].iter().map(|c| f64::from(*c)).sum();
+            total_b[w] = counts_b[..nt].iter().map(|c| f64::from(*c)).sum();
         }
-        if ag.counts {
-            for w in 0..nw {
-                for t in 0..nt {
-                    put(f64::from(counts_b[w][t]), f64::from(counts_a[w][t]));
-                }
-            }
-        }
+        let mut i = if ag.counts { nw * nt } else { 0 };
+        let mut put = |l: f64, h: f64| {
+            lo[i] = l;
+            hi[i] = h;
+            i += 1;
+        };
         if ag.amount_sum {
             for (min, max) in &amount_range[..nw] {
                 put(*min as f64 / 100.0, *max as f64 / 100.0);

@@ -189,15 +189,11 @@ impl Layout {
         let head = u.last_ts();
         let at = at.max(head);
         let a = &self.spec.aggregates;
-        let mut i = 0;
-        let mut put = |v: f64| {
-            out[i] = v;
-            i += 1;
-        };
-        // Per-window totals, gathered once: counts per type (summed exactly), then amount.
+        // Per-window totals, gathered once: counts per type (summed exactly), then amount. The
+        // counts are the vector's first features, window after window, and go there directly
+        // (a table of every window's counts would be zeroed per call: 1 KB at the limits).
         let nw = self.rings.len();
         let nt = self.n_types;
-        let mut counts = [[0u32; super::MAX_TYPES]; super::MAX_WINDOWS];
         let mut amounts = [0i64; super::MAX_WINDOWS];
         let mut all_events = [0f64; super::MAX_WINDOWS];
         for (w, r) in self.rings.iter().enumerate() {
@@ -207,17 +203,21 @@ impl Layout {
                 r.add_counts(&mut acc, cells);
                 amount += r.amount(cells);
             });
-            r.split_counts(&acc, &mut counts[w]);
+            let mut counts = [0u32; super::MAX_TYPES];
+            r.split_counts(&acc, &mut counts);
             amounts[w] = amount;
-            all_events[w] = counts[w][..nt].iter().map(|c| f64::from(*c)).sum();
-        }
-        if a.counts {
-            for c in &counts[..nw] {
-                for v in &c[..nt] {
-                    put(f64::from(*v));
+            all_events[w] = counts[..nt].iter().map(|c| f64::from(*c)).sum();
+            if a.counts {
+                for (o, c) in out[w * nt..(w + 1) * nt].iter_mut().zip(&counts) {
+                    *o = f64::from(*c);
                 }
             }
         }
+        let mut i = if a.counts { nw * nt } else { 0 };
+        let mut put = |v: f64| {
+            out[i] = v;
+            i += 1;
+        };
         if a.amount_sum {
             for v in &amounts[..nw] {
                 put(*v as f64 / 100.0);
