@@ -148,6 +148,14 @@ impl PopulationIndex {
         }
     }
 
+    /// Ask the CPU for the record [`PopulationIndex::update`] will write ([`crate::features::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, idx: u32) {
+        if let Some(t) = self.times.get(idx as usize) {
+            crate::features::prefetch::one(t);
+        }
+    }
+
     /// The user's state changed (an event). Their contribution is recomputed at the next read.
     pub fn update(&mut self, idx: u32, u: UserRef<'_>) {
         let i = idx as usize;

@@ -53,6 +53,16 @@ impl IdArena {
         &self.text[s.start..s.start + s.len]
     }
 
+    /// Ask the CPU for index `idx`'s id ahead of comparing it ([`super::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, idx: usize) {
+        if let Some(s) = self.spans.get(idx) {
+            if let Some(id) = self.text.as_bytes().get(s.start..s.start + s.len) {
+                super::prefetch::slice(id);
+            }
+        }
+    }
+
     /// Give the next index (`len()`) the id `id`.
     pub fn push(&mut self, id: &str) {
         let start = self.text.len();

@@ -148,6 +148,18 @@ impl FeatureStore {
         }
     }
 
+    /// Ask the CPU for what looking up `user_id` and updating their cells will read, and return
+    /// the index that was asked for. The table is probed by hash bits alone, reading no id: the
+    /// index is a likely answer, good for a hint and never for a lookup ([`FeatureStore::get`]).
+    #[inline]
+    pub fn prefetch_user(&self, user_id: &str) -> Option<UserIdx> {
+        let tag = tag_of(self.hasher.hash_one(user_id));
+        let idx = self.table.find(table_hash(tag), |e| e.tag == tag)?.idx;
+        self.ids.prefetch(idx as usize);
+        self.prefetch(idx);
+        Some(idx)
+    }
+
     pub fn user_id(&self, idx: UserIdx) -> &str {
         self.ids.get(idx as usize)
     }

@@ -516,7 +516,13 @@ impl PartitionWorker {
                         self.swap_model();
                     }
                     let mut stopped = None;
-                    for m in queue.iter() {
+                    let mut messages = queue.iter().peekable();
+                    while let Some(m) = messages.next() {
+                        // The next message's user (by its key, which producers set to the user
+                        // id), asked for while this one is handled (Engine::prefetch_user).
+                        if let Some(user) = messages.peek().and_then(|n| n.key()).and_then(|k| std::str::from_utf8(k).ok()) {
+                            self.engine.prefetch_user(user);
+                        }
                         stopped = self.on_received(m, now, &mut stop).await.err();
                         if stopped.is_some() {
                             break;

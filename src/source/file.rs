@@ -79,26 +79,57 @@ pub fn for_each_event(
     tally: &mut RejectTally,
     mut on_event: impl FnMut(ActivityEvent<'_>),
 ) -> Result<u64, SourceError> {
+    for_each_event_ahead(path, max_event_bytes, tally, |ev, _| on_event(ev))
+}
+
+/// Lines read and parsed at a time, so that a consumer can see events ahead of their turn.
+const BATCH_LINES: usize = 64;
+
+/// [`for_each_event`], with each event handed over together with the events that follow it in
+/// the same batch of [`BATCH_LINES`] lines: time for a consumer to ask for the memory those will
+/// need while it handles this one.
+pub fn for_each_event_ahead(
+    path: &Path,
+    max_event_bytes: usize,
+    tally: &mut RejectTally,
+    mut on_event: impl FnMut(ActivityEvent<'_>, &[ActivityEvent<'_>]),
+) -> Result<u64, SourceError> {
     let mut reader = open(path)?;
-    let mut buf = Vec::with_capacity(4096);
+    let mut block = Vec::with_capacity(BATCH_LINES * 256);
+    let mut ends: Vec<(usize, u64)> = Vec::with_capacity(BATCH_LINES);
     let (mut line_no, mut lines) = (0u64, 0u64);
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| SourceError::Io { path: path.display().to_string(), source })?;
-        if n == 0 {
-            break;
+    let mut at_end = false;
+    while !at_end {
+        block.clear();
+        ends.clear();
+        while ends.len() < BATCH_LINES {
+            let n = reader
+                .read_until(b'\n', &mut block)
+                .map_err(|source| SourceError::Io { path: path.display().to_string(), source })?;
+            if n == 0 {
+                at_end = true;
+                break;
+            }
+            line_no += 1;
+            ends.push((block.len(), line_no));
         }
-        line_no += 1;
-        let line = trim_line(&buf);
-        if line.is_empty() {
-            continue;
+        let mut events = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &(end, no) in &ends {
+            let line = trim_line(&block[start..end]);
+            start = end;
+            if line.is_empty() {
+                continue;
+            }
+            lines += 1;
+            match parse_event(line, max_event_bytes) {
+                Ok(ev) => events.push(ev),
+                Err(r) => tally.record(no, r),
+            }
         }
-        lines += 1;
-        match parse_event(line, max_event_bytes) {
-            Ok(ev) => on_event(ev),
-            Err(r) => tally.record(line_no, r),
+        let mut events = events.into_iter();
+        while let Some(ev) = events.next() {
+            on_event(ev, events.as_slice());
         }
     }
     Ok(lines)
@@ -110,4 +141,50 @@ fn trim_line(b: &[u8]) -> &[u8] {
         end -= 1;
     }
     &b[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Across batch boundaries, with blank and bad lines mixed in: every valid event once, in
+    /// file order, each with the events after it in its batch, and bad lines tallied by number.
+    #[test]
+    fn events_come_in_order_with_the_rest_of_their_batch_ahead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let mut f = std::fs::File::create(&path).expect("file");
+        let mut expected = Vec::new();
+        let mut bad_lines = Vec::new();
+        for n in 1..=(3 * BATCH_LINES as u64 + 7) {
+            if n % 11 == 0 {
+                writeln!(f).expect("write");
+            } else if n % 13 == 0 {
+                writeln!(f, "{{not json").expect("write");
+                bad_lines.push(n);
+            } else {
+                let user = format!("u{n}");
+                writeln!(f, r#"{{"user_id":"{user}","event_type":"login","ts":"2026-01-01T00:00:00Z"}}"#).expect("write");
+                expected.push(user);
+            }
+        }
+        drop(f);
+        let (mut seen, mut aheads) = (Vec::new(), Vec::new());
+        let mut tally = RejectTally::default();
+        let lines = for_each_event_ahead(&path, 4096, &mut tally, |ev, ahead| {
+            seen.push(ev.user_id.to_string());
+            aheads.push(ahead.iter().map(|e| e.user_id.to_string()).collect::<Vec<_>>());
+        })
+        .expect("read");
+        assert_eq!(seen, expected);
+        for (k, ahead) in aheads.iter().enumerate() {
+            assert_eq!(ahead[..], expected[k + 1..k + 1 + ahead.len()], "event {k}: not the events after it");
+        }
+        assert!(aheads.iter().filter(|a| a.is_empty()).count() >= 3, "a batch's last event sees nothing ahead");
+        assert!(aheads.iter().any(|a| a.len() >= BATCH_LINES / 2), "events are seen ahead");
+        assert_eq!(tally.examples.iter().map(|(n, _)| *n).collect::<Vec<_>>(), bad_lines[..bad_lines.len().min(5)]);
+        assert_eq!(tally.total(), bad_lines.len() as u64);
+        assert_eq!(lines, 3 * BATCH_LINES as u64 + 7 - (3 * BATCH_LINES as u64 + 7) / 11);
+    }
 }

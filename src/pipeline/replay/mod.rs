@@ -78,7 +78,10 @@ pub fn replay(
     let mut valid = 0u64;
     let mut late = 0u64;
     let mut rejected = RejectTally::default();
-    let lines = source::for_each_event(path, max_event_bytes, &mut rejected, |ev| {
+    let lines = source::for_each_event_ahead(path, max_event_bytes, &mut rejected, |ev, ahead| {
+        if let Some(next) = ahead.first() {
+            engine.prefetch_user(&next.user_id);
+        }
         let step = valid;
         valid += 1;
         if engine.ingest_decisions(&ev, &mut |d| decided.push(step, d)) == Ingested::Late {

@@ -218,6 +218,10 @@ fn run_engine(engine: &mut Engine, shard: u32, rx: Receiver<Arc<Batch>>, out: Sy
             let step = batch.first_step + i as u64;
             let mut emit = |d: &crate::decision::Decision<'_>| decided.push(step, d);
             if e.shard == shard {
+                // The engine's next event, asked for while this one is handled (Engine::prefetch_user).
+                if let Some(k) = batch.evs[i + 1..].iter().position(|e| e.shard == shard) {
+                    engine.prefetch_user(&batch.event(i + 1 + k).user_id);
+                }
                 if engine.ingest_decisions(&batch.event(i), &mut emit) == Ingested::Late {
                     late += 1;
                 }
