@@ -165,7 +165,8 @@ mod tests {
                 bad_lines.push(n);
             } else {
                 let user = format!("u{n}");
-                writeln!(f, r#"{{"user_id":"{user}","event_type":"login","ts":"2026-01-01T00:00:00Z"}}"#).expect("write");
+                writeln!(f, r#"{{"user_id":"{user}","event_type":"login","ts":"2026-01-01T00:00:00Z"}}"#)
+                    .expect("write");
                 expected.push(user);
             }
         }
