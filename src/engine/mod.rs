@@ -308,9 +308,10 @@ struct UserMeta {
     frozen: bool,
     /// How many due times `next_due + k * interval` (k = 0, 1, ...) are proven quiet: they fire
     /// as timers, exactly when they would have, but compute nothing ([`crossing`]); `ALL_QUIET`:
-    /// every one before the eviction. A count rather than a time, so the record stays 64 bytes.
-    /// Not persisted: a restored user is rescored at every due time until their next computed
-    /// scoring proves a span again.
+    /// every one before the eviction; `TRY_BOUND`: none yet, but the user was below the cut when
+    /// last seen, so the next due time tries a bound before computing a score. A count rather
+    /// than a time, so the record stays 64 bytes. Not persisted: a restored user is rescored at
+    /// every due time until their next computed scoring proves a span again.
     quiet_left: u32,
 }
 
@@ -325,6 +326,10 @@ const FRESH_META: UserMeta = UserMeta {
 
 /// `UserMeta::quiet_left`: every due time before the user's eviction is proven quiet.
 const ALL_QUIET: u32 = u32::MAX;
+/// `UserMeta::quiet_left`: nothing is proven, but the next due time is worth a bound first.
+const TRY_BOUND: u32 = u32::MAX - 1;
+/// The most due times `UserMeta::quiet_left` counts; a longer span is cut short (fewer is sound).
+const MAX_QUIET_COUNT: u32 = u32::MAX - 2;
 /// How far ahead of the user being fired a timer pass prefetches records and cells: about a
 /// memory latency of work apart at the cost of scoring a user, and the record first, so that
 /// reading it to decide on the cells does not miss.
@@ -664,7 +669,7 @@ impl Engine {
             crate::features::prefetch::one(self.meta.as_ptr().wrapping_add(id as usize));
         }
         if let Some(&(_, id)) = due.get(k + CELLS_AHEAD) {
-            if self.meta.get(id as usize).is_some_and(|m| m.quiet_left == 0) {
+            if self.meta.get(id as usize).is_some_and(|m| m.quiet_left == 0 || m.quiet_left == TRY_BOUND) {
                 self.store.prefetch(id);
             }
         }
@@ -720,7 +725,18 @@ impl Engine {
             self.counters.users_evicted += 1;
             return false;
         }
-        let left = self.meta[idx as usize].quiet_left;
+        let mut left = self.meta[idx as usize].quiet_left;
+        if left == TRY_BOUND {
+            // Below the cut when last scored, at an event or at the end of a proven span: a
+            // bound over this due time and as many more as the silence so far (two at the
+            // first) most likely proves them all, and then no score is computed here at all.
+            let step = self.interval();
+            let len = ((due - last) / step).max(1) + 1;
+            let evict_at = self.evict_at(last);
+            let until = self.quiet_span(idx, due, step, evict_at, len);
+            left = self.quiet_count(until, due, evict_at);
+            self.meta[idx as usize].quiet_left = left;
+        }
         if left > 0 {
             // Proven quiet: this and every due time up to the clock would score below the cut and
             // change nothing. The timer moves on as polling would have moved it (to the first due
@@ -732,7 +748,8 @@ impl Engine {
             let (next, left) = if left == ALL_QUIET {
                 (due.saturating_add(passed.saturating_mul(step)).min(self.evict_at(last)), ALL_QUIET)
             } else if passed >= i64::from(left) {
-                (due + i64::from(left) * step, 0)
+                // The span ends with the user most likely still below the cut.
+                (due + i64::from(left) * step, TRY_BOUND)
             } else {
                 (due + passed * step, left - passed as u32)
             };
@@ -807,6 +824,17 @@ impl Engine {
         // One wheel entry per bucket is enough: the entry checks the real due time when drained.
         if had == NO_DUE || self.timers.bucket_of(had) != self.timers.bucket_of(due) {
             self.timers.push(due, idx);
+        }
+    }
+
+    /// `UserMeta::quiet_left` for a span of due times from `next` proven quiet up to `until` (the
+    /// first unproven one, or the eviction). Too many to count (a TTL of years at a 1m interval)
+    /// is cut short: fewer is sound.
+    fn quiet_count(&self, until: Millis, next: Millis, evict_at: Millis) -> u32 {
+        if until >= evict_at {
+            ALL_QUIET
+        } else {
+            u32::try_from((until - next) / self.interval()).map_or(MAX_QUIET_COUNT, |n| n.min(MAX_QUIET_COUNT))
         }
     }
 
@@ -940,12 +968,19 @@ impl Engine {
             } else {
                 self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))
             };
-        // Too many to count (a TTL of years at a 1m interval) is cut short: fewer is sound.
-        self.meta[idx as usize].quiet_left = if quiet_until >= evict_at {
-            ALL_QUIET
-        } else {
-            u32::try_from((quiet_until - next) / interval).unwrap_or(ALL_QUIET - 1)
-        };
+        let mut left = self.quiet_count(quiet_until, next, evict_at);
+        if left == 0
+            && !silent_a_while
+            && !self.cfg.exhaustive_polling
+            && self.shadow.is_none()
+            && score < self.quiet_cut(&mem, last_active, next, next)
+        {
+            // Scored on an event (or within an interval of one) below the cut: most users have
+            // another event within the interval, so no search now, but one at the next due time
+            // if they do not.
+            left = TRY_BOUND;
+        }
+        self.meta[idx as usize].quiet_left = left;
         self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
