@@ -42,12 +42,20 @@ impl Layout {
             let mut amount_a = 0i64;
             let mut acc_a = [0u64; super::MAX_TYPES.div_ceil(2)];
             let mut acc_b = [0u64; super::MAX_TYPES.div_ceil(2)];
+            // The amount at a time in [a, b] is the total less the oldest `d` slots, for some d
+            // in 0..=held_a-held_b: its range is the total less the range of those prefix sums.
+            let (mut dropped, mut least_dropped, mut most_dropped) = (0i64, 0i64, 0i64);
             r.for_each_in_window(u.narrow, head, a, |cells| {
-                amount_a += r.amount(cells);
+                let amount = r.amount(cells);
+                amount_a += amount;
                 r.add_counts(&mut acc_a, cells);
                 // The window at `b` keeps the newest `held_b` of these slots.
                 if slot >= held_a - held_b {
                     r.add_counts(&mut acc_b, cells);
+                } else {
+                    dropped += amount;
+                    least_dropped = least_dropped.min(dropped);
+                    most_dropped = most_dropped.max(dropped);
                 }
                 slot += 1;
             });
@@ -60,18 +68,7 @@ impl Layout {
                     (l[t], h[t]) = (f64::from(counts_b[t]), f64::from(counts_a[t]));
                 }
             }
-            // The amount at a time in [a, b]: the total less the oldest `d` slots, for some d
-            // in 0..=held_a-held_b. Walk the slots again, dropping them one by one.
-            let (mut min, mut max, mut rest, mut dropped) = (amount_a, amount_a, amount_a, 0i64);
-            r.for_each_in_window(u.narrow, head, a, |cells| {
-                if dropped < held_a - held_b {
-                    rest -= r.amount(cells);
-                    dropped += 1;
-                    min = min.min(rest);
-                    max = max.max(rest);
-                }
-            });
-            amount_range[w] = (min, max);
+            amount_range[w] = (amount_a - most_dropped, amount_a - least_dropped);
             total_a[w] = counts_a[..nt].iter().map(|c| f64::from(*c)).sum();
             total_b[w] = counts_b[..nt].iter().map(|c| f64::from(*c)).sum();
         }
