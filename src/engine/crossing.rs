@@ -23,6 +23,29 @@ pub fn quiet_until(
     step: Millis,
     end: Millis,
     len: i64,
+    quiet: impl FnMut(Millis, Millis) -> bool,
+) -> Millis {
+    search(first, step, end, len, true, quiet)
+}
+
+/// [`quiet_until`] with one try and no halving: the first `len` due times all proven, or none.
+/// For a try made before computing any score, where a failure is better answered by the score.
+pub fn quiet_through(
+    first: Millis,
+    step: Millis,
+    end: Millis,
+    len: i64,
+    quiet: impl FnMut(Millis, Millis) -> bool,
+) -> Millis {
+    search(first, step, end, len, false, quiet)
+}
+
+fn search(
+    first: Millis,
+    step: Millis,
+    end: Millis,
+    len: i64,
+    halve: bool,
     mut quiet: impl FnMut(Millis, Millis) -> bool,
 ) -> Millis {
     if first >= end || step <= 0 {
@@ -35,7 +58,7 @@ pub fn quiet_until(
         if quiet(first, first + (len - 1) * step) {
             return if len == n { end } else { first + len * step };
         }
-        if len == 1 {
+        if len == 1 || !halve {
             return first;
         }
         len /= 2;
@@ -82,6 +105,29 @@ mod tests {
     #[test]
     fn the_per_user_record_stays_64_bytes() {
         assert_eq!(std::mem::size_of::<super::super::UserMeta>(), 64);
+    }
+
+    #[test]
+    fn one_try_proves_the_whole_span_or_nothing() {
+        let mut asked = Vec::new();
+        assert_eq!(
+            quiet_through(0, 5, 100, 4, |a, b| {
+                asked.push((a, b));
+                true
+            }),
+            20
+        );
+        assert_eq!(quiet_through(0, 5, 12, 9, |_, _| true), 12, "every due time 0, 5, 10 proven");
+        assert_eq!(
+            quiet_through(0, 5, 100, 4, |a, b| {
+                asked.push((a, b));
+                b < 10
+            }),
+            0,
+            "no halving"
+        );
+        assert_eq!(asked, [(0, 15), (0, 15)]);
+        assert_eq!(quiet_until(0, 5, 100, 4, |_, b| b < 10), 10, "where halving finds two");
     }
 
     #[test]

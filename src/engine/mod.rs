@@ -730,10 +730,11 @@ impl Engine {
             // Below the cut when last scored, at an event or at the end of a proven span: a
             // bound over this due time and as many more as the silence so far (two at the
             // first) most likely proves them all, and then no score is computed here at all.
+            // One try: if it fails, the score computed here searches on from it, halving.
             let step = self.interval();
             let len = ((due - last) / step).max(1) + 1;
             let evict_at = self.evict_at(last);
-            let until = self.quiet_span(idx, due, step, evict_at, len);
+            let until = self.quiet_span(idx, due, step, evict_at, len, false);
             left = self.quiet_count(until, due, evict_at);
             self.meta[idx as usize].quiet_left = left;
         }
@@ -876,13 +877,23 @@ impl Engine {
     /// Between the user's events their state and policy memory are frozen, and below the cut a
     /// rescoring changes nothing: no decision, no policy memory, no warm-up hold; with a shadow
     /// model, the shadow is kept below too, so no disagreement goes uncounted.
-    fn quiet_span(&mut self, idx: u32, next: Millis, interval: Millis, evict_at: Millis, len: i64) -> Millis {
+    /// With `halve` false, one try over the whole span ([`crossing::quiet_through`]).
+    fn quiet_span(
+        &mut self,
+        idx: u32,
+        next: Millis,
+        interval: Millis,
+        evict_at: Millis,
+        len: i64,
+        halve: bool,
+    ) -> Millis {
         let min = self.policy.min_threshold();
         let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
         let (layout, user) = (self.store.layout(), self.store.user(idx));
         let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
         let mem = self.meta[idx as usize].memory;
-        let due = crossing::quiet_until(next, interval, evict_at, len, |a, b| {
+        let search = if halve { crossing::quiet_until } else { crossing::quiet_through };
+        let due = search(next, interval, evict_at, len, |a, b| {
             let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
             layout.vector_bounds(user, a, b, &mut lo, &mut hi);
             sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < min)
@@ -966,7 +977,7 @@ impl Engine {
             if self.cfg.exhaustive_polling || !silent_a_while || !self.worth_a_search(score, &mem, last_active, next) {
                 next
             } else {
-                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1))
+                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1), true)
             };
         let mut left = self.quiet_count(quiet_until, next, evict_at);
         if left == 0
