@@ -11,36 +11,16 @@ use crate::time::Millis;
 
 /// How far the quiet span starting at `first` reaches: the due time after the first `len` due
 /// times of the chain `first + k * step` (or `end`, if they reach it) when `quiet` proves them
-/// all, else after the first `len / 2`, `len / 4`, ... of them; `first` when not even the first
-/// one is proven. `quiet(a, b)` must be true only if every due time in `[a, b]` decides nothing.
+/// all, else (with `halve`) after the first `len / 2`, `len / 4`, ... of them; `first` when not
+/// even the first one is proven, or, without `halve`, when the first `len` are not. `quiet(a,
+/// b)` must be true only if every due time in `[a, b]` decides nothing.
 ///
 /// The caller passes a `len` as long as the user's silence so far: a span that doubles the
-/// silence costs one bound, so a silence of `n` due times costs about `log2 n` computed
-/// rescorings and bounds, however soon the user's next event ends it (a span proven far past
-/// that event would be wasted work). Halving keeps a span that ends near a crossing tight.
+/// silence costs one bound, so a silence of `n` due times costs about `log2 n` bounds, however
+/// soon the user's next event ends it (a span proven far past that event would be wasted
+/// work). Halving keeps a span that ends near a crossing tight; a try made before any score is
+/// computed does not halve, as a failure there is better answered by the score.
 pub fn quiet_until(
-    first: Millis,
-    step: Millis,
-    end: Millis,
-    len: i64,
-    quiet: impl FnMut(Millis, Millis) -> bool,
-) -> Millis {
-    search(first, step, end, len, true, quiet)
-}
-
-/// [`quiet_until`] with one try and no halving: the first `len` due times all proven, or none.
-/// For a try made before computing any score, where a failure is better answered by the score.
-pub fn quiet_through(
-    first: Millis,
-    step: Millis,
-    end: Millis,
-    len: i64,
-    quiet: impl FnMut(Millis, Millis) -> bool,
-) -> Millis {
-    search(first, step, end, len, false, quiet)
-}
-
-fn search(
     first: Millis,
     step: Millis,
     end: Millis,
@@ -83,7 +63,7 @@ mod tests {
             // bound over spans is.
             let loud = first + cross;
             let mut proven = Vec::new();
-            let got = quiet_until(first, step, end, span, |a, b| {
+            let got = quiet_until(first, step, end, span, true, |a, b| {
                 assert!(a == first && a <= b && b < end, "asked about [{a}, {b}]");
                 let ok = b < loud;
                 if ok {
@@ -111,15 +91,15 @@ mod tests {
     fn one_try_proves_the_whole_span_or_nothing() {
         let mut asked = Vec::new();
         assert_eq!(
-            quiet_through(0, 5, 100, 4, |a, b| {
+            quiet_until(0, 5, 100, 4, false, |a, b| {
                 asked.push((a, b));
                 true
             }),
             20
         );
-        assert_eq!(quiet_through(0, 5, 12, 9, |_, _| true), 12, "every due time 0, 5, 10 proven");
+        assert_eq!(quiet_until(0, 5, 12, 9, false, |_, _| true), 12, "every due time 0, 5, 10 proven");
         assert_eq!(
-            quiet_through(0, 5, 100, 4, |a, b| {
+            quiet_until(0, 5, 100, 4, false, |a, b| {
                 asked.push((a, b));
                 b < 10
             }),
@@ -127,17 +107,17 @@ mod tests {
             "no halving"
         );
         assert_eq!(asked, [(0, 15), (0, 15)]);
-        assert_eq!(quiet_until(0, 5, 100, 4, |_, b| b < 10), 10, "where halving finds two");
+        assert_eq!(quiet_until(0, 5, 100, 4, true, |_, b| b < 10), 10, "where halving finds two");
     }
 
     #[test]
     fn nothing_to_search_past_the_end() {
-        assert_eq!(quiet_until(10, 5, 10, 4, |_, _| true), 10);
-        assert_eq!(quiet_until(12, 5, 10, 4, |_, _| true), 10);
-        assert_eq!(quiet_until(0, 5, 12, 9, |_, _| true), 12, "every due time 0, 5, 10 proven");
-        assert_eq!(quiet_until(0, 5, 12, 2, |_, _| true), 10, "only the first two asked for");
-        assert_eq!(quiet_until(0, 5, 12, 3, |_, b| b < 10), 5, "three fail, then one passes");
-        assert_eq!(quiet_until(0, 5, 12, 3, |_, _| false), 0);
+        assert_eq!(quiet_until(10, 5, 10, 4, true, |_, _| true), 10);
+        assert_eq!(quiet_until(12, 5, 10, 4, true, |_, _| true), 10);
+        assert_eq!(quiet_until(0, 5, 12, 9, true, |_, _| true), 12, "every due time 0, 5, 10 proven");
+        assert_eq!(quiet_until(0, 5, 12, 2, true, |_, _| true), 10, "only the first two asked for");
+        assert_eq!(quiet_until(0, 5, 12, 3, true, |_, b| b < 10), 5, "three fail, then one passes");
+        assert_eq!(quiet_until(0, 5, 12, 3, true, |_, _| false), 0);
     }
 
     /// The full intervention and control output of `replay` (default engine and policy, the

@@ -877,7 +877,7 @@ impl Engine {
     /// Between the user's events their state and policy memory are frozen, and below the cut a
     /// rescoring changes nothing: no decision, no policy memory, no warm-up hold; with a shadow
     /// model, the shadow is kept below too, so no disagreement goes uncounted.
-    /// With `halve` false, one try over the whole span ([`crossing::quiet_through`]).
+    /// With `halve` false, one try over the whole span ([`crossing::quiet_until`]).
     fn quiet_span(
         &mut self,
         idx: u32,
@@ -892,8 +892,7 @@ impl Engine {
         let (layout, user) = (self.store.layout(), self.store.user(idx));
         let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
         let mem = self.meta[idx as usize].memory;
-        let search = if halve { crossing::quiet_until } else { crossing::quiet_through };
-        let due = search(next, interval, evict_at, len, |a, b| {
+        let due = crossing::quiet_until(next, interval, evict_at, len, halve, |a, b| {
             let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
             layout.vector_bounds(user, a, b, &mut lo, &mut hi);
             sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < min)
