@@ -299,6 +299,38 @@ fn most_quiet_rescorings_are_skipped() {
     );
 }
 
+/// A user scored far below every tier on an event tries a bound at their first silent due time,
+/// before any score (the engine's `TRY_BOUND`): silences that never come near a tier compute no
+/// score at all, from the first due time to the eviction, and decide as polling does.
+#[test]
+fn silences_far_below_every_tier_compute_no_score() {
+    let s = Setup {
+        coefs: vec![(usize::MAX, 1.2)],
+        intercept: -30.0,
+        tiers: vec![0.8, 0.5],
+        cooldown_days: 7,
+        resend_while_silent: false,
+        control: false,
+        value_rule: false,
+        interval: DAY_MS,
+        ttl_days: 120,
+        score_at: None,
+        lateness: HOUR_MS,
+        warm_up_days: None,
+        shadow: false,
+        swap_after: usize::MAX,
+    };
+    let evs: Vec<Ev> = (0..40)
+        .map(|i| Ev { user: (i % 6) as u8, gap: (1 + i % 5) * 3 * DAY_MS, back: 0, kind: 0, amount: None })
+        .collect();
+    let (polled, pc) = run(&s, &evs, true);
+    let (skipped, sc) = run(&s, &evs, false);
+    assert_eq!(skipped, polled);
+    assert!(pc.scored_on_timer > 100, "polling rescored {} times", pc.scored_on_timer);
+    assert_eq!(sc.users_evicted, 6, "every silence ran to the eviction");
+    assert_eq!(sc.scored_on_timer, 0, "scores computed while silent");
+}
+
 /// A restored engine has no proofs of quiet spans (they are not persisted): it rescores every
 /// due time until its next computed scoring, and decides exactly as the polling engine.
 #[test]
