@@ -177,24 +177,9 @@ async fn takeover(name: &str, exactly_once: bool) {
         wait_for(Duration::from_secs(60), || (b.metric_sum("churnguard_partitions_assigned", "") == 4.0).then_some(()))
             .await;
     assert!(took_over.is_some(), "the survivor did not take all partitions:\n{}", b.log());
-    // The survivor restores and catches up on a loaded machine at its own pace: a pause of the
-    // outputs is not a loss. Read again until every replay decision is in, or two minutes pass;
-    // whatever is still missing then is lost.
+    // The survivor restores and catches up on a loaded machine at its own pace.
     let until = T0 + 49 * DAY_MS;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(120)).await;
-        let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
-        let mut got = interventions(&msgs);
-        got.extend(interventions(&ctl));
-        let have: std::collections::HashSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
-        let cut = churnguard::time::format_rfc3339_ms(until);
-        let complete =
-            expected.iter().filter(|i| i.event_time <= cut).all(|i| have.contains(i.intervention_id.as_str()));
-        if complete || std::time::Instant::now() >= deadline {
-            break got;
-        }
-    };
+    let got = read_decisions(&brokers, &t, &expected, until).await;
     assert!(stop(child_b, "-TERM").success(), "{}", b.log());
     assert!(
         b.log().contains("state restored from the changelog"),
@@ -242,12 +227,11 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
         wait_for(Duration::from_secs(90), || (a.metric_sum("churnguard_partitions_assigned", "") == 4.0).then_some(()))
             .await;
     assert!(all.is_some(), "A holds every partition after the storm:\n{}", a.log());
-    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(120)).await;
-    let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    // A restores what B left and catches up at its own pace.
+    let until = T0 + 39 * DAY_MS;
+    let got = read_decisions(&brokers, &t, &expected, until).await;
     assert!(stop(child_a, "-TERM").success(), "{}", a.log());
-    let mut got = interventions(&msgs);
-    got.extend(interventions(&ctl));
-    assert_same_decisions_at_least_once(&expected, &got, T0 + 39 * DAY_MS);
+    assert_same_decisions_at_least_once(&expected, &got, until);
     assert_changelog_features_equal_replay(&brokers, &a, &t, &evs).await;
 }
 
@@ -266,13 +250,10 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
     // Transactions need time to commit between kills: each run lives at least half a second.
     kill_loop(&brokers, &h, &t, &evs, 10, 500, 2000).await;
     let child = h.start();
-    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(10), Duration::from_secs(180)).await;
-    let ctl = read_all(&brokers, &t.control, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let got = read_decisions(&brokers, &t, &expected, T0 + 49 * DAY_MS).await;
     let committed = h.metric_sum("churnguard_transactions_total", "result=\"committed\"");
     assert!(stop(child, "-TERM").success(), "{}", h.log());
     assert!(committed > 0.0, "transactions were committed:\n{}", h.log());
-    let mut got = interventions(&msgs);
-    got.extend(interventions(&ctl));
     assert_nothing_doubled(&got);
     let have: BTreeSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
     let until = format_rfc3339_ms(T0 + 49 * DAY_MS);
@@ -334,16 +315,14 @@ async fn unkeyed_input_is_repartitioned_by_user_id_and_decides_as_replay() {
         .await;
         assert!(forwarded.is_some(), "slice {i} was not re-keyed:\n{}", h.log());
     }
-    let msgs = read_all(&brokers, &t.interventions, Duration::from_secs(8), Duration::from_secs(90)).await;
-    let ctl = read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(30)).await;
+    // Replay decides to the end of the file; the service's watermark trails its newest event by
+    // the day of lateness.
+    let until = T0 + 38 * DAY_MS;
+    let got = read_decisions(&brokers, &t, &expected, until).await;
     let mismatches = h.metric_sum("churnguard_key_mismatches_total", "");
     assert!(stop(child, "-TERM").success(), "{}", h.log());
     assert_eq!(mismatches, 0.0, "the scoring partitions read events keyed by user id");
-    let mut got = interventions(&msgs);
-    got.extend(interventions(&ctl));
-    // Replay decides to the end of the file; the service's watermark trails its newest event by
-    // the day of lateness.
-    assert_same_decisions_at_least_once(&expected, &got, T0 + 38 * DAY_MS);
+    assert_same_decisions_at_least_once(&expected, &got, until);
     let scored = Topics {
         events: format!("{}-repartition", t.group),
         interventions: t.interventions.clone(),
