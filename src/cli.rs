@@ -170,7 +170,8 @@ pub enum BenchCommand {
         /// Model file (JSON) to score with.
         #[arg(long, value_name = "FILE", default_value = "models/default.json")]
         model: PathBuf,
-        /// Load of the latency run as a share of the measured maximum rate.
+        /// Load of the latency run as a share of the maximum rate (the lowest of the rate with
+        /// the stream produced live, the fastest service run and the bare consumer).
         #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
         latency_load: f64,
         /// Length of the latency run in seconds.
