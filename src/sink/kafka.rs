@@ -381,32 +381,36 @@ impl KafkaSink {
                     if now <= MIN_TRUNCATED {
                         return Settled::Failed(pending, code);
                     }
-                    let mut record = from_message(&msg);
-                    record.payload.truncate(smaller);
+                    let mut retry = from_message(&msg, pending.kind);
+                    retry.record.payload.truncate(smaller);
                     if pending.truncated.is_none() {
-                        record.headers = truncation_headers(record.headers, original);
+                        retry.record.headers = truncation_headers(retry.record.headers, original);
                     }
                     pending.truncated = Some((original, smaller));
-                    self.push_retry(record, pending, Duration::ZERO);
+                    self.push_retry(retry, pending, Duration::ZERO);
                 }
                 ErrorClass::TooLarge | ErrorClass::Permanent => return Settled::Failed(pending, code),
                 ErrorClass::Transient => {
                     let kind = pending.kind;
-                    self.push_retry(from_message(&msg), pending, self.retry_backoff);
+                    self.push_retry(from_message(&msg, kind), pending, self.retry_backoff);
                     return Settled::Retrying(kind, code);
                 }
             }
         }
     }
 
-    fn push_retry(&mut self, record: OutRecord, pending: Pending, after: Duration) {
+    fn push_retry(&mut self, retry: Retry, pending: Pending, after: Duration) {
         let producer = self.producer.clone();
         self.deliveries.push(Box::pin(async move {
             tokio::time::sleep(after).await;
-            let fr = FutureRecord::to(&record.topic)
-                .key(&record.key)
-                .payload(&record.payload)
-                .headers(record.headers.clone());
+            let Retry { record, partition, null } = retry;
+            let mut fr = FutureRecord::to(&record.topic).key(&record.key).headers(record.headers.clone());
+            if !null {
+                fr = fr.payload(&record.payload);
+            }
+            if let Some(p) = partition {
+                fr = fr.partition(p);
+            }
             let r = match producer.send(fr, Timeout::After(Duration::from_secs(5))).await {
                 Ok(_) => Ok(()),
                 Err((e, m)) => Err(Some((e, m))),
@@ -423,7 +427,15 @@ fn truncation_headers(headers: OwnedHeaders, original: usize) -> OwnedHeaders {
         .insert(Header { key: dlq_headers::ORIGINAL_BYTES, value: Some(original.as_str()) })
 }
 
-fn from_message(m: &OwnedMessage) -> OutRecord {
+/// A refused record to send again, as it was: a changelog record to its own partition (its
+/// key would hash to another) and a tombstone with no value (an empty one is no tombstone).
+struct Retry {
+    record: OutRecord,
+    partition: Option<i32>,
+    null: bool,
+}
+
+fn from_message(m: &OwnedMessage, kind: OutputKind) -> Retry {
     let headers = match m.headers() {
         Some(h) => {
             let mut out = OwnedHeaders::new_with_capacity(h.count());
@@ -434,12 +446,14 @@ fn from_message(m: &OwnedMessage) -> OutRecord {
         }
         None => OwnedHeaders::new(),
     };
-    OutRecord {
+    let record = OutRecord {
         topic: Arc::from(m.topic()),
         key: m.key().unwrap_or_default().to_vec(),
         payload: m.payload().unwrap_or_default().to_vec(),
         headers,
-    }
+    };
+    let explicit = kind == OutputKind::Changelog;
+    Retry { record, partition: explicit.then(|| m.partition()), null: explicit && m.payload().is_none() }
 }
 
 #[cfg(test)]
@@ -463,6 +477,20 @@ mod tests {
             .expect("a producer needs no broker to be created");
         let topics = Topics { interventions: "i".into(), control: "c".into(), dead_letter: "d".into() };
         KafkaSink::new(producer, topics, max)
+    }
+
+    #[test]
+    fn a_changelog_record_is_retried_to_its_partition_and_a_tombstone_stays_one() {
+        let msg = |payload: Option<Vec<u8>>| {
+            OwnedMessage::new(payload, Some(b"user".to_vec()), "t".into(), rdkafka::Timestamp::NotAvailable, 3, 0, None)
+        };
+        let tomb = from_message(&msg(None), OutputKind::Changelog);
+        assert_eq!((tomb.partition, tomb.null), (Some(3), true));
+        let put = from_message(&msg(Some(b"state".to_vec())), OutputKind::Changelog);
+        assert_eq!((put.partition, put.null, put.record.payload.as_slice()), (Some(3), false, &b"state"[..]));
+        // Outputs go where the partitioner puts their key, as they did the first time.
+        let out = from_message(&msg(Some(b"{}".to_vec())), OutputKind::Intervention);
+        assert_eq!((out.partition, out.null), (None, false));
     }
 
     #[test]
