@@ -2,11 +2,14 @@
 //! the pipeline flushes deltas here once per batch, so no event touches an atomic or a lock.
 
 use prometheus::{
-    exponential_buckets, linear_buckets, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::EngineCounters;
+
+mod score_histogram;
+pub use score_histogram::ScoreHistogram;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -55,8 +58,8 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     pub scoring_seconds: Histogram,
     pub event_to_intervention_seconds: HistogramVec,
-    pub risk_score: Histogram,
-    pub shadow_risk_score: Histogram,
+    pub risk_score: ScoreHistogram,
+    pub shadow_risk_score: ScoreHistogram,
     pub shadow_agreement: IntCounterVec,
     pub uplift_outcomes: IntCounterVec,
     pub uplift_spend: CounterVec,
@@ -100,6 +103,10 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
             .unwrap_or_else(|_| unreachable_metric(name)),
     )
+}
+
+fn score_histogram(r: &Registry, name: &str, help: &str) -> ScoreHistogram {
+    reg(r, ScoreHistogram::new(name, help).unwrap_or_else(|_| unreachable_metric(name)))
 }
 
 /// Metric constructors fail only for invalid names or label sets, which are constants here.
@@ -203,8 +210,8 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric("churnguard_event_to_intervention_seconds")),
             ),
-            risk_score: histogram(&r, "churnguard_risk_score", "Distribution of computed P(churn).", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
-            shadow_risk_score: histogram(&r, "churnguard_shadow_risk_score", "Distribution of P(churn) from the shadow model, on the same vectors as churnguard_risk_score.", linear_buckets(0.05, 0.05, 19).unwrap_or_default()),
+            risk_score: score_histogram(&r, "churnguard_risk_score", "Distribution of computed P(churn)."),
+            shadow_risk_score: score_histogram(&r, "churnguard_shadow_risk_score", "Distribution of P(churn) from the shadow model, on the same vectors as churnguard_risk_score."),
             shadow_agreement: counter_vec(&r, "churnguard_shadow_agreement_total", "Scores where the shadow model is on the same (agree) or the other (disagree) side of the live model's lowest tier threshold.", &["result"]),
             uplift_outcomes: counter_vec(&r, "churnguard_uplift_outcomes_total", "Outcomes of interventions (group treated) and control records (group control) once uplift.horizon of event time has passed: retained (an event in the horizon) or churned.", &["group", "tier", "action", "outcome"]),
             uplift_spend: reg(&r, CounterVec::new(Opts::new("churnguard_uplift_spend_total", "Users' spend (sum of event amounts, currency units) in the horizon after an intervention or control record, counted when the outcome is decided."), &["group", "tier", "action"]).unwrap_or_else(|_| unreachable_metric("churnguard_uplift_spend_total"))),
@@ -237,19 +244,8 @@ impl Metrics {
         self.users_created.inc_by(d(before.users_created, after.users_created));
         self.held_warm_up.inc_by(d(before.held_warm_up, after.held_warm_up));
         self.users_evicted.inc_by(d(before.users_evicted, after.users_evicted));
-        // Each bucket's new scores are observed at the bucket's midpoint: the histogram's buckets
-        // are exact (they align with these), its _sum is within half a bucket width per score.
-        for (hist, b, a) in [
-            (&self.risk_score, &before.score_buckets, &after.score_buckets),
-            (&self.shadow_risk_score, &before.shadow_buckets, &after.shadow_buckets),
-        ] {
-            for (i, (b, a)) in b.iter().zip(a).enumerate() {
-                let mid = (i as f64 + 0.5) / crate::engine::SCORE_BUCKETS as f64;
-                for _ in 0..d(*b, *a) {
-                    hist.observe(mid);
-                }
-            }
-        }
+        self.risk_score.add_delta(&before.score_buckets, &after.score_buckets);
+        self.shadow_risk_score.add_delta(&before.shadow_buckets, &after.shadow_buckets);
         self.shadow_agreement.with_label_values(&["agree"]).inc_by(d(before.shadow_agree, after.shadow_agree));
         self.shadow_agreement.with_label_values(&["disagree"]).inc_by(d(before.shadow_disagree, after.shadow_disagree));
         // Outcome cells are matched by key, not position: `before` may come from another engine
