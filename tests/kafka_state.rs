@@ -231,8 +231,34 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
     let until = T0 + 39 * DAY_MS;
     let got = read_decisions(&brokers, &t, &expected, until).await;
     assert!(stop(child_a, "-TERM").success(), "{}", a.log());
-    assert_same_decisions_at_least_once(&expected, &got, until);
+    // A loss here was seen in CI (silence decisions of days 25 to 30, never published) and not
+    // reproduced locally: say what the service decided for those users and what both instances
+    // warned of, then check the features first, which tells dropped events (features differ)
+    // from lost decisions (features equal).
+    let cut = format_rfc3339_ms(until);
+    let have: BTreeSet<&str> = got.iter().map(|i| i.intervention_id.as_str()).collect();
+    let lost: BTreeSet<&str> = expected
+        .iter()
+        .filter(|i| i.event_time <= cut && !have.contains(i.intervention_id.as_str()))
+        .map(|i| i.user_id.as_str())
+        .collect();
+    if !lost.is_empty() {
+        let warnings = |log: String| -> String {
+            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+        };
+        let theirs: Vec<String> = got
+            .iter()
+            .filter(|i| lost.contains(i.user_id.as_str()))
+            .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
+            .collect();
+        eprintln!(
+            "users with lost decisions: {lost:?}\nthe service's decisions for them: {theirs:#?}\nA's warnings:\n{}\nB's warnings:\n{}",
+            warnings(a.log()),
+            warnings(b.log())
+        );
+    }
     assert_changelog_features_equal_replay(&brokers, &a, &t, &evs).await;
+    assert_same_decisions_at_least_once(&expected, &got, until);
 }
 
 /// Fault test 2 in exactly-once mode: ten SIGKILLs at random points while catching up and live.
