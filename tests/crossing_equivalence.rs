@@ -264,13 +264,12 @@ proptest! {
     }
 }
 
-/// The skip is not vacuous: on a stream where users go quiet for weeks, most rescorings of the
-/// polling engine are not computed, and yet the decisions are the same.
-#[test]
-fn most_quiet_rescorings_are_skipped() {
+/// Six users who go quiet for weeks at a time, scored by silence alone with `intercept`: the
+/// decisions and counters of the polling engine, then of the skipping one.
+fn weeks_of_silence(intercept: f64) -> (Vec<Record>, EngineCounters, Vec<Record>, EngineCounters) {
     let s = Setup {
         coefs: vec![(usize::MAX, 1.2)],
-        intercept: -5.5,
+        intercept,
         tiers: vec![0.8, 0.5],
         cooldown_days: 7,
         resend_while_silent: false,
@@ -289,6 +288,14 @@ fn most_quiet_rescorings_are_skipped() {
         .collect();
     let (polled, pc) = run(&s, &evs, true);
     let (skipped, sc) = run(&s, &evs, false);
+    (polled, pc, skipped, sc)
+}
+
+/// The skip is not vacuous: on a stream where users go quiet for weeks, most rescorings of the
+/// polling engine are not computed, and yet the decisions are the same.
+#[test]
+fn most_quiet_rescorings_are_skipped() {
+    let (polled, pc, skipped, sc) = weeks_of_silence(-5.5);
     assert_eq!(skipped, polled);
     assert!(!polled.is_empty());
     assert!(
@@ -304,27 +311,7 @@ fn most_quiet_rescorings_are_skipped() {
 /// score at all, from the first due time to the eviction, and decide as polling does.
 #[test]
 fn silences_far_below_every_tier_compute_no_score() {
-    let s = Setup {
-        coefs: vec![(usize::MAX, 1.2)],
-        intercept: -30.0,
-        tiers: vec![0.8, 0.5],
-        cooldown_days: 7,
-        resend_while_silent: false,
-        control: false,
-        value_rule: false,
-        interval: DAY_MS,
-        ttl_days: 120,
-        score_at: None,
-        lateness: HOUR_MS,
-        warm_up_days: None,
-        shadow: false,
-        swap_after: usize::MAX,
-    };
-    let evs: Vec<Ev> = (0..40)
-        .map(|i| Ev { user: (i % 6) as u8, gap: (1 + i % 5) * 3 * DAY_MS, back: 0, kind: 0, amount: None })
-        .collect();
-    let (polled, pc) = run(&s, &evs, true);
-    let (skipped, sc) = run(&s, &evs, false);
+    let (polled, pc, skipped, sc) = weeks_of_silence(-30.0);
     assert_eq!(skipped, polled);
     assert!(pc.scored_on_timer > 100, "polling rescored {} times", pc.scored_on_timer);
     assert_eq!(sc.users_evicted, 6, "every silence ran to the eviction");

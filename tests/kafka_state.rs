@@ -243,19 +243,7 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
         .map(|i| i.user_id.as_str())
         .collect();
     if !lost.is_empty() {
-        let warnings = |log: String| -> String {
-            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
-        };
-        let theirs: Vec<String> = got
-            .iter()
-            .filter(|i| lost.contains(i.user_id.as_str()))
-            .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
-            .collect();
-        eprintln!(
-            "users with lost decisions: {lost:?}\nthe service's decisions for them: {theirs:#?}\nA's warnings:\n{}\nB's warnings:\n{}",
-            warnings(a.log()),
-            warnings(b.log())
-        );
+        eprintln!("users with lost decisions: {lost:?}\n{}", lost_report(&got, &lost, &[("A", &a), ("B", &b)]));
     }
     assert_changelog_features_equal_replay(&brokers, &a, &t, &evs).await;
     assert_same_decisions_at_least_once(&expected, &got, until);
@@ -288,19 +276,8 @@ async fn exactly_once_kills_lose_nothing_and_double_nothing() {
         .filter(|i| i.event_time <= until && !have.contains(i.intervention_id.as_str()))
         .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
         .collect();
-    let log = h.log();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     let lost_users: BTreeSet<&str> = missing.iter().filter_map(|m| m.split(' ').next()).collect();
-    let theirs: Vec<String> = got
-        .iter()
-        .filter(|i| lost_users.contains(i.user_id.as_str()))
-        .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "lost: {missing:#?}\nthe service's decisions for those users: {theirs:#?}\nwarnings:\n{}",
-        warnings.join("\n")
-    );
+    assert!(missing.is_empty(), "lost: {missing:#?}\n{}", lost_report(&got, &lost_users, &[("the service", &h)]));
     assert_same_decisions_at_least_once(&expected, &got, T0 + 49 * DAY_MS);
 }
 

@@ -541,6 +541,26 @@ pub fn assert_nothing_doubled(got: &[Intervention]) {
     );
 }
 
+/// For a failure message: what the service decided for `users`, and each instance's warnings.
+pub fn lost_report(
+    got: &[Intervention],
+    users: &std::collections::BTreeSet<&str>,
+    instances: &[(&str, &Harness)],
+) -> String {
+    let theirs: Vec<String> = got
+        .iter()
+        .filter(|i| users.contains(i.user_id.as_str()))
+        .map(|i| format!("{} {} {} {:?} control={}", i.user_id, i.event_time, i.tier, i.trigger, i.control))
+        .collect();
+    let mut out = format!("the service's decisions for those users: {theirs:#?}");
+    for (name, h) in instances {
+        let log = h.log();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        out.push_str(&format!("\n{name}'s warnings:\n{}", warnings.join("\n")));
+    }
+    out
+}
+
 /// Every decision replay makes up to `until` was published, and every repeated id repeats the
 /// same decision. Returns how many outputs repeated an id.
 pub fn assert_same_decisions_at_least_once(expected: &[Intervention], got: &[Intervention], until: i64) -> usize {
