@@ -457,6 +457,35 @@ async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flag
     assert!(h.log().contains("state restored"), "the quiet partition was restored on assignment:\n{}", h.log());
 }
 
+/// A partition whose input was written in transactions ends in a commit marker, which the
+/// service is never handed: it must still count as read to its end, go idle, and follow the busy
+/// partition's clock, so its silent users are flagged.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_input_goes_idle_after_its_last_commit_marker() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "txninput", 2).await;
+    let h = Harness::new(&brokers, &t, "");
+    let first = quiet_partition_history();
+    produce_in_transaction(&brokers, &t.events, &first);
+    let child = h.start();
+    let all_read = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
+    })
+    .await;
+    assert!(all_read.is_some(), "the transactional history was not read:\n{}", h.log());
+    produce_to(&brokers, &t.events, &quiet_partition_later()).await;
+    let flagged = quiet_users_flagged(&brokers, &t).await;
+    let st = stop(child, "-TERM");
+    assert_eq!(
+        flagged.len(),
+        20,
+        "silent users of the transactional partition flagged: {flagged:?}; log:\n{}",
+        h.log()
+    );
+    assert!(st.success());
+}
+
 /// Failure 3: a restore longer than max.poll.interval.ms used to run inside the poll loop, so the
 /// member left the group, the partition was reassigned and the restore started over, forever.
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]

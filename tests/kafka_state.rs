@@ -210,6 +210,9 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
     const ROUNDS: usize = 4;
     // Slices end between time steps (see `step_slices`).
     let slices = step_slices(&evs, ROUNDS);
+    // Events counted late by B in each round, just before it stops: none is late in this stream,
+    // and a count says a partition was taken for idle before its backlog was read.
+    let mut late_b = Vec::new();
     for (r, part) in slices.iter().enumerate() {
         let child_b = b.start();
         common::produce_all(&producer, &t.events, &evs[part.clone()]).await;
@@ -221,6 +224,7 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
         assert!(joined.is_some(), "round {r}: B got no partitions:\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(800)).await;
         let signal = if r % 2 == 0 { "-TERM" } else { "-KILL" };
+        late_b.push(b.metric_sum("churnguard_events_late_total", ""));
         stop(child_b, signal);
     }
     let all =
@@ -230,6 +234,7 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
     // A restores what B left and catches up at its own pace.
     let until = T0 + 39 * DAY_MS;
     let got = read_decisions(&brokers, &t, &expected, until).await;
+    let late_a = a.metric_sum("churnguard_events_late_total", "");
     assert!(stop(child_a, "-TERM").success(), "{}", a.log());
     // A loss here was seen in CI (silence decisions of days 25 to 30, never published) and not
     // reproduced locally: say what the service decided for those users and what both instances
@@ -243,7 +248,10 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
         .map(|i| i.user_id.as_str())
         .collect();
     if !lost.is_empty() {
-        eprintln!("users with lost decisions: {lost:?}\n{}", lost_report(&got, &lost, &[("A", &a), ("B", &b)]));
+        eprintln!(
+            "users with lost decisions: {lost:?}\nevents late: A {late_a}, B by round {late_b:?}\n{}",
+            lost_report(&got, &lost, &[("A", &a), ("B", &b)])
+        );
     }
     assert_changelog_features_equal_replay(&brokers, &a, &t, &evs).await;
     assert_same_decisions_at_least_once(&expected, &got, until);

@@ -81,11 +81,15 @@ pub struct Clocks {
     all_idle_since: Option<(Millis, Instant)>,
 }
 
-/// Whether a partition is read to `end` (its last reported end offset; `None` before any): the
-/// worker has processed everything before `next` and its restored state holds everything before
-/// `resume_from`.
-fn read_to(next: i64, resume_from: i64, end: Option<i64>) -> bool {
-    end.is_some_and(|end| next.max(resume_from) >= end)
+/// Whether a partition is read to its end: `read` is the highest offset known to be read (one
+/// past the last processed message, the restored state's offset, librdkafka's position), and the
+/// end is the later of the one asked of the broker when the partition was resumed and the one of
+/// the latest fetch response. Neither alone will do: librdkafka keeps a partition's cached end
+/// across a revoke and a new assignment within the same client, so after one it is stale until
+/// the first fetch response; and the end asked at resume misses what arrives afterwards. With no
+/// end known, never.
+fn read_to(read: i64, end_at_resume: Option<i64>, cached_end: Option<i64>) -> bool {
+    end_at_resume.max(cached_end).is_some_and(|end| read >= end)
 }
 
 impl Clocks {
@@ -192,6 +196,23 @@ fn restore_partition(
     Ok(RestoredFrom::Input { events, until: range.until })
 }
 
+/// The partition's end offset, asked of the broker. `None` (and a warning) if it does not answer:
+/// the end of the fetch responses is all there is then.
+async fn ask_end(id: &PartitionId, consumer: &Arc<GroupConsumer>) -> Option<i64> {
+    let c = consumer.clone();
+    let (topic, partition) = (id.topic().to_string(), id.partition());
+    let asked =
+        tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, partition, Duration::from_secs(10))).await;
+    match asked {
+        Ok(Ok((_, high))) => Some(high),
+        Ok(Err(e)) => {
+            tracing::warn!(partition = %id, error = %crate::source::kafka::kafka_error_code(&e), "cannot ask the partition's end offset; idleness waits for a fetch response");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Stop signal: `Some(deadline)` = stop reading, drain outputs until the deadline.
 pub type StopRx = watch::Receiver<Option<tokio::time::Instant>>;
 
@@ -218,6 +239,8 @@ pub struct PartitionWorker {
     skip: Option<Skip>,
     /// Messages before this offset are already in the restored state.
     resume_from: i64,
+    /// The partition's end offset, asked of the broker when it was resumed after its restore.
+    end_at_resume: Option<i64>,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
     /// Exactly once: the partition's transactions and what its next changelog flush needs.
@@ -295,6 +318,7 @@ impl PartitionWorker {
             changelog: None,
             skip: None,
             resume_from: 0,
+            end_at_resume: None,
             reported: None,
             eos: None,
             restored_clock: None,
@@ -447,6 +471,9 @@ impl PartitionWorker {
             eos.prev = self.restored_clock.take().map(|(c, _)| c);
             eos.full = eos.prev.is_none();
         }
+        if self.forward.is_none() {
+            self.end_at_resume = ask_end(&self.id, &consumer).await;
+        }
         if let Err(e) = consumer.resume(&self.id.list()) {
             tracing::error!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot resume the partition after restore");
         }
@@ -501,6 +528,7 @@ impl PartitionWorker {
                                 if let Err(d) = self.restore(&consumer, &mut stop).await {
                                     break d;
                                 }
+                                self.end_at_resume = ask_end(&self.id, &consumer).await;
                                 if let Some(eos) = self.eos.as_mut() {
                                     eos.prev = self.restored_clock.take().map(|(c, _)| c);
                                     eos.full = eos.prev.is_none();
@@ -962,13 +990,13 @@ impl PartitionWorker {
             }
             Err(_) => None,
         };
-        let quiet_for = now.duration_since(self.last_message);
-        // Not read to the end it was last told of: idle only after twice the timeout. A
-        // transactional input ends in a commit marker, which is never delivered, so the end
-        // reported may stay one offset ahead of what a worker can read.
-        let idle = quiet_for >= idle_after && (quiet_for >= idle_after * 2 || self.caught_up(consumer));
         let Some(target) = target else { return };
-        if !idle || self.engine.watermark() == Millis::MIN {
+        if now.duration_since(self.last_message) < idle_after || self.engine.watermark() == Millis::MIN {
+            return;
+        }
+        // Quiet is not idle: a partition whose backlog is not fetched yet (a slow broker, a
+        // rebalance) is also quiet, and time alone cannot tell it from one that is done.
+        if !self.caught_up(consumer) {
             return;
         }
         let mut staging = std::mem::take(&mut self.staging);
@@ -1001,14 +1029,15 @@ impl PartitionWorker {
         self.staging = staging;
     }
 
-    /// Whether this worker has read its partition to the end the broker last reported. A
-    /// partition with nothing new for `idle_timeout` is idle only then: one just restored (or slow
-    /// to be fetched, on a busy broker) may not have fetched its backlog yet, and were its clock
-    /// moved on, that backlog would arrive late and be dropped. Until a fetch response has given
-    /// the end, it is not caught up.
+    /// Whether this worker has read its partition to its end (see [`read_to`]). A partition with
+    /// nothing new for `idle_timeout` is idle only then: one just restored, or slow to be fetched
+    /// on a busy broker, may not have fetched its backlog yet, and were its clock moved on, that
+    /// backlog would arrive late and be dropped.
     fn caught_up(&self, consumer: &GroupConsumer) -> bool {
-        let end = crate::source::batch::cached_end_offset(consumer, self.id.topic(), self.id.partition());
-        read_to(self.offsets.next_to_process().unwrap_or(0), self.resume_from, end)
+        let (topic, partition) = (self.id.topic(), self.id.partition());
+        let position = crate::source::batch::app_position(consumer, topic, partition);
+        let read = self.offsets.next_to_process().unwrap_or(0).max(self.resume_from).max(position.unwrap_or(0));
+        read_to(read, self.end_at_resume, crate::source::batch::cached_end_offset(consumer, topic, partition))
     }
 
     fn flush_counts(&mut self) {
@@ -1081,15 +1110,25 @@ mod tests {
 
     #[test]
     fn a_partition_is_read_to_its_end_only_once_an_end_is_known_and_reached() {
-        // No fetch response yet: never caught up, whatever was restored.
-        assert!(!read_to(0, 500, None));
+        // No end known yet: never caught up, whatever was restored.
+        assert!(!read_to(500, None, None));
         // A backlog behind the restored state: not caught up until it is read.
-        assert!(!read_to(0, 100, Some(500)));
-        assert!(!read_to(499, 100, Some(500)));
-        assert!(read_to(500, 100, Some(500)));
+        assert!(!read_to(100, None, Some(500)));
+        assert!(!read_to(499, Some(500), None));
+        assert!(read_to(500, Some(500), Some(500)));
         // A restored state at the end (a quiet partition after a restart) is caught up at once.
-        assert!(read_to(0, 500, Some(500)));
+        assert!(read_to(500, Some(500), None));
         // An empty partition.
-        assert!(read_to(0, 0, Some(0)));
+        assert!(read_to(0, Some(0), Some(0)));
+    }
+
+    #[test]
+    fn a_stale_cached_end_does_not_hide_the_backlog_found_at_resume() {
+        // Reassigned within the same client: librdkafka still holds the end of the last fetch
+        // before the revoke (400), but the broker said 900 at resume; the state is at 600.
+        assert!(!read_to(600, Some(900), Some(400)));
+        // Once fetching, the cached end is the newer one.
+        assert!(!read_to(900, Some(900), Some(950)));
+        assert!(read_to(950, Some(900), Some(950)));
     }
 }

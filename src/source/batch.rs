@@ -269,6 +269,30 @@ where
     (err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
+/// The offset after the last message of `topic`/`partition` that this consumer's application
+/// has been handed, as librdkafka tracks it (no request): `None` before the first one since the
+/// partition was (re)assigned or sought. Unlike the offsets of the messages a worker sees, it
+/// also steps over transaction markers, which librdkafka consumes without handing them out: a
+/// transactional input's end is one past its last readable message.
+pub fn app_position<C, K>(consumer: &K, topic: &str, partition: i32) -> Option<i64>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let mut tpl = rdkafka::TopicPartitionList::with_capacity(1);
+    tpl.add_partition(topic, partition);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; librdkafka writes the
+    // partition's offset into the list, which `tpl` owns and frees.
+    let err = unsafe { rd::rd_kafka_position(consumer.client().native_ptr(), tpl.ptr()) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return None;
+    }
+    match tpl.find_partition(topic, partition)?.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
 /// The `Notify` that librdkafka's callback wakes for one client's partition: one per partition
 /// for the life of the process, shared by its successive feeds.
 ///

@@ -404,6 +404,28 @@ pub async fn produce_to(brokers: &str, topic: &str, items: &[(i32, String, Vec<u
     }
 }
 
+/// [`produce_to`] in one committed transaction: each partition's last record is then followed by
+/// a commit marker, an offset that no consumer is ever handed.
+pub fn produce_in_transaction(brokers: &str, topic: &str, items: &[(i32, String, Vec<u8>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = common::client_config(brokers)
+        .set("transactional.id", common::unique_group("txn-input"))
+        .create()
+        .expect("creating a transactional producer");
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).expect("init_transactions");
+    p.begin_transaction().expect("begin_transaction");
+    for (part, k, v) in items {
+        let mut rec = BaseRecord::to(topic).partition(*part).key(k.as_bytes()).payload(v.as_slice());
+        while let Err((e, r)) = p.send(rec) {
+            assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+            p.poll(Duration::from_millis(10));
+            rec = r;
+        }
+    }
+    p.commit_transaction(t).expect("commit_transaction");
+}
+
 /// `n` logins of `users` users to partition 0, `step_ms` apart, produced in chunks.
 pub async fn produce_backlog(brokers: &str, topic: &str, n: i64, users: i64, step_ms: i64) {
     let items: Vec<(i32, String, Vec<u8>)> = (0..n)
