@@ -338,6 +338,12 @@ impl Drop for Running {
     }
 }
 
+/// Send `signal` (e.g. `"-STOP"`) to a running service without waiting for anything.
+pub fn signal(running: &Running, signal: &str) {
+    let child = running.0.as_ref().expect("a running service");
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+}
+
 pub fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
     let mut child = running.0.take().expect("a running service");
     let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
