@@ -72,6 +72,16 @@ pub struct PartitionStats {
     pub evicted: u64,
 }
 
+/// Where an idle partition's clock may move.
+#[derive(Debug, Clone, Copy)]
+struct IdleTarget {
+    to: Millis,
+    /// Set by the slowest active partition: in a catch-up, event time there can run days ahead
+    /// within a second, so the idle partition's own end must be known fresh (see
+    /// [`PartitionWorker::idle_step`]).
+    from_active: bool,
+}
+
 /// Event time across partitions. An idle partition must not hold event time back: it follows
 /// the slowest active partition, and when every partition is idle, wall-clock time moves them.
 #[derive(Debug, Default)]
@@ -109,16 +119,20 @@ impl Clocks {
         self.parts.remove(p);
     }
 
-    /// Where an idle partition's clock should move to now.
-    fn idle_target(&mut self, now: Instant, idle_after: Duration) -> Option<Millis> {
+    /// Where an idle partition's clock should move to now, and whether active partitions set
+    /// it (rather than the wall clock, with every partition idle).
+    fn idle_target(&mut self, now: Instant, idle_after: Duration) -> Option<IdleTarget> {
         let active_min =
             self.parts.values().filter(|(_, last)| now.duration_since(*last) < idle_after).map(|(wm, _)| *wm).min();
         match active_min {
-            Some(wm) => Some(wm),
+            Some(wm) => Some(IdleTarget { to: wm, from_active: true }),
             None => {
                 let max_wm = self.parts.values().map(|(wm, _)| *wm).max()?;
                 let (base, since) = *self.all_idle_since.get_or_insert((max_wm, now));
-                Some(base.saturating_add(now.duration_since(since).as_millis() as i64))
+                Some(IdleTarget {
+                    to: base.saturating_add(now.duration_since(since).as_millis() as i64),
+                    from_active: false,
+                })
             }
         }
     }
@@ -196,20 +210,15 @@ fn restore_partition(
     Ok(RestoredFrom::Input { events, until: range.until })
 }
 
-/// The partition's end offset, asked of the broker. `None` (and a warning) if it does not answer:
-/// the end of the fetch responses is all there is then.
-async fn ask_end(id: &PartitionId, consumer: &Arc<GroupConsumer>) -> Option<i64> {
+/// The partition's end offset, asked of the broker (a librdkafka error code if it does not
+/// answer).
+async fn ask_end(id: &PartitionId, consumer: &Arc<GroupConsumer>, timeout: Duration) -> Result<i64, String> {
     let c = consumer.clone();
     let (topic, partition) = (id.topic().to_string(), id.partition());
-    let asked =
-        tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, partition, Duration::from_secs(10))).await;
-    match asked {
-        Ok(Ok((_, high))) => Some(high),
-        Ok(Err(e)) => {
-            tracing::warn!(partition = %id, error = %crate::source::kafka::kafka_error_code(&e), "cannot ask the partition's end offset; idleness waits for a fetch response");
-            None
-        }
-        Err(_) => None,
+    match tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, partition, timeout)).await {
+        Ok(Ok((_, high))) => Ok(high),
+        Ok(Err(e)) => Err(crate::source::kafka::kafka_error_code(&e)),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -241,6 +250,8 @@ pub struct PartitionWorker {
     resume_from: i64,
     /// The partition's end offset, asked of the broker when it was resumed after its restore.
     end_at_resume: Option<i64>,
+    /// When an idle move was last checked against a fresh end, and the watermark it moved to.
+    fresh_move: Option<(Instant, Millis)>,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
     /// Exactly once: the partition's transactions and what its next changelog flush needs.
@@ -319,6 +330,7 @@ impl PartitionWorker {
             skip: None,
             resume_from: 0,
             end_at_resume: None,
+            fresh_move: None,
             reported: None,
             eos: None,
             restored_clock: None,
@@ -472,7 +484,7 @@ impl PartitionWorker {
             eos.full = eos.prev.is_none();
         }
         if self.forward.is_none() {
-            self.end_at_resume = ask_end(&self.id, &consumer).await;
+            self.learn_end(&consumer).await;
         }
         if let Err(e) = consumer.resume(&self.id.list()) {
             tracing::error!(partition = %self.id, error = %crate::source::kafka::kafka_error_code(&e), "cannot resume the partition after restore");
@@ -514,7 +526,8 @@ impl PartitionWorker {
                         // on a partition that is not paused, resuming is free.
                         let _ = consumer.resume(&self.id.list());
                     }
-                    self.on_tick(&consumer);
+                    self.idle_step(&consumer).await;
+                    self.on_tick();
                     if self.eos.is_some() {
                         match self.commit_transaction(&consumer).await {
                             Ok(()) => {}
@@ -528,7 +541,7 @@ impl PartitionWorker {
                                 if let Err(d) = self.restore(&consumer, &mut stop).await {
                                     break d;
                                 }
-                                self.end_at_resume = ask_end(&self.id, &consumer).await;
+                                self.learn_end(&consumer).await;
                                 if let Some(eos) = self.eos.as_mut() {
                                     eos.prev = self.restored_clock.take().map(|(c, _)| c);
                                     eos.full = eos.prev.is_none();
@@ -932,12 +945,11 @@ impl PartitionWorker {
         }
     }
 
-    fn on_tick(&mut self, consumer: &GroupConsumer) {
+    fn on_tick(&mut self) {
         self.ticks += 1;
         if self.model.has_changed().unwrap_or(false) {
             self.swap_model();
         }
-        self.advance_idle_clock(consumer);
         self.flush_counts();
         self.step_changelog(false);
         // With exactly once, offsets are committed with the partition's transaction instead.
@@ -975,9 +987,24 @@ impl PartitionWorker {
         }
     }
 
-    /// Timer outputs belong to no input offset; they are decided again after a restart because
-    /// their due times are deterministic.
-    fn advance_idle_clock(&mut self, consumer: &GroupConsumer) {
+    /// Ask the broker for the partition's end as it is resumed: what is there now is its backlog.
+    async fn learn_end(&mut self, consumer: &Arc<GroupConsumer>) {
+        self.end_at_resume = match ask_end(&self.id, consumer, Duration::from_secs(10)).await {
+            Ok(end) => Some(end),
+            Err(error) => {
+                tracing::warn!(partition = %self.id, %error, "cannot ask the partition's end offset; idleness waits for a fetch response");
+                None
+            }
+        };
+    }
+
+    /// Move the clock of this partition if it is idle: quiet for `idle_timeout` and read to its
+    /// end. When active partitions set the target, the end is asked of the broker first: the end
+    /// of the last fetch response lags behind a stream that has just started again (a catch-up,
+    /// a new slice of a backfill), and while this partition's first new messages are still on
+    /// their way, an active partition can carry event time days ahead of them. A stale end there
+    /// made a whole slice of one partition late (the storm test on a loaded machine).
+    async fn idle_step(&mut self, consumer: &Arc<GroupConsumer>) {
         if self.forward.is_some() {
             return;
         }
@@ -991,7 +1018,8 @@ impl PartitionWorker {
             Err(_) => None,
         };
         let Some(target) = target else { return };
-        if now.duration_since(self.last_message) < idle_after || self.engine.watermark() == Millis::MIN {
+        let wm = self.engine.watermark();
+        if target.to <= wm || wm == Millis::MIN || now.duration_since(self.last_message) < idle_after {
             return;
         }
         // Quiet is not idle: a partition whose backlog is not fetched yet (a slow broker, a
@@ -999,6 +1027,25 @@ impl PartitionWorker {
         if !self.caught_up(consumer) {
             return;
         }
+        // Event time moving no faster than the wall clock since the last checked move (a live
+        // stream) makes nothing late that the wall clock would not: no need to ask then.
+        let racing = self.fresh_move.is_none_or(|(at, wm)| {
+            target.to.saturating_sub(wm) > i64::try_from(now.duration_since(at).as_millis()).unwrap_or(i64::MAX)
+        });
+        if target.from_active && racing {
+            // Unanswered (the broker is away): not idle this tick; the next one asks again.
+            let fresh = ask_end(&self.id, consumer, Duration::from_secs(2)).await;
+            if !fresh.is_ok_and(|end| self.read_offset(consumer) >= end) {
+                return;
+            }
+            self.fresh_move = Some((now, target.to));
+        }
+        self.advance_idle_clock(target.to);
+    }
+
+    /// Timer outputs belong to no input offset; they are decided again after a restart because
+    /// their due times are deterministic.
+    fn advance_idle_clock(&mut self, target: Millis) {
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         let emitted_at = chrono::Utc::now().timestamp_millis();
@@ -1034,10 +1081,15 @@ impl PartitionWorker {
     /// on a busy broker, may not have fetched its backlog yet, and were its clock moved on, that
     /// backlog would arrive late and be dropped.
     fn caught_up(&self, consumer: &GroupConsumer) -> bool {
-        let (topic, partition) = (self.id.topic(), self.id.partition());
-        let position = crate::source::batch::app_position(consumer, topic, partition);
-        let read = self.offsets.next_to_process().unwrap_or(0).max(self.resume_from).max(position.unwrap_or(0));
-        read_to(read, self.end_at_resume, crate::source::batch::cached_end_offset(consumer, topic, partition))
+        let end = crate::source::batch::cached_end_offset(consumer, self.id.topic(), self.id.partition());
+        read_to(self.read_offset(consumer), self.end_at_resume, end)
+    }
+
+    /// How far the partition is read: the furthest of one past the last processed message, the
+    /// restored state's offset, and librdkafka's position (which steps over transaction markers).
+    fn read_offset(&self, consumer: &GroupConsumer) -> i64 {
+        let position = crate::source::batch::app_position(consumer, self.id.topic(), self.id.partition());
+        self.offsets.next_to_process().unwrap_or(0).max(self.resume_from).max(position.unwrap_or(0))
     }
 
     fn flush_counts(&mut self) {
