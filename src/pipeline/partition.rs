@@ -72,16 +72,6 @@ pub struct PartitionStats {
     pub evicted: u64,
 }
 
-/// Where an idle partition's clock may move.
-#[derive(Debug, Clone, Copy)]
-struct IdleTarget {
-    to: Millis,
-    /// Set by the slowest active partition: in a catch-up, event time there can run days ahead
-    /// within a second, so the idle partition's own end must be known fresh (see
-    /// [`PartitionWorker::idle_step`]).
-    from_active: bool,
-}
-
 /// Event time across partitions. An idle partition must not hold event time back: it follows
 /// the slowest active partition, and when every partition is idle, wall-clock time moves them.
 #[derive(Debug, Default)]
@@ -119,20 +109,16 @@ impl Clocks {
         self.parts.remove(p);
     }
 
-    /// Where an idle partition's clock should move to now, and whether active partitions set
-    /// it (rather than the wall clock, with every partition idle).
-    fn idle_target(&mut self, now: Instant, idle_after: Duration) -> Option<IdleTarget> {
+    /// Where an idle partition's clock should move to now.
+    fn idle_target(&mut self, now: Instant, idle_after: Duration) -> Option<Millis> {
         let active_min =
             self.parts.values().filter(|(_, last)| now.duration_since(*last) < idle_after).map(|(wm, _)| *wm).min();
         match active_min {
-            Some(wm) => Some(IdleTarget { to: wm, from_active: true }),
+            Some(wm) => Some(wm),
             None => {
                 let max_wm = self.parts.values().map(|(wm, _)| *wm).max()?;
                 let (base, since) = *self.all_idle_since.get_or_insert((max_wm, now));
-                Some(IdleTarget {
-                    to: base.saturating_add(now.duration_since(since).as_millis() as i64),
-                    from_active: false,
-                })
+                Some(base.saturating_add(now.duration_since(since).as_millis() as i64))
             }
         }
     }
@@ -250,8 +236,8 @@ pub struct PartitionWorker {
     resume_from: i64,
     /// The partition's end offset, asked of the broker when it was resumed after its restore.
     end_at_resume: Option<i64>,
-    /// When an idle move was last checked against a fresh end, and the watermark it moved to.
-    fresh_move: Option<(Instant, Millis)>,
+    /// The watermark an idle move last checked against a fresh end moved to, and when.
+    fresh_move: Option<(Millis, Instant)>,
     /// The commit position last handed to the coordinator.
     reported: Option<i64>,
     /// Exactly once: the partition's transactions and what its next changelog flush needs.
@@ -999,11 +985,13 @@ impl PartitionWorker {
     }
 
     /// Move the clock of this partition if it is idle: quiet for `idle_timeout` and read to its
-    /// end. When active partitions set the target, the end is asked of the broker first: the end
-    /// of the last fetch response lags behind a stream that has just started again (a catch-up,
-    /// a new slice of a backfill), and while this partition's first new messages are still on
-    /// their way, an active partition can carry event time days ahead of them. A stale end there
-    /// made a whole slice of one partition late (the storm test on a loaded machine).
+    /// end. A move that takes event time further than the wall clock has gone since the last
+    /// checked move is checked against an end asked of the broker first: the end of the last
+    /// fetch response lags behind a stream that has just started again, and while this
+    /// partition's first new messages are on their way, the partition it follows (the slowest
+    /// active one, or with all idle the furthest) can be days ahead of them in a catch-up. A
+    /// stale end there made a slice of one partition late (the storm test on a loaded machine).
+    /// A live stream, whose event time follows the wall clock, asks nothing.
     async fn idle_step(&mut self, consumer: &Arc<GroupConsumer>) {
         if self.forward.is_some() {
             return;
@@ -1019,7 +1007,7 @@ impl PartitionWorker {
         };
         let Some(target) = target else { return };
         let wm = self.engine.watermark();
-        if target.to <= wm || wm == Millis::MIN || now.duration_since(self.last_message) < idle_after {
+        if target <= wm || wm == Millis::MIN || now.duration_since(self.last_message) < idle_after {
             return;
         }
         // Quiet is not idle: a partition whose backlog is not fetched yet (a slow broker, a
@@ -1027,20 +1015,18 @@ impl PartitionWorker {
         if !self.caught_up(consumer) {
             return;
         }
-        // Event time moving no faster than the wall clock since the last checked move (a live
-        // stream) makes nothing late that the wall clock would not: no need to ask then.
-        let racing = self.fresh_move.is_none_or(|(at, wm)| {
-            target.to.saturating_sub(wm) > i64::try_from(now.duration_since(at).as_millis()).unwrap_or(i64::MAX)
+        let checked = self.fresh_move.is_some_and(|(from, since)| {
+            target.saturating_sub(from) <= i64::try_from(now.duration_since(since).as_millis()).unwrap_or(i64::MAX)
         });
-        if target.from_active && racing {
+        if !checked {
             // Unanswered (the broker is away): not idle this tick; the next one asks again.
             let fresh = ask_end(&self.id, consumer, Duration::from_secs(2)).await;
             if !fresh.is_ok_and(|end| self.read_offset(consumer) >= end) {
                 return;
             }
-            self.fresh_move = Some((now, target.to));
+            self.fresh_move = Some((target, now));
         }
-        self.advance_idle_clock(target.to);
+        self.advance_idle_clock(target);
     }
 
     /// Timer outputs belong to no input offset; they are decided again after a restart because
