@@ -259,11 +259,11 @@ async fn a_rebalance_storm_leaves_every_users_features_as_replay_computes_them()
 }
 
 /// A partition taken away and given back to the same instance while its new owner hung, with a
-/// backlog that owner never read, on a broker slow to answer fetches: librdkafka still held the partition's end from before the
-/// revoke, so the returning worker took itself for caught up, went idle before its first fetch,
-/// moved its clock to the other partition's, and counted the backlog late (the storm test's CI
-/// failures fit this). It must read the backlog first: nothing late, every user's features as
-/// replay computes them.
+/// backlog that owner never read, on a broker slow to answer fetches: librdkafka still held the
+/// partition's end from before the revoke, so the returning worker took itself for caught up,
+/// went idle before its first fetch, moved its clock to the other partition's, and counted the
+/// backlog late (the storm test's CI failures fit this). It must read the backlog first: nothing
+/// late, every user's features as replay computes them.
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_given_back_with_a_backlog_is_read_before_it_goes_idle_on_a_slow_broker() {

@@ -974,7 +974,9 @@ impl PartitionWorker {
     }
 
     /// Ask the broker for the partition's end as it is resumed: what is there now is its backlog.
+    /// Idle moves checked before it were checked against another assignment's state.
     async fn learn_end(&mut self, consumer: &Arc<GroupConsumer>) {
+        self.fresh_move = None;
         self.end_at_resume = match ask_end(&self.id, consumer, Duration::from_secs(10)).await {
             Ok(end) => Some(end),
             Err(error) => {
@@ -1011,8 +1013,12 @@ impl PartitionWorker {
             return;
         }
         // Quiet is not idle: a partition whose backlog is not fetched yet (a slow broker, a
-        // rebalance) is also quiet, and time alone cannot tell it from one that is done.
-        if !self.caught_up(consumer) {
+        // rebalance) is also quiet, and time alone cannot tell it from one that is done. So it
+        // must be read to its end (see [`read_to`]).
+        let read = self.read_offset(consumer.as_ref());
+        let cached_end =
+            crate::source::batch::cached_end_offset(consumer.as_ref(), self.id.topic(), self.id.partition());
+        if !read_to(read, self.end_at_resume, cached_end) {
             return;
         }
         let checked = self.fresh_move.is_some_and(|(from, since)| {
@@ -1021,7 +1027,7 @@ impl PartitionWorker {
         if !checked {
             // Unanswered (the broker is away): not idle this tick; the next one asks again.
             let fresh = ask_end(&self.id, consumer, Duration::from_secs(2)).await;
-            if !fresh.is_ok_and(|end| self.read_offset(consumer) >= end) {
+            if !fresh.is_ok_and(|end| read >= end) {
                 return;
             }
             self.fresh_move = Some((target, now));
@@ -1060,15 +1066,6 @@ impl PartitionWorker {
             }
         }
         self.staging = staging;
-    }
-
-    /// Whether this worker has read its partition to its end (see [`read_to`]). A partition with
-    /// nothing new for `idle_timeout` is idle only then: one just restored, or slow to be fetched
-    /// on a busy broker, may not have fetched its backlog yet, and were its clock moved on, that
-    /// backlog would arrive late and be dropped.
-    fn caught_up(&self, consumer: &GroupConsumer) -> bool {
-        let end = crate::source::batch::cached_end_offset(consumer, self.id.topic(), self.id.partition());
-        read_to(self.read_offset(consumer), self.end_at_resume, end)
     }
 
     /// How far the partition is read: the furthest of one past the last processed message, the
