@@ -360,6 +360,36 @@ async fn create_topics_with(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(
     Ok(())
 }
 
+/// Delete the topics the bench is done with: a run writes about 1.5 GB to the broker, and left in
+/// place it grows the broker's heap and its disk writeback on this machine, which the rounds
+/// after it would measure too. Best effort: a failure is reported and the bench goes on.
+async fn delete_topics(brokers: &str, which: impl Fn(&str) -> bool) {
+    if let Err(e) = try_delete_topics(brokers, which).await {
+        tracing::warn!(error = %e, "could not delete the bench's topics");
+    }
+}
+
+/// `topic`, and the changelog a service made for it or for `group` (`<group>-<input>-changelog`).
+fn made_for(name: &str, topic_or_group: &str) -> bool {
+    name.strip_prefix(topic_or_group).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
+async fn try_delete_topics(brokers: &str, which: impl Fn(&str) -> bool) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut cc = rdkafka::config::ClientConfig::new();
+    cc.set("bootstrap.servers", brokers);
+    let metadata = cc.create::<BaseConsumer>()?.fetch_metadata(None, std::time::Duration::from_secs(10))?;
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).filter(|n| which(n)).collect();
+    if !names.is_empty() {
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = cc.create()?;
+        for r in admin.delete_topics(&names, &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Consume `n` messages with a bare librdkafka consumer doing nothing else; events/s from the
 /// first message to the last (the group join is excluded).
 async fn bare_rate(brokers: &str, topic: &str, n: usize, kafka: &[(String, String)], round: usize) -> Result<f64> {
@@ -530,6 +560,7 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
         for (i, &(w, g)) in runs.iter().enumerate() {
             let mut c = cfg.clone();
             c.source.group_id = format!("bench-svc-{tag}-{round}-{w}-{i}");
+            let group = c.source.group_id.clone();
             c.runtime.workers = w;
             c.sink.processing_guarantee = g;
             let (metrics, stop, handle) = spawn_service(c, w)?;
@@ -552,6 +583,8 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
             outputs = metrics.interventions.collect_total() + metrics.control.collect_total();
             let _ = stop.send(());
             handle.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+            // Its changelog, named after the group.
+            delete_topics(&o.brokers, |n| made_for(n, &group)).await;
         }
     }
 
@@ -586,15 +619,18 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
         create_topics_with(&o.brokers, &[(&append, o.partitions, &[("message.timestamp.type", "LogAppendTime")])])
             .await?;
         let live_max = live_run(o, &cfg, &max_topic, &items, None, w).await?.rate;
+        delete_topics(&o.brokers, |n| made_for(n, &max_topic)).await;
         let ceiling = if best > 0.0 { live_max.min(best) } else { live_max };
         let rate = (ceiling.min(bare_median) * o.latency_load).max(100.0);
         let live_n = ((rate * o.latency_seconds as f64) as usize).min(n);
         let mut runs_at = Vec::new();
         for (topic, from) in [(&live, "creation (CreateTime)"), (&append, "append to the log (LogAppendTime)")] {
             runs_at.push((from, live_run(o, &cfg, topic, &items[..live_n], Some(rate), w).await?));
+            delete_topics(&o.brokers, |n| made_for(n, topic)).await;
         }
         latency.push((w, live_max, rate, live_n, runs_at));
     }
+    delete_topics(&o.brokers, |n| n.contains(&tag)).await;
     let (bare_min, bare_med) = min_median(&bare);
     let (eng_min, eng_med) = min_median(&engine);
     let mut out = String::new();

@@ -25,6 +25,7 @@ fn number(cell: &str) -> f64 {
 #[test]
 fn bench_kafka_measures_throughput_and_latency_at_each_worker_count() {
     let brokers = common::brokers();
+    let before = common::topic_names(&brokers);
     let out = Command::new(env!("CARGO_BIN_EXE_churnguard"))
         .args(["bench", "kafka", "--brokers", &brokers, "--users", "300", "--days", "20", "--partitions", "2"])
         .args(["--repeat", "1", "--workers", "1,2", "--latency-seconds", "600", "--model", "models/default.json"])
@@ -60,4 +61,14 @@ fn bench_kafka_measures_throughput_and_latency_at_each_worker_count() {
         let (p50, p99) = (number(row[0]), number(row[1]));
         assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} ms and p99 {p99} ms are ordered latencies:\n{report}");
     }
+    // What it produced (about 1.5 GB at full size) and the services' changelogs are deleted.
+    // (The broker's metadata may list a deleted topic for a moment.)
+    let left = || -> Vec<String> {
+        common::topic_names(&brokers).into_iter().filter(|t| t.starts_with("bench-") && !before.contains(t)).collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(left().is_empty(), "the bench left its topics on the broker: {:?}", left());
 }

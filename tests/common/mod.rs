@@ -105,6 +105,14 @@ pub fn unique_group(prefix: &str) -> String {
 
 /// Base client config: the brokers plus settings that keep test failures quick
 /// and the librdkafka log readable.
+/// Every topic's name on the broker.
+pub fn topic_names(brokers: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config(brokers).create().expect("a metadata client");
+    let md = c.fetch_metadata(None, std::time::Duration::from_secs(10)).expect("broker metadata");
+    md.topics().iter().map(|t| t.name().to_string()).collect()
+}
+
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers).set("socket.timeout.ms", "10000").set("log_level", "4"); // warnings and worse
