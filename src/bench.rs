@@ -296,15 +296,25 @@ impl rdkafka::producer::ProducerContext for DeliveryFailures {
 /// does not get. A future per record (rust-rdkafka's `FutureProducer`, used before) loaded the
 /// bench's topic at 317k events/s; records handed to librdkafka as they are, at 1.16M (one run
 /// each, 2026-11-28).
-fn produce(brokers: &str, linger_ms: u32, topic: &str, items: &[(String, Vec<u8>)], rate: Option<f64>) -> Result<()> {
+fn produce(
+    o: &KafkaBenchOptions,
+    linger_ms: u32,
+    topic: &str,
+    items: &[(String, Vec<u8>)],
+    rate: Option<f64>,
+) -> Result<()> {
     use rdkafka::error::KafkaError;
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
     use rdkafka::types::RDKafkaErrorCode;
-    let producer: ThreadedProducer<DeliveryFailures> = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut pc = rdkafka::config::ClientConfig::new();
+    pc.set("bootstrap.servers", &o.brokers)
         .set("linger.ms", linger_ms.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(DeliveryFailures::default())?;
+        .set("queue.buffering.max.messages", "1000000");
+    // `--set` applies to every client of the bench, the generator included.
+    for (k, v) in &o.kafka {
+        pc.set(k, v);
+    }
+    let producer: ThreadedProducer<DeliveryFailures> = pc.create_with_context(DeliveryFailures::default())?;
     let start = Instant::now();
     // Sleeping for less than this costs more than it paces: the events of a shorter gap go out
     // together, as a producer's batch would take them anyway.
@@ -518,7 +528,7 @@ pub async fn kafka_bench(o: &KafkaBenchOptions) -> Result<String> {
     let n = items.len();
     let model = ModelArtifact::load(&o.model)?;
     let t = Instant::now();
-    tokio::task::block_in_place(|| produce(&o.brokers, 20, &events, &items, None))?;
+    tokio::task::block_in_place(|| produce(o, 20, &events, &items, None))?;
     let produce_rate = n as f64 / t.elapsed().as_secs_f64();
 
     let mut cfg = crate::config::Config::default();
@@ -755,7 +765,7 @@ async fn live_run(
     // its messages are timestamped when produced, so the bulk loader's 20 ms of batching would
     // count against the service's latency.
     let start = Instant::now();
-    tokio::task::block_in_place(|| produce(&o.brokers, 5, topic, items, rate))?;
+    tokio::task::block_in_place(|| produce(o, 5, topic, items, rate))?;
     let drain_deadline = Instant::now() + std::time::Duration::from_secs(60);
     while consumed(&metrics) < items.len() as f64 && Instant::now() < drain_deadline {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -183,7 +183,8 @@ pub enum BenchCommand {
         /// Rounds; every figure is reported as min and median.
         #[arg(long, value_name = "N", default_value_t = 3)]
         repeat: usize,
-        /// A librdkafka setting for the service and the bare consumer, as in [kafka] (repeatable).
+        /// A librdkafka setting for every client of the bench (the service, the bare consumer and
+        /// the load generator), as in [kafka] (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         kafka: Vec<(String, String)>,
         /// Processing guarantees to run the service with, side by side in each round
