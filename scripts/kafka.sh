@@ -257,7 +257,7 @@ num.recovery.threads.per.data.dir=1
 background.threads=4
 
 # A deleted topic's files go after 1 s instead of 60: the benches delete the topics they are
-# done with, and a minute of their files is writeback and page cache the next round shares.
+# done with, so that the next round does not share the disk and page cache with their files.
 log.segment.delete.delay.ms=1000
 EOF
     cat >"$dir/log4j2.properties" <<'EOF'

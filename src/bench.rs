@@ -371,8 +371,8 @@ async fn create_topics_with(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(
 }
 
 /// Delete the topics the bench is done with: a run writes about 1.5 GB to the broker, and left in
-/// place it grows the broker's heap and its disk writeback on this machine, which the rounds
-/// after it would measure too. Best effort: a failure is reported and the bench goes on.
+/// place every later round and run would measure a broker holding the earlier ones' data (its
+/// disk, its page cache, its partitions). Best effort: a failure is reported and the bench goes on.
 async fn delete_topics(brokers: &str, which: impl Fn(&str) -> bool) {
     if let Err(e) = try_delete_topics(brokers, which).await {
         tracing::warn!(error = %e, "could not delete the bench's topics");

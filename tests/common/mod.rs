@@ -103,8 +103,6 @@ pub fn unique_group(prefix: &str) -> String {
     format!("{prefix}-group-{}", random_suffix())
 }
 
-/// Base client config: the brokers plus settings that keep test failures quick
-/// and the librdkafka log readable.
 /// Every topic's name on the broker.
 pub fn topic_names(brokers: &str) -> Vec<String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -113,6 +111,8 @@ pub fn topic_names(brokers: &str) -> Vec<String> {
     md.topics().iter().map(|t| t.name().to_string()).collect()
 }
 
+/// Base client config: the brokers plus settings that keep test failures quick
+/// and the librdkafka log readable.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers).set("socket.timeout.ms", "10000").set("log_level", "4"); // warnings and worse
