@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod export;
 pub mod leadtime;
 pub mod metrics;
+pub mod newton;
 pub mod reload;
 pub mod report;
 pub mod score;

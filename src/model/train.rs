@@ -103,11 +103,7 @@ pub struct TrainContext {
 }
 
 /// Coefficients on standardised features and the intercept, oriented to give P(churned).
-#[derive(Debug, Clone, PartialEq)]
-struct Fitted {
-    w: Vec<f64>,
-    b: f64,
-}
+use super::newton::Point as Fitted;
 
 /// Train on `data`, which is consumed: its rows are transformed where they lie rather than copied.
 pub fn train(
@@ -223,8 +219,7 @@ pub fn train(
         Ok(())
     };
     // Strongest first, a regularisation path: a strongly penalised fit is well conditioned and
-    // quick, and each weaker one starts from its neighbour's optimum. On a tie the first tried,
-    // the stronger penalty, is kept.
+    // quick, and each weaker one starts from its neighbour's optimum.
     let mut first = opt.l2_grid.clone();
     first.sort_by(|a, b| b.total_cmp(a));
     for l2 in first {
@@ -250,17 +245,10 @@ pub fn train(
     }
     timings.search_fits = tried.len();
     timings.search_seconds = search_started.elapsed().as_secs_f64();
-    // The lowest loss, the first tried on a tie.
-    let mut best: Option<&(f64, f64, Fitted)> = None;
-    for t in &tried {
-        if best.is_none_or(|b| t.1 < b.1) {
-            best = Some(t);
-        }
-    }
-    let Some((l2, _, held_out)) = best.cloned() else {
+    let mut grid: Vec<(f64, f64)> = tried.iter().map(|t| (t.0, t.1)).collect();
+    let Some((l2, _, held_out)) = chosen(&grid).map(|i| tried.swap_remove(i)) else {
         return Err(TrainError::Fit("empty l2 grid".into()));
     };
-    let mut grid: Vec<(f64, f64)> = tried.iter().map(|t| (t.0, t.1)).collect();
     grid.sort_by(|a, b| a.0.total_cmp(&b.0));
     drop(tried);
     let valid_scores = predict(z_valid, &held_out);
@@ -326,17 +314,42 @@ fn model_version(a: &ModelArtifact, at: &chrono::DateTime<chrono::Utc>) -> Strin
     format!("cg-{}-{:08x}", at.format("%Y%m%d"), h >> 32)
 }
 
+/// Validation log losses this close (relative) tie. A hundred-thousandth of the loss is far below
+/// what a validation split can tell apart and changes no decision; without a margin, fits that
+/// converge tightly lead the search down to its limit on differences in the seventh digit, as
+/// the loss flattens towards no penalty at all. On a tie the stronger penalty, the safer model
+/// on new data, is kept.
+const LOSS_TIE: f64 = 1e-5;
+
+/// Whether validation log loss `a` is lower than `b` by more than a tie.
+fn better(a: f64, b: f64) -> bool {
+    a < b - LOSS_TIE * b.abs()
+}
+
+/// Which of the strengths tried (with their validation log losses) training keeps: the strongest
+/// whose loss ties with the lowest.
+fn chosen(tried: &[(f64, f64)]) -> Option<usize> {
+    let lowest = tried.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+    let mut best: Option<usize> = None;
+    for (i, t) in tried.iter().enumerate() {
+        let ties = !better(lowest, t.1) || !lowest.is_finite();
+        if ties && best.is_none_or(|b| t.0 > tried[b].0) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 /// Where the L2 search goes next, given the strengths tried (sorted, with their validation log
-/// losses): tenfold past an edge that holds the best loss and is strictly better than its
-/// neighbour, as `(index of that edge, next strength)`; None when the best is inside. Fits that
-/// stop within the gradient tolerance of the same point tie, and a tie says the strengths are
-/// indistinguishable, not that the loss is still falling.
+/// losses): tenfold past an edge that holds the best loss and is better than its neighbour by
+/// more than a tie ([`LOSS_TIE`]), as `(index of that edge, next strength)`; None when the best
+/// is inside. A tie says the strengths are indistinguishable, not that the loss is still falling.
 fn extend_grid(grid: &[(f64, f64)]) -> Option<(usize, f64)> {
     let last = grid.len().checked_sub(1).filter(|&l| l >= 1)?;
     let best = grid.iter().map(|g| g.1).fold(f64::INFINITY, f64::min);
-    if grid[last].1 == best && grid[last].1 < grid[last - 1].1 {
+    if grid[last].1 == best && better(grid[last].1, grid[last - 1].1) {
         Some((last, grid[last].0 * 10.0))
-    } else if grid[0].1 == best && grid[0].1 < grid[1].1 {
+    } else if grid[0].1 == best && better(grid[0].1, grid[1].1) {
         Some((0, grid[0].0 / 10.0))
     } else if !best.is_finite() {
         // Every loss infinite or NaN: nothing to compare; the caller stops with a warning.
@@ -450,6 +463,9 @@ fn fit(
 ) -> Result<Fitted, TrainError> {
     let rows = z.nrows() as f64;
     let churned = y.iter().filter(|v| **v).count();
+    // A warm start is another problem's optimum: one Newton step moves it to near this one's.
+    let refined = start.and_then(|s| super::newton::step(z, y, l2 * rows, s));
+    let start = refined.as_ref().or(start);
     let mut params = LogisticRegression::default()
         .alpha(l2 * rows)
         .max_iterations(opt.max_iterations)
@@ -664,12 +680,26 @@ mod tests {
     }
 
     #[test]
+    fn the_strongest_penalty_that_ties_with_the_lowest_loss_is_kept() {
+        assert_eq!(chosen(&[(1e-1, 0.42), (1e-2, 0.41), (1e-3, 0.40)]), Some(2));
+        // 1e-5 is within a hundred-thousandth of 1e-6's loss, 1e-4 is not.
+        assert_eq!(chosen(&[(1e-4, 0.4078), (1e-5, 0.407774), (1e-6, 0.407771)]), Some(1));
+        assert_eq!(chosen(&[(1e-4, 0.4078), (1e-5, 0.407774), (1e-6, 0.40776)]), Some(2));
+        // All non-finite: nothing to compare, the strongest is kept.
+        assert_eq!(chosen(&[(1e-2, f64::NAN), (1e-1, f64::INFINITY)]), Some(1));
+        assert_eq!(chosen(&[]), None);
+    }
+
+    #[test]
     fn grid_extends_past_a_strictly_better_edge_only() {
         assert_eq!(extend_grid(&[(1e-4, 0.40), (1e-3, 0.41), (1e-2, 0.42)]), Some((0, 1e-5)));
         assert_eq!(extend_grid(&[(1e-4, 0.42), (1e-3, 0.41), (1e-2, 0.40)]), Some((2, 1e-1)));
         assert_eq!(extend_grid(&[(1e-4, 0.41), (1e-3, 0.40), (1e-2, 0.42)]), None);
         // A tie at the edge: the strengths are indistinguishable, so the search stops.
         assert_eq!(extend_grid(&[(1e-5, 0.40), (1e-4, 0.40), (1e-3, 0.41)]), None);
+        // So is a gain below a hundred-thousandth of the loss, and one just above it is not.
+        assert_eq!(extend_grid(&[(1e-6, 0.407773), (1e-5, 0.407774), (1e-4, 0.4078)]), None);
+        assert_eq!(extend_grid(&[(1e-6, 0.407760), (1e-5, 0.407774), (1e-4, 0.4078)]), Some((0, 1e-7)));
         assert_eq!(extend_grid(&[(1e-4, 0.40)]), None);
     }
 
