@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use crate::features::store::UserIdx;
 use crate::features::{FeatureSpec, FeatureStore, Layout};
 use crate::source::{self, RejectTally, SourceError};
 use crate::time::{format_rfc3339_ms, Millis, Span, DAY_MS};
@@ -131,6 +132,38 @@ impl EventLog {
     /// Event types with their counts, for deriving a spec from the data.
     pub fn type_counts(&self) -> Vec<(String, u64)> {
         self.types.iter().cloned().zip(self.type_counts.iter().copied()).collect()
+    }
+}
+
+/// The feature store's index of each of a log's users, for replaying the log through a store
+/// that evicts no one. The log has already interned its users as dense indices; the store's own
+/// lookup would hash the id string and compare it on every event instead.
+pub struct StoreIndex(Vec<UserIdx>);
+
+impl StoreIndex {
+    const NONE: UserIdx = UserIdx::MAX;
+
+    pub fn new(log: &EventLog) -> StoreIndex {
+        StoreIndex(vec![Self::NONE; log.users()])
+    }
+
+    /// The store index of log user `user`, created at `ts` on first sight (then `true`).
+    #[inline]
+    pub fn get_or_insert(
+        &mut self,
+        store: &mut FeatureStore,
+        log: &EventLog,
+        user: u32,
+        ts: Millis,
+    ) -> (UserIdx, bool) {
+        match self.0[user as usize] {
+            Self::NONE => {
+                let (idx, created) = store.get_or_insert(log.user_id(user), ts);
+                self.0[user as usize] = idx;
+                (idx, created)
+            }
+            idx => (idx, false),
+        }
     }
 }
 
@@ -380,6 +413,7 @@ pub fn build_with(
     let mut snaps: Vec<Snap> = Vec::new();
     let (mut x, mut row_user, mut row_cutoff) = (Vec::new(), Vec::new(), Vec::new());
     let mut store_to_log: Vec<u32> = Vec::new();
+    let mut index = StoreIndex::new(log);
     let mut next = 0;
     let mut buf = vec![0.0; p];
     let mut snapshot = |c: Millis,
@@ -419,7 +453,7 @@ pub fn build_with(
                 s.seen[r.user as usize] = true;
             }
         }
-        let (idx, created) = store.get_or_insert(log.user_id(r.user), r.ts);
+        let (idx, created) = index.get_or_insert(&mut store, log, r.user, r.ts);
         if created {
             if store_to_log.len() <= idx as usize {
                 store_to_log.resize(idx as usize + 1, 0);
@@ -489,4 +523,37 @@ pub fn build_with(
         (nx, keep.iter().map(|&r| row_user[r]).collect(), keep.iter().map(|&r| row_cutoff[r]).collect())
     };
     Ok(Dataset { n_features: p, x, y, user, cutoff, unlabelled, labels_unmatched, population, data_end: (end, how) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached index is the one the store's own lookup by id gives, and a user is created
+    /// once, at their first event.
+    #[test]
+    fn store_index_agrees_with_the_stores_lookup_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ev.jsonl");
+        let line = |u: &str, day: u32| {
+            format!("{{\"user_id\":\"{u}\",\"event_type\":\"login\",\"ts\":\"2026-01-{day:02}T00:00:00Z\"}}\n")
+        };
+        let text: String =
+            [("b", 1), ("a", 2), ("b", 3), ("c", 4), ("a", 5)].iter().map(|(u, d)| line(u, *d)).collect();
+        std::fs::write(&path, text).unwrap();
+        let log = EventLog::load(&path).unwrap();
+        let spec = FeatureSpec::default();
+        let (mut cached, mut direct) =
+            (FeatureStore::new(Layout::new(&spec, DAY_MS)), FeatureStore::new(Layout::new(&spec, DAY_MS)));
+        let mut index = StoreIndex::new(&log);
+        let mut created = Vec::new();
+        for (user, _, ts, _) in log.events() {
+            let got = index.get_or_insert(&mut cached, &log, user, ts);
+            assert_eq!(got, direct.get_or_insert(log.user_id(user), ts), "{}", log.user_id(user));
+            if got.1 {
+                created.push(cached.user_id(got.0).to_string());
+            }
+        }
+        assert_eq!(created, ["b", "a", "c"]);
+    }
 }

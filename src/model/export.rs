@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use super::dataset::{Dataset, EventLog};
+use super::dataset::{Dataset, EventLog, StoreIndex};
 use super::score::{Reason, Scorer};
 use super::ModelArtifact;
 use crate::features::{FeatureSpec, FeatureStore, Layout};
@@ -104,13 +104,14 @@ pub fn score_at(
             });
         }
     };
+    let mut index = StoreIndex::new(log);
     let mut next = 0;
     for (user, ty, ts, amount) in log.events() {
         while next < times.len() && ts > times[next] {
             snapshot(times[next], &store, &order);
             next += 1;
         }
-        let (idx, created) = store.get_or_insert(log.user_id(user), ts);
+        let (idx, created) = index.get_or_insert(&mut store, log, user, ts);
         if created {
             order.push(idx);
         }
