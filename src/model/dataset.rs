@@ -63,8 +63,10 @@ pub struct EventLog {
 
 impl EventLog {
     pub fn load(path: &Path) -> Result<EventLog, DatasetError> {
-        let mut user_ix: HashMap<String, u32> = HashMap::new();
-        let mut type_ix: HashMap<String, u16> = HashMap::new();
+        // Looked up once per event: ahash, not std's SipHash (the ids come from the user's own
+        // file, and only indices in first-seen order leave this function, never a hash order).
+        let mut user_ix: HashMap<String, u32, ahash::RandomState> = HashMap::default();
+        let mut type_ix: HashMap<String, u16, ahash::RandomState> = HashMap::default();
         let (mut users, mut types, mut type_counts) = (Vec::new(), Vec::new(), Vec::new());
         let mut recs = Vec::new();
         let mut rejected = RejectTally::default();
