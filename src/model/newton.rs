@@ -3,12 +3,12 @@
 //!
 //! Training warm-starts each fit from a neighbouring optimum: the next L2 strength of the search,
 //! or the search sample's optimum for the fit on all rows. Near an optimum the loss is close to
-//! its quadratic model, so one Newton step lands far closer than L-BFGS gets in a dozen
-//! iterations: L-BFGS starts with no curvature memory and, on correlated window features, builds
-//! it slowly, one pass over the rows per evaluation. The step costs a few passes and one product
-//! `Zᵀ D Z`, which runs on every core. linfa-logistic's L-BFGS still fits the model and decides
-//! when it has converged; the step only chooses where it starts, and is kept only if it lowers
-//! the loss.
+//! its quadratic model, so one Newton step lands close to the new optimum, where L-BFGS, which
+//! starts with no curvature memory and builds it slowly on correlated window features, spent
+//! most of training's time crossing the same gap (12 s of 17 at 1M rows; docs/PERFORMANCE.md).
+//! The step costs three passes over the rows and one product `Zᵀ D Z`, which runs on every
+//! core. linfa-logistic's L-BFGS still fits the model and decides when it has converged; the
+//! step only chooses where it starts, and is kept only if it lowers the loss.
 
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ShapeBuilder};
 

@@ -17,6 +17,9 @@ use rand::SeedableRng;
 use super::artifact::{ModelArtifact, Scaler, Thresholds, TierThreshold, TrainingInfo, FORMAT_VERSION};
 use super::dataset::Dataset;
 use super::metrics::{self, Metrics};
+// Coefficients on standardised features and the intercept, oriented to give P(churned): the
+// point a Newton step moves.
+use super::newton::Point as Fitted;
 use super::score::{transform, Scorer};
 use crate::features::FeatureSpec;
 
@@ -101,9 +104,6 @@ pub struct TrainContext {
     pub active_within: Option<String>,
     pub label_source: String,
 }
-
-/// Coefficients on standardised features and the intercept, oriented to give P(churned).
-use super::newton::Point as Fitted;
 
 /// Train on `data`, which is consumed: its rows are transformed where they lie rather than copied.
 pub fn train(
@@ -549,8 +549,8 @@ mod tests {
 
     /// A fit warm-started far from its optimum (another strength's, with churn the majority so
     /// that linfa's class orientation flips the start) converges as a cold one does: both end
-    /// below the gradient tolerance, at the same coefficients. The Newton step only moves the
-    /// start; a wrong step (sign, scale) would leave L-BFGS at its iteration cap or elsewhere.
+    /// below the gradient tolerance, at the same coefficients, whatever the Newton step did to
+    /// the start.
     #[test]
     fn warm_started_fits_reach_the_cold_fits_optimum() {
         let (n, p) = (20_000, 4);
@@ -568,6 +568,7 @@ mod tests {
             }
             y.push(rng.random::<f64>() < super::super::score::sigmoid(m));
         }
+        assert!(2 * y.iter().filter(|c| **c).count() > n, "churn is the majority");
         let yv = ArrayView1::from(&y);
         let opt = TrainOptions::default();
         let far = fit(z.view(), yv, 1e-1, &opt, None).unwrap();
