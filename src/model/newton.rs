@@ -42,12 +42,7 @@ pub fn step(z: ArrayView2<f64>, y: ArrayView1<bool>, alpha: f64, start: &Point) 
     let start_loss = loss(&at_start, y, alpha, &start.w);
     drop(at_start);
 
-    // Gradient, intercept last.
-    let mut g = vec![0.0; p + 1];
-    for (j, col) in z.columns().into_iter().enumerate() {
-        g[j] = col.dot(&ArrayView1::from(&residual)) + alpha * start.w[j];
-    }
-    g[p] = residual.iter().sum();
+    let g = gradient(z, &residual, alpha, start);
     drop(residual);
 
     let mut h = hessian(z, &curvature);
@@ -60,8 +55,16 @@ pub fn step(z: ArrayView2<f64>, y: ArrayView1<bool>, alpha: f64, start: &Point) 
     (next_loss < start_loss).then_some(next)
 }
 
+/// The penalised loss's gradient (intercept last) from the rows' residuals `P(churned) - y`.
+pub fn gradient(z: ArrayView2<f64>, residual: &[f64], alpha: f64, at: &Point) -> Vec<f64> {
+    let r = ArrayView1::from(residual);
+    let mut g: Vec<f64> = z.columns().into_iter().zip(&at.w).map(|(col, w)| col.dot(&r) + alpha * w).collect();
+    g.push(residual.iter().sum());
+    g
+}
+
 /// `b + Z·w`, column by column: `z` is column-major, so each column is read in memory order.
-fn margins(z: ArrayView2<f64>, at: &Point) -> ndarray::Array1<f64> {
+pub fn margins(z: ArrayView2<f64>, at: &Point) -> ndarray::Array1<f64> {
     let mut m = ndarray::Array1::from_elem(z.nrows(), at.b);
     for (col, w) in z.columns().into_iter().zip(&at.w) {
         m.scaled_add(*w, &col);

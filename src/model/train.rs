@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ShapeBuilder};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ShapeBuilder};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -418,11 +418,7 @@ fn standardise(z: &mut Array2<f64>, s: &Scaler) {
 
 /// P(churned) per row. Column by column, so a column-major matrix is read in memory order.
 fn predict(z: ArrayView2<f64>, f: &Fitted) -> Vec<f64> {
-    let mut logit = Array1::from_elem(z.nrows(), f.b);
-    for (col, w) in z.columns().into_iter().zip(&f.w) {
-        logit.scaled_add(*w, &col);
-    }
-    logit.iter().map(|v| super::score::sigmoid(*v)).collect()
+    super::newton::margins(z, f).iter().map(|v| super::score::sigmoid(*v)).collect()
 }
 
 /// When L-BFGS stops: the norm of the mean loss's gradient, a tenth of its sampling noise.
@@ -441,12 +437,9 @@ fn gradient_tolerance(rows: usize, features: usize) -> f64 {
 /// optimum (L-BFGS stops below [`gradient_tolerance`], or at its iteration cap).
 fn gradient_norm(z: ArrayView2<f64>, y: &[bool], l2: f64, f: &Fitted) -> f64 {
     let n = z.nrows().max(1) as f64;
-    let r: Array1<f64> = predict(z, f).iter().zip(y).map(|(p, &y)| p - if y { 1.0 } else { 0.0 }).collect();
-    let mut sq = (r.sum() / n).powi(2);
-    for (col, w) in z.columns().into_iter().zip(&f.w) {
-        sq += (col.dot(&r) / n + l2 * w).powi(2);
-    }
-    sq.sqrt()
+    let r: Vec<f64> = predict(z, f).iter().zip(y).map(|(p, &y)| p - if y { 1.0 } else { 0.0 }).collect();
+    // The summed loss's gradient with the penalty `l2 * n` is n times the mean's.
+    super::newton::gradient(z, &r, l2 * n, f).iter().map(|g| (g / n).powi(2)).sum::<f64>().sqrt()
 }
 
 /// Maximum-likelihood L2 logistic regression on the rows as they are: no resampling and no
