@@ -796,6 +796,13 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         a.out.display()
     );
+    let latest = chrono::Utc::now().timestamp_millis().saturating_add(crate::event::DEFAULT_MAX_FUTURE.ms());
+    if s.last_ts > latest {
+        crate::errln!(
+            "note: events after {} lie in the future; replay, train and the other commands reject them as bad_timestamp (an event cannot come from the future). Use an earlier --start or fewer --days to keep them.",
+            format_rfc3339_ms(latest)
+        );
+    }
     Ok(())
 }
 

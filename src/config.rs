@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
-use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use crate::event::{DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_FUTURE};
 use crate::policy::PolicyConfig;
 use crate::time::Span;
 
@@ -39,6 +39,10 @@ pub struct SourceConfig {
     pub group_id: String,
     /// Larger payloads go to the dead-letter topic as `too_large`.
     pub max_event_bytes: usize,
+    /// Events stamped more than this after the present (the earlier of the wall clock and the
+    /// message's timestamp) are dead-lettered as `bad_timestamp`: one event from a wrong device
+    /// clock would otherwise move event time, and every user's clock, years ahead.
+    pub max_future: Span,
     /// A partition with no message for this long stops holding the clock back; when every
     /// partition is idle, wall-clock time advances event time.
     pub idle_timeout: Span,
@@ -73,6 +77,7 @@ impl Default for SourceConfig {
             topics: vec!["activity".into()],
             group_id: "churnguard".into(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_future: DEFAULT_MAX_FUTURE,
             idle_timeout: Span(30_000),
             restore_on_assign: true,
             keys: KeyMode::Trust,
@@ -324,6 +329,12 @@ impl Config {
         }
         if self.source.max_event_bytes == 0 {
             return Err(invalid("source.max_event_bytes", "must be positive"));
+        }
+        if self.source.max_future.ms() < crate::time::SECOND_MS {
+            return Err(invalid(
+                "source.max_future",
+                "must be at least 1s: clocks differ by that much; \"1h\" is the default",
+            ));
         }
         let s = &self.sink;
         for (k, v) in [
@@ -643,6 +654,11 @@ mod tests {
         assert!(e.contains("enable.auto.commit"), "{e}");
         let e = load(&format!("{MIN}[http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("http.listen"), "{e}");
+        let e = load(&format!("{MIN}[source]\nmax_future = \"0s\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("source.max_future") && e.contains("1h"), "{e}");
+        assert_eq!(load(MIN, &[]).unwrap().source.max_future, Span::hours(1), "the default");
+        let c = load(&format!("{MIN}[source]\nmax_future = \"1d\"\n"), &[]).unwrap();
+        assert_eq!(c.source.max_future, Span::days(1));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use serde_json::value::RawValue;
 
 use crate::time::{self, Millis};
 
+mod future;
 mod scan;
+
+pub use future::FutureGuard;
 
 /// Upper bound on `user_id` length, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -28,6 +31,11 @@ pub const MIN_TS: Millis = 0;
 /// The first rejected event time, 2200-01-01: beyond it a timestamp is almost always a unit
 /// mistake (microseconds or nanoseconds sent as milliseconds).
 pub const MAX_TS: Millis = 7_258_118_400_000;
+
+/// How far after the present an event may be stamped (`source.max_future`; fixed for file
+/// commands). An hour, as Kafka's own `log.message.timestamp.after.max.ms` default: wider than
+/// ordinary clock drift, narrower than a local time sent as UTC.
+pub const DEFAULT_MAX_FUTURE: crate::time::Span = crate::time::Span::hours(1);
 
 /// Why an event was not accepted. The `code()` strings are a stable interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,7 +98,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Rejection { reason, detail: detail.into() }
     }
 }

@@ -287,6 +287,45 @@ fn replay_survives_bad_lines_and_reports_reject_codes() {
     }
 }
 
+/// One event stamped far ahead (a device clock set to 2199) must not move the replay's clock:
+/// before the guard, every later event counted as late and every user was judged silent at once.
+#[test]
+fn an_event_from_the_future_is_rejected_and_changes_no_decision() {
+    let p = pipeline();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = read_lines(&p.path("ev.jsonl"));
+    let mid = good.len() / 2;
+    let mut with = good[..mid].join("\n");
+    with.push_str("\n{\"user_id\":\"u_clock\",\"event_type\":\"login\",\"ts\":\"2199-01-01T00:00:00Z\"}\n");
+    with.push_str(&good[mid..].join("\n"));
+    std::fs::write(dir.path().join("with.jsonl"), with + "\n").unwrap();
+    let model = p.path("model.json");
+    let model = model.to_str().unwrap();
+    let run = |events: &str, out: &str| {
+        let o = ok(dir.path(), &["replay", "--model", model, "--events", events, "--out", out, "--threads", "1"]);
+        (stderr(&o), read_lines(&dir.path().join(out)))
+    };
+    let (err, with_out) = run("with.jsonl", "with-iv.jsonl");
+    let (plain_err, plain_out) = run(p.path("ev.jsonl").to_str().unwrap(), "plain-iv.jsonl");
+    assert!(err.contains("bad_timestamp=1") && err.contains(&format!("line {}", mid + 1)), "{err}");
+    assert!(err.contains(" 0 late)"), "no event fell behind the clock:\n{err}");
+    // Users tracked and evicted, interventions by tier, rescorings: the run's own summary.
+    let summary = |e: &str| e.split("events/s); ").nth(1).and_then(|t| t.split(" -> ").next()).map(str::to_string);
+    assert_eq!(summary(&err), summary(&plain_err), "with:\n{err}\nwithout:\n{plain_err}");
+    assert!(plain_out.len() > 100, "{} interventions: the comparison below checks something", plain_out.len());
+    // Records carry the wall-clock time they were written; all else must match.
+    let strip = |lines: Vec<String>| -> Vec<String> { lines.iter().map(|l| without_emitted_at(l)).collect() };
+    assert_eq!(strip(with_out), strip(plain_out), "the same interventions, in the same order");
+}
+
+/// A record's JSON without its `emitted_at` member (the wall-clock time it was written).
+fn without_emitted_at(line: &str) -> String {
+    const KEY: &str = "\"emitted_at\":\"";
+    let Some(at) = line.find(KEY) else { return line.to_string() };
+    let value_end = line[at + KEY.len()..].find('"').map_or(line.len(), |e| at + KEY.len() + e + 1);
+    format!("{}{}", &line[..at], &line[value_end..])
+}
+
 /// Config errors are found before any event is read: the events path does not even exist.
 #[test]
 fn replay_config_errors_fail_fast() {

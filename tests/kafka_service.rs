@@ -60,6 +60,46 @@ async fn silent_user_is_flagged_with_no_event_of_their_own() {
     assert!(all.iter().filter(|i| i.user_id.starts_with("busy")).count() == 0, "busy users are never at risk");
 }
 
+/// One event stamped in 2199 (a device clock) amid a live stream: it is dead-lettered as
+/// `bad_timestamp`, and the stream's clock stays where the other events put it. Before the guard
+/// it moved every user's clock to 2199: later events were late and everyone was judged silent.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "future", 1).await;
+    let h = Harness::new(&brokers, &t, "");
+    let mut evs = silent_user_stream(40);
+    let far = br#"{"user_id":"busy-0","event_type":"login","ts":"2199-01-01T00:00:00Z"}"#.to_vec();
+    evs.insert(evs.len() / 4, ("busy-0".to_string(), far.clone()));
+    common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
+    let child = h.start();
+    let dlq =
+        common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), 1, Duration::from_secs(60)).await;
+    let mut all =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let consumed = wait_for(Duration::from_secs(20), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == evs.len() as f64).then_some(())
+    })
+    .await;
+    let late = h.metric_sum("churnguard_events_late_total", "");
+    let st = stop(child, "-TERM");
+    assert!(st.success() && consumed.is_some(), "graceful exit after consuming all; log:\n{}", h.log());
+    assert_eq!(dlq.len(), 1, "the one event from the future is dead-lettered; log:\n{}", h.log());
+    let reason = dlq[0].headers().and_then(|hs| hs.iter().find(|hd| hd.key == "churnguard.reason")?.value);
+    assert_eq!(reason, Some(&b"bad_timestamp"[..]));
+    assert_eq!(dlq[0].payload(), Some(&far[..]), "dead-lettered byte for byte");
+    assert!(!h.log().contains("2199-01-01"), "the value appears in no log line");
+    assert_eq!(late, 0.0, "no event fell behind the clock");
+    assert!(all.iter().all(|i| !i.user_id.starts_with("busy")), "busy users are never at risk: {all:?}");
+    let q = all
+        .iter()
+        .find(|i| i.user_id == "quiet")
+        .unwrap_or_else(|| panic!("quiet was never flagged; log:\n{}", h.log()));
+    assert!(q.event_time.starts_with("2026-"), "flagged on the stream's clock, not 2199: {q:?}");
+}
+
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {

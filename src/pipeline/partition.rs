@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::config::Guarantee;
 use crate::engine::{Engine, EngineCounters, Population};
-use crate::event::parse_event;
+use crate::event::{parse_event, FutureGuard};
 use crate::model::ModelArtifact;
 use crate::pipeline::changelog::ChangelogWriter;
 use crate::pipeline::events::{
@@ -180,19 +180,11 @@ fn restore_partition(
     }
     shared.health.restore_progress(label, 0);
     let mut read = 0u64;
-    let events = restore::restore(
-        &shared.restore_settings,
-        id,
-        range,
-        engine,
-        shared.cfg.source.max_event_bytes,
-        cancel,
-        &mut |n| {
-            read += n;
-            RestoreProgress { events: n }.emit(&shared.metrics);
-            shared.health.restore_progress(label, read);
-        },
-    )?;
+    let events = restore::restore(&shared.restore_settings, id, range, engine, &shared.cfg.source, cancel, &mut |n| {
+        read += n;
+        RestoreProgress { events: n }.emit(&shared.metrics);
+        shared.health.restore_progress(label, read);
+    })?;
     Ok(RestoredFrom::Input { events, until: range.until })
 }
 
@@ -255,6 +247,8 @@ pub struct PartitionWorker {
     /// `source.keys = "repartition"` and this is an input partition: valid events are only
     /// re-keyed onto this topic (no engine, no state).
     forward: Option<Arc<str>>,
+    /// Rejects events stamped after the present (`source.max_future`).
+    future: FutureGuard,
     no_headers: rdkafka::message::OwnedHeaders,
 }
 
@@ -287,6 +281,7 @@ impl PartitionWorker {
         model: watch::Receiver<Arc<ModelArtifact>>,
     ) -> PartitionWorker {
         let current = model.borrow().clone();
+        let shared_future = shared.cfg.source.max_future;
         let mut engine = Engine::new(&current, shared.cfg.policy.clone(), shared.cfg.engine.clone());
         engine.track_changes(shared.cfg.state.changelog);
         if let Some(shadow) = &shared.shadow {
@@ -326,6 +321,7 @@ impl PartitionWorker {
             check_gap: false,
             key_mismatches: 0,
             forward,
+            future: FutureGuard::new(shared_future),
             no_headers: rdkafka::message::OwnedHeaders::new(),
         }
     }
@@ -749,7 +745,12 @@ impl PartitionWorker {
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         let mut scoring = None;
-        match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
+        let future = &mut self.future;
+        let parsed = parse_event(payload, self.shared.cfg.source.max_event_bytes).and_then(|ev| {
+            let wall = || chrono::Utc::now().timestamp_millis();
+            future.check(ev.ts, m.timestamp(), wall).map(|()| ev)
+        });
+        match parsed {
             Ok(ev) if self.forward.is_some() => {
                 // Re-keyed by user id, the payload as it came: the repartition topic's partition
                 // scores it (by the producer's default partitioner, one partition per user).

@@ -16,8 +16,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::config::SourceConfig;
 use crate::engine::Engine;
-use crate::event::parse_event;
+use crate::event::{parse_event, FutureGuard};
 use crate::source::batch::QueueBatch;
 use crate::source::kafka::{kafka_error_code, GroupConsumer, PartitionId};
 use crate::state::pipelined::{ApplierGone, BatchWriter};
@@ -108,7 +109,7 @@ pub fn restore(
     partition: &PartitionId,
     range: RestoreRange,
     engine: &mut Engine,
-    max_event_bytes: usize,
+    source: &SourceConfig,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, RestoreError> {
@@ -122,6 +123,9 @@ pub fn restore(
     let mut reported = 0u64;
     let mut discard = |_| {};
     let mut batch = queue_of(&c)?;
+    // The same test as live processing, so that what it dead-lettered stays out of the state.
+    let mut future = FutureGuard::new(source.max_future);
+    let wall = || chrono::Utc::now().timestamp_millis();
     'read: loop {
         next_batch(&mut batch, cancel, &mut || Ok(()))?;
         for m in batch.iter() {
@@ -130,8 +134,10 @@ pub fn restore(
                     if m.offset() >= range.until {
                         break 'read;
                     }
-                    if let Ok(ev) = parse_event(m.payload().unwrap_or(&[]), max_event_bytes) {
-                        engine.ingest(&ev, &mut discard);
+                    if let Ok(ev) = parse_event(m.payload().unwrap_or(&[]), source.max_event_bytes) {
+                        if future.check(ev.ts, m.timestamp(), wall).is_ok() {
+                            engine.ingest(&ev, &mut discard);
+                        }
                     }
                     n += 1;
                     if n - reported >= REPORT_EVERY {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use crate::event::{parse_event, ActivityEvent, RejectReason, Rejection};
+use crate::event::{parse_event, ActivityEvent, FutureGuard, RejectReason, Rejection, DEFAULT_MAX_FUTURE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -72,7 +72,8 @@ pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
 }
 
 /// Read every line, parse it, and hand valid events to `on_event` in file order. Blank lines are
-/// skipped; bad lines are tallied. Returns the number of non-blank lines read.
+/// skipped; bad lines are tallied, and so are events stamped more than [`DEFAULT_MAX_FUTURE`]
+/// after the start of the read (one such event would move a replay's clock years ahead). Returns the number of non-blank lines read.
 pub fn for_each_event(
     path: &Path,
     max_event_bytes: usize,
@@ -99,6 +100,8 @@ pub fn for_each_event_ahead(
     let mut ends: Vec<(usize, u64)> = Vec::with_capacity(BATCH_LINES);
     let (mut line_no, mut lines) = (0u64, 0u64);
     let mut at_end = false;
+    let started = chrono::Utc::now().timestamp_millis();
+    let mut future = FutureGuard::new(DEFAULT_MAX_FUTURE);
     while !at_end {
         block.clear();
         ends.clear();
@@ -122,7 +125,7 @@ pub fn for_each_event_ahead(
                 continue;
             }
             lines += 1;
-            match parse_event(line, max_event_bytes) {
+            match parse_event(line, max_event_bytes).and_then(|ev| future.check(ev.ts, None, || started).map(|()| ev)) {
                 Ok(ev) => events.push(ev),
                 Err(r) => tally.record(no, r),
             }
@@ -187,5 +190,25 @@ mod tests {
         assert_eq!(tally.examples.iter().map(|(n, _)| *n).collect::<Vec<_>>(), bad_lines[..bad_lines.len().min(5)]);
         assert_eq!(tally.total(), bad_lines.len() as u64);
         assert_eq!(lines, 3 * BATCH_LINES as u64 + 7 - (3 * BATCH_LINES as u64 + 7) / 11);
+    }
+
+    /// An event stamped after the present is tallied as `bad_timestamp`, and the events around
+    /// it still come through: a file's clock cannot be moved years ahead by one line.
+    #[test]
+    fn an_event_from_the_future_is_tallied_not_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let now = chrono::Utc::now().timestamp_millis();
+        let line = |user: &str, ts: i64| format!(r#"{{"user_id":"{user}","event_type":"login","ts":{ts}}}"#);
+        let hour = crate::time::HOUR_MS;
+        let text =
+            [line("past", now - 24 * hour), line("far", now + 50 * 365 * 24 * hour), line("near", now + hour / 2)];
+        std::fs::write(&path, text.join("\n")).expect("write");
+        let mut tally = RejectTally::default();
+        let mut seen = Vec::new();
+        for_each_event(&path, 4096, &mut tally, |ev| seen.push(ev.user_id.to_string())).expect("read");
+        assert_eq!(seen, ["past", "near"], "within the margin of the present is accepted");
+        assert_eq!(tally.by_reason.get(&RejectReason::BadTimestamp), Some(&1));
+        assert_eq!(tally.examples[0].0, 2, "reported at its line");
     }
 }
