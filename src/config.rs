@@ -333,7 +333,7 @@ impl Config {
         if self.source.max_future.ms() < crate::time::SECOND_MS {
             return Err(invalid(
                 "source.max_future",
-                "must be at least 1s: clocks differ by that much; \"1h\" is the default",
+                "must be at least 1s: clocks differ by that much; \"15m\" is the default",
             ));
         }
         let s = &self.sink;
@@ -655,8 +655,8 @@ mod tests {
         let e = load(&format!("{MIN}[http]\nlisten = \"nowhere\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("http.listen"), "{e}");
         let e = load(&format!("{MIN}[source]\nmax_future = \"0s\"\n"), &[]).unwrap_err().to_string();
-        assert!(e.contains("source.max_future") && e.contains("1h"), "{e}");
-        assert_eq!(load(MIN, &[]).unwrap().source.max_future, Span::hours(1), "the default");
+        assert!(e.contains("source.max_future") && e.contains("15m"), "{e}");
+        assert_eq!(load(MIN, &[]).unwrap().source.max_future.to_string(), "15m", "the default");
         let c = load(&format!("{MIN}[source]\nmax_future = \"1d\"\n"), &[]).unwrap();
         assert_eq!(c.source.max_future, Span::days(1));
     }

@@ -33,9 +33,11 @@ pub const MIN_TS: Millis = 0;
 pub const MAX_TS: Millis = 7_258_118_400_000;
 
 /// How far after the present an event may be stamped (`source.max_future`; fixed for file
-/// commands). An hour, as Kafka's own `log.message.timestamp.after.max.ms` default: wider than
-/// ordinary clock drift, narrower than a local time sent as UTC.
-pub const DEFAULT_MAX_FUTURE: crate::time::Span = crate::time::Span::hours(1);
+/// commands): wider than ordinary clock drift, narrower than a local time sent as UTC. It is
+/// also how far one event can push the watermark past the present, so it stays well inside the
+/// default `engine.allowed_lateness` (1 h): after an event at the limit, events delayed by up
+/// to 45 minutes are still on time.
+pub const DEFAULT_MAX_FUTURE: crate::time::Span = crate::time::Span(15 * crate::time::MINUTE_MS);
 
 /// Why an event was not accepted. The `code()` strings are a stable interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -202,7 +202,7 @@ mod tests {
         let line = |user: &str, ts: i64| format!(r#"{{"user_id":"{user}","event_type":"login","ts":{ts}}}"#);
         let hour = crate::time::HOUR_MS;
         let text =
-            [line("past", now - 24 * hour), line("far", now + 50 * 365 * 24 * hour), line("near", now + hour / 2)];
+            [line("past", now - 24 * hour), line("far", now + 50 * 365 * 24 * hour), line("near", now + hour / 12)];
         std::fs::write(&path, text.join("\n")).expect("write");
         let mut tally = RejectTally::default();
         let mut seen = Vec::new();
