@@ -237,7 +237,7 @@ pub fn ensure_changelog(
     let have = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
     if have < partitions {
         return Err(RestoreError::Kafka(format!(
-            "changelog topic {topic} has {have} partitions, its input has {partitions}: add partitions to it (kafka-topics --alter --partitions {partitions})"
+            "changelog topic {topic} has {have} partitions, its input has {partitions}: if the input was given more partitions, users' events now land on other partitions than their state (docs/KAFKA.md, adding partitions to an input); else add partitions to the changelog (kafka-topics --alter --partitions {partitions})"
         )));
     }
     Ok(())
