@@ -32,6 +32,7 @@ impl FutureGuard {
     /// `Ok` when `ts` is no more than the margin after the present. `record_ts` is the record's
     /// own timestamp, if it has one; `wall` reads the wall clock (epoch ms), called only when the
     /// last reading is too old to accept `ts`.
+    #[inline]
     pub fn check(
         &mut self,
         ts: Millis,
@@ -51,7 +52,9 @@ impl FutureGuard {
         Ok(())
     }
 
-    fn rejection(&self) -> Rejection {
+    /// The rejection of an event stamped too far ahead.
+    #[cold]
+    pub fn rejection(&self) -> Rejection {
         // Says how far is too far, never the value (it may be anything the client sent).
         Rejection::new(
             RejectReason::BadTimestamp,

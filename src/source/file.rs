@@ -100,8 +100,9 @@ pub fn for_each_event_ahead(
     let mut ends: Vec<(usize, u64)> = Vec::with_capacity(BATCH_LINES);
     let (mut line_no, mut lines) = (0u64, 0u64);
     let mut at_end = false;
-    let started = chrono::Utc::now().timestamp_millis();
-    let mut future = FutureGuard::new(DEFAULT_MAX_FUTURE);
+    // The present is the start of the read: a whole file is judged against one instant.
+    let future = FutureGuard::new(DEFAULT_MAX_FUTURE);
+    let latest = chrono::Utc::now().timestamp_millis().saturating_add(DEFAULT_MAX_FUTURE.ms());
     while !at_end {
         block.clear();
         ends.clear();
@@ -125,8 +126,9 @@ pub fn for_each_event_ahead(
                 continue;
             }
             lines += 1;
-            match parse_event(line, max_event_bytes).and_then(|ev| future.check(ev.ts, None, || started).map(|()| ev)) {
-                Ok(ev) => events.push(ev),
+            match parse_event(line, max_event_bytes) {
+                Ok(ev) if ev.ts <= latest => events.push(ev),
+                Ok(_) => tally.record(no, future.rejection()),
                 Err(r) => tally.record(no, r),
             }
         }
