@@ -100,6 +100,55 @@ async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
     assert!(q.event_time.starts_with("2026-"), "flagged on the stream's clock, not 2199: {q:?}");
 }
 
+/// A restore that re-reads the input (no changelog) applies the test live processing applied:
+/// the event from the future it dead-lettered stays out of the rebuilt state. Had the restore
+/// taken it, the restored clock would sit in 2199, every user would be evicted during the
+/// restore, and every event after the restart would be late.
+#[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_the_input_leaves_out_an_event_from_the_future() {
+    let brokers = common::brokers();
+    let t = Topics::create(&brokers, "futurerestore", 1).await;
+    let h = Harness::new(&brokers, &t, "[state]\nchangelog = false");
+    let evs = silent_user_stream(40);
+    // Before the restart: four days, with the far event among them. The quiet user (last event
+    // on day 2) is due to be flagged on day 8, after the restart.
+    let split = evs.iter().position(|(_, e)| String::from_utf8_lossy(e).contains("2026-01-05")).expect("day 4");
+    let (mut first, later) = (evs[..split].to_vec(), evs[split..].to_vec());
+    let far = br#"{"user_id":"busy-1","event_type":"login","ts":"2199-01-01T00:00:00Z"}"#.to_vec();
+    first.insert(first.len() / 2, ("busy-1".to_string(), far));
+    let producer = common::producer(&brokers);
+    common::produce_all(&producer, &t.events, &first).await;
+    let child = h.start();
+    let all_read = wait_for(Duration::from_secs(60), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
+    })
+    .await;
+    assert!(all_read.is_some(), "first run did not read everything:\n{}", h.log());
+    // Let the commit tick pass, then restart gracefully: the restart re-reads `first`.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stop(child, "-TERM").success());
+    let child = h.start();
+    common::produce_all(&producer, &t.events, &later).await;
+    let all =
+        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    let consumed = wait_for(Duration::from_secs(30), || {
+        (h.metric_sum("churnguard_events_consumed_total", "") == later.len() as f64).then_some(())
+    })
+    .await;
+    let late = h.metric_sum("churnguard_events_late_total", "");
+    let st = stop(child, "-TERM");
+    assert!(st.success() && consumed.is_some(), "second run consumed everything; log:\n{}", h.log());
+    assert!(h.log().contains("state restored"), "restored from the input:\n{}", h.log());
+    assert_eq!(late, 0.0, "no event after the restart fell behind the restored clock");
+    assert!(all.iter().all(|i| !i.user_id.starts_with("busy")), "busy users are never at risk: {all:?}");
+    let q = all
+        .iter()
+        .find(|i| i.user_id == "quiet")
+        .unwrap_or_else(|| panic!("quiet was never flagged; log:\n{}", h.log()));
+    assert!(q.event_time.starts_with("2026-01-"), "flagged on the stream's clock: {q:?}");
+}
+
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_dead_lettered_with_reasons_and_counts_balance() {

@@ -745,11 +745,14 @@ impl PartitionWorker {
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         let mut scoring = None;
-        let future = &mut self.future;
-        let parsed = parse_event(payload, self.shared.cfg.source.max_event_bytes).and_then(|ev| {
-            let wall = || chrono::Utc::now().timestamp_millis();
-            future.check(ev.ts, m.timestamp(), wall).map(|()| ev)
-        });
+        let source_ts = m.timestamp();
+        let parsed = match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
+            Ok(ev) => match self.future.check(ev.ts, source_ts, || chrono::Utc::now().timestamp_millis()) {
+                Ok(()) => Ok(ev),
+                Err(r) => Err(r),
+            },
+            Err(r) => Err(r),
+        };
         match parsed {
             Ok(ev) if self.forward.is_some() => {
                 // Re-keyed by user id, the payload as it came: the repartition topic's partition
@@ -809,7 +812,6 @@ impl PartitionWorker {
                 .await?;
             }
         }
-        let source_ts = m.timestamp();
         let mut result = Ok(());
         for i in 0..staging.len() {
             result = self
