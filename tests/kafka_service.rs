@@ -34,6 +34,23 @@ fn silent_user_stream(days: i64) -> Vec<(String, Vec<u8>)> {
     evs
 }
 
+/// Interventions and control records of the run: which of the two a user's decision goes to is
+/// a hash of their id.
+async fn decisions(brokers: &str, t: &Topics) -> Vec<Intervention> {
+    let mut all =
+        interventions(&read_all(brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    all.extend(interventions(&read_all(brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    all
+}
+
+/// Event time in [`silent_user_stream`] stayed where its events put it: no busy user was ever
+/// at risk, and the quiet user was flagged in January 2026.
+fn assert_flagged_on_the_streams_clock(all: &[Intervention], log: &str) {
+    assert!(all.iter().all(|i| !i.user_id.starts_with("busy")), "busy users are never at risk: {all:?}");
+    let q = all.iter().find(|i| i.user_id == "quiet").unwrap_or_else(|| panic!("quiet was never flagged; log:\n{log}"));
+    assert!(q.event_time.starts_with("2026-01-"), "flagged on the stream's clock: {q:?}");
+}
+
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_user_is_flagged_with_no_event_of_their_own() {
@@ -44,9 +61,7 @@ async fn silent_user_is_flagged_with_no_event_of_their_own() {
     common::produce_all(&common::producer(&brokers), &t.events, &evs).await;
     let child = h.start();
     let last_quiet_event = T0 + 2 * DAY_MS + 1;
-    let mut all =
-        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
-    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let all = decisions(&brokers, &t).await;
     let st = stop(child, "-TERM");
     assert!(st.success(), "graceful exit; log:\n{}", h.log());
     let q = all
@@ -76,9 +91,7 @@ async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
     let child = h.start();
     let dlq =
         common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), 1, Duration::from_secs(60)).await;
-    let mut all =
-        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
-    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let all = decisions(&brokers, &t).await;
     let consumed = wait_for(Duration::from_secs(20), || {
         (h.metric_sum("churnguard_events_consumed_total", "") == evs.len() as f64).then_some(())
     })
@@ -92,12 +105,7 @@ async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
     assert_eq!(dlq[0].payload(), Some(&far[..]), "dead-lettered byte for byte");
     assert!(!h.log().contains("2199-01-01"), "the value appears in no log line");
     assert_eq!(late, 0.0, "no event fell behind the clock");
-    assert!(all.iter().all(|i| !i.user_id.starts_with("busy")), "busy users are never at risk: {all:?}");
-    let q = all
-        .iter()
-        .find(|i| i.user_id == "quiet")
-        .unwrap_or_else(|| panic!("quiet was never flagged; log:\n{}", h.log()));
-    assert!(q.event_time.starts_with("2026-"), "flagged on the stream's clock, not 2199: {q:?}");
+    assert_flagged_on_the_streams_clock(&all, &h.log());
 }
 
 /// A restore that re-reads the input (no changelog) applies the test live processing applied:
@@ -130,8 +138,7 @@ async fn a_restore_from_the_input_leaves_out_an_event_from_the_future() {
     assert!(stop(child, "-TERM").success());
     let child = h.start();
     common::produce_all(&producer, &t.events, &later).await;
-    let all =
-        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
+    let all = decisions(&brokers, &t).await;
     let consumed = wait_for(Duration::from_secs(30), || {
         (h.metric_sum("churnguard_events_consumed_total", "") == later.len() as f64).then_some(())
     })
@@ -141,12 +148,7 @@ async fn a_restore_from_the_input_leaves_out_an_event_from_the_future() {
     assert!(st.success() && consumed.is_some(), "second run consumed everything; log:\n{}", h.log());
     assert!(h.log().contains("state restored"), "restored from the input:\n{}", h.log());
     assert_eq!(late, 0.0, "no event after the restart fell behind the restored clock");
-    assert!(all.iter().all(|i| !i.user_id.starts_with("busy")), "busy users are never at risk: {all:?}");
-    let q = all
-        .iter()
-        .find(|i| i.user_id == "quiet")
-        .unwrap_or_else(|| panic!("quiet was never flagged; log:\n{}", h.log()));
-    assert!(q.event_time.starts_with("2026-01-"), "flagged on the stream's clock: {q:?}");
+    assert_flagged_on_the_streams_clock(&all, &h.log());
 }
 
 #[ignore = "needs a Kafka broker: run bash scripts/test.sh"]
@@ -695,9 +697,7 @@ async fn zstd_input_and_lz4_output_flow_through_the_broker() {
     let evs = silent_user_stream(40);
     common::produce_all(&producer, &t.events, &evs).await;
     let child = h.start();
-    let mut all =
-        interventions(&read_all(&brokers, &t.interventions, Duration::from_secs(4), Duration::from_secs(60)).await);
-    all.extend(interventions(&read_all(&brokers, &t.control, Duration::from_secs(2), Duration::from_secs(10)).await));
+    let all = decisions(&brokers, &t).await;
     let consumed = h.metric_sum("churnguard_events_consumed_total", "");
     let st = stop(child, "-TERM");
     assert!(st.success(), "log:\n{}", h.log());
