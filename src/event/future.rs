@@ -39,17 +39,22 @@ impl FutureGuard {
         record_ts: Option<Millis>,
         wall: impl FnOnce() -> Millis,
     ) -> Result<(), Rejection> {
-        let ahead_of = |now: Millis| ts > now.saturating_add(self.margin);
-        if record_ts.is_some_and(ahead_of) {
+        if record_ts.is_some_and(|r| ts > self.latest(r)) {
             return Err(self.rejection());
         }
-        if ahead_of(self.wall_floor) {
+        if ts > self.latest(self.wall_floor) {
             self.wall_floor = self.wall_floor.max(wall());
-            if ahead_of(self.wall_floor) {
+            if ts > self.latest(self.wall_floor) {
                 return Err(self.rejection());
             }
         }
         Ok(())
+    }
+
+    /// The latest event time accepted when the present is `now`.
+    #[inline]
+    pub fn latest(&self, now: Millis) -> Millis {
+        now.saturating_add(self.margin)
     }
 
     /// The rejection of an event stamped too far ahead.

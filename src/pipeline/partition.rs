@@ -281,7 +281,6 @@ impl PartitionWorker {
         model: watch::Receiver<Arc<ModelArtifact>>,
     ) -> PartitionWorker {
         let current = model.borrow().clone();
-        let shared_future = shared.cfg.source.max_future;
         let mut engine = Engine::new(&current, shared.cfg.policy.clone(), shared.cfg.engine.clone());
         engine.track_changes(shared.cfg.state.changelog);
         if let Some(shadow) = &shared.shadow {
@@ -294,6 +293,7 @@ impl PartitionWorker {
             .then(|| Arc::from(repartition.as_str()));
         PartitionWorker {
             id,
+            future: FutureGuard::new(shared.cfg.source.max_future),
             shared,
             engine,
             sink,
@@ -321,7 +321,6 @@ impl PartitionWorker {
             check_gap: false,
             key_mismatches: 0,
             forward,
-            future: FutureGuard::new(shared_future),
             no_headers: rdkafka::message::OwnedHeaders::new(),
         }
     }
@@ -746,13 +745,9 @@ impl PartitionWorker {
         staging.clear();
         let mut scoring = None;
         let source_ts = m.timestamp();
-        let parsed = match parse_event(payload, self.shared.cfg.source.max_event_bytes) {
-            Ok(ev) => match self.future.check(ev.ts, source_ts, || chrono::Utc::now().timestamp_millis()) {
-                Ok(()) => Ok(ev),
-                Err(r) => Err(r),
-            },
-            Err(r) => Err(r),
-        };
+        let wall = || chrono::Utc::now().timestamp_millis();
+        let parsed = parse_event(payload, self.shared.cfg.source.max_event_bytes)
+            .and_then(|ev| self.future.check(ev.ts, source_ts, wall).map(|()| ev));
         match parsed {
             Ok(ev) if self.forward.is_some() => {
                 // Re-keyed by user id, the payload as it came: the repartition topic's partition

@@ -102,7 +102,7 @@ pub fn for_each_event_ahead(
     let mut at_end = false;
     // The present is the start of the read: a whole file is judged against one instant.
     let future = FutureGuard::new(DEFAULT_MAX_FUTURE);
-    let latest = chrono::Utc::now().timestamp_millis().saturating_add(DEFAULT_MAX_FUTURE.ms());
+    let latest = future.latest(chrono::Utc::now().timestamp_millis());
     while !at_end {
         block.clear();
         ends.clear();
