@@ -92,13 +92,10 @@ async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
     let dlq =
         common::consume_n(&brokers, &t.dlq, &common::unique_group("dlq-reader"), 1, Duration::from_secs(60)).await;
     let all = decisions(&brokers, &t).await;
-    let consumed = wait_for(Duration::from_secs(20), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == evs.len() as f64).then_some(())
-    })
-    .await;
+    let consumed = h.wait_consumed(evs.len(), Duration::from_secs(20)).await;
     let late = h.metric_sum("churnguard_events_late_total", "");
     let st = stop(child, "-TERM");
-    assert!(st.success() && consumed.is_some(), "graceful exit after consuming all; log:\n{}", h.log());
+    assert!(st.success() && consumed, "graceful exit after consuming all; log:\n{}", h.log());
     assert_eq!(dlq.len(), 1, "the one event from the future is dead-lettered; log:\n{}", h.log());
     let reason = dlq[0].headers().and_then(|hs| hs.iter().find(|hd| hd.key == "churnguard.reason")?.value);
     assert_eq!(reason, Some(&b"bad_timestamp"[..]));
@@ -128,24 +125,18 @@ async fn a_restore_from_the_input_leaves_out_an_event_from_the_future() {
     let producer = common::producer(&brokers);
     common::produce_all(&producer, &t.events, &first).await;
     let child = h.start();
-    let all_read = wait_for(Duration::from_secs(60), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
-    })
-    .await;
-    assert!(all_read.is_some(), "first run did not read everything:\n{}", h.log());
+    let all_read = h.wait_consumed(first.len(), Duration::from_secs(60)).await;
+    assert!(all_read, "first run did not read everything:\n{}", h.log());
     // Let the commit tick pass, then restart gracefully: the restart re-reads `first`.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(stop(child, "-TERM").success());
     let child = h.start();
     common::produce_all(&producer, &t.events, &later).await;
     let all = decisions(&brokers, &t).await;
-    let consumed = wait_for(Duration::from_secs(30), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == later.len() as f64).then_some(())
-    })
-    .await;
+    let consumed = h.wait_consumed(later.len(), Duration::from_secs(30)).await;
     let late = h.metric_sum("churnguard_events_late_total", "");
     let st = stop(child, "-TERM");
-    assert!(st.success() && consumed.is_some(), "second run consumed everything; log:\n{}", h.log());
+    assert!(st.success() && consumed, "second run consumed everything; log:\n{}", h.log());
     assert!(h.log().contains("state restored"), "restored from the input:\n{}", h.log());
     assert_eq!(late, 0.0, "no event after the restart fell behind the restored clock");
     assert_flagged_on_the_streams_clock(&all, &h.log());
@@ -529,11 +520,8 @@ async fn a_quiet_partition_is_restored_after_a_restart_and_its_silent_users_flag
     let first = quiet_partition_history();
     produce_to(&brokers, &t.events, &first).await;
     let child = h.start();
-    let all_read = wait_for(Duration::from_secs(60), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
-    })
-    .await;
-    assert!(all_read.is_some(), "first run did not read everything:\n{}", h.log());
+    let all_read = h.wait_consumed(first.len(), Duration::from_secs(60)).await;
+    assert!(all_read, "first run did not read everything:\n{}", h.log());
     // Let the commit tick pass, then restart gracefully.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(stop(child, "-TERM").success());
@@ -560,11 +548,8 @@ async fn a_transactional_input_goes_idle_after_its_last_commit_marker() {
     let first = quiet_partition_history();
     produce_in_transaction(&brokers, &t.events, &first);
     let child = h.start();
-    let all_read = wait_for(Duration::from_secs(60), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
-    })
-    .await;
-    assert!(all_read.is_some(), "the transactional history was not read:\n{}", h.log());
+    let all_read = h.wait_consumed(first.len(), Duration::from_secs(60)).await;
+    assert!(all_read, "the transactional history was not read:\n{}", h.log());
     produce_to(&brokers, &t.events, &quiet_partition_later()).await;
     let flagged = quiet_users_flagged(&brokers, &t).await;
     let st = stop(child, "-TERM");
@@ -611,11 +596,8 @@ async fn a_restore_longer_than_max_poll_interval_finishes_and_the_group_stays_st
     // New input after the restore is processed, and the group never rebalanced.
     let (k, v) = event("after", "login", T0 + (N + 10) * 60_000);
     produce_to(&brokers, &t.events, &[(0, k, v)]).await;
-    let processed = wait_for(Duration::from_secs(30), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == 1.0).then_some(())
-    })
-    .await;
-    assert!(processed.is_some(), "input after the restore was not processed:\n{}", h.metrics());
+    let processed = h.wait_consumed(1, Duration::from_secs(30)).await;
+    assert!(processed, "input after the restore was not processed:\n{}", h.metrics());
     assert_eq!(h.metric_sum("churnguard_rebalances_total", "kind=\"assign\""), 1.0, "{}", h.log());
     assert_eq!(h.log().matches("restoring state in the background").count(), 1, "one restore, not a loop");
     assert!(stop(child, "-TERM").success());

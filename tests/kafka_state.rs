@@ -91,11 +91,8 @@ async fn state_comes_back_from_the_changelog_when_the_input_history_is_deleted()
     let first = quiet_partition_history();
     produce_to(&brokers, &t.events, &first).await;
     let child = h.start();
-    let all_read = wait_for(Duration::from_secs(60), || {
-        (h.metric_sum("churnguard_events_consumed_total", "") == first.len() as f64).then_some(())
-    })
-    .await;
-    assert!(all_read.is_some(), "first run did not read everything:\n{}", h.log());
+    let all_read = h.wait_consumed(first.len(), Duration::from_secs(60)).await;
+    assert!(all_read, "first run did not read everything:\n{}", h.log());
     assert!(stop(child, "-TERM").success());
     delete_all_records(&brokers, &t.events, 2).await;
 

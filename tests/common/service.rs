@@ -191,6 +191,14 @@ warm_up = "off"
             .sum()
     }
 
+    /// Wait up to `max` until the service has consumed exactly `n` events
+    /// (`churnguard_events_consumed_total`); false if it has not by then.
+    pub async fn wait_consumed(&self, n: usize, max: Duration) -> bool {
+        wait_for(max, || (self.metric_sum("churnguard_events_consumed_total", "") == n as f64).then_some(()))
+            .await
+            .is_some()
+    }
+
     pub fn replay(&self, events: &[(String, Vec<u8>)]) -> Vec<Intervention> {
         let file = self.dir.path().join("events.jsonl");
         let mut f = std::fs::File::create(&file).expect("events file");
