@@ -105,7 +105,7 @@ async fn an_event_from_the_future_is_dead_lettered_and_moves_no_clock() {
     assert_flagged_on_the_streams_clock(&all, &h.log());
 }
 
-/// A restore that re-reads the input (no changelog) applies the test live processing applied:
+/// A restore that re-reads the input (no changelog) applies the check that live processing applied:
 /// the event from the future it dead-lettered stays out of the rebuilt state. Had the restore
 /// taken it, the restored clock would sit in 2199, every user would be evicted during the
 /// restore, and every event after the restart would be late.
