@@ -307,7 +307,7 @@ fn most_quiet_rescorings_are_skipped() {
 }
 
 /// A user scored far below every tier on an event tries a bound at their first silent due time,
-/// before any score (the engine's `TRY_BOUND`): silences that never come near a tier compute no
+/// before any score (the engine's `Quiet::TRY`): silences that never come near a tier compute no
 /// score at all, from the first due time to the eviction, and decide as polling does.
 #[test]
 fn silences_far_below_every_tier_compute_no_score() {
@@ -316,6 +316,85 @@ fn silences_far_below_every_tier_compute_no_score() {
     assert!(pc.scored_on_timer > 100, "polling rescored {} times", pc.scored_on_timer);
     assert_eq!(sc.users_evicted, 6, "every silence ran to the eviction");
     assert_eq!(sc.scored_on_timer, 0, "scores computed while silent");
+}
+
+/// A silence proven quiet holds a timer only where a proof ends, not one per due time: each
+/// bound covers as many due times again as the silence so far (so a user who comes back soon
+/// wasted little), and the last one reaches the eviction. A user scored far below every tier
+/// and then silent for good fires 8 timers (days 1, 3, 7, ..., 63, 119 and the eviction at
+/// 120), where the polling engine fires 120.
+#[test]
+fn a_quiet_silence_holds_a_timer_only_where_a_proof_ends() {
+    let s = Setup {
+        coefs: vec![(usize::MAX, 1.2)],
+        intercept: -30.0,
+        tiers: vec![0.8, 0.5],
+        cooldown_days: 0,
+        resend_while_silent: false,
+        control: false,
+        value_rule: false,
+        interval: DAY_MS,
+        ttl_days: 120,
+        score_at: None,
+        lateness: 0,
+        warm_up_days: None,
+        shadow: false,
+        swap_after: usize::MAX,
+    };
+    let due_times = |exhaustive: bool| {
+        let mut e = engine(&s, exhaustive);
+        let ev =
+            ActivityEvent { user_id: Cow::Borrowed("u0"), event_type: Cow::Borrowed("login"), ts: T0, amount: None };
+        e.ingest_decisions(&ev, &mut |_| panic!("no decision far below every tier"));
+        let mut days = Vec::new();
+        // Each step completes the bucket of that day's due time (a 24th of the interval).
+        for day in 1..=121 {
+            e.advance_watermark_decisions(T0 + day * DAY_MS + 2 * HOUR_MS, &mut |_| panic!("no decision"));
+            e.for_each_user(|u| {
+                let d = (u.next_due - T0) / DAY_MS;
+                if days.last() != Some(&d) {
+                    days.push(d);
+                }
+            });
+        }
+        assert_eq!(e.counters.users_evicted, 1);
+        days
+    };
+    assert_eq!(due_times(true), (2..=120).collect::<Vec<_>>());
+    assert_eq!(due_times(false), [3, 7, 15, 31, 63, 119, 120]);
+}
+
+/// A model swap voids every proof of quiet, and a user whose timer skipped a span gets it back
+/// where polling has it: the first of their due times in a bucket not drained yet. Here the
+/// swap comes with the clock partway into a bucket and past one of the user's due times, which
+/// polling has not fired (a due time fires with its whole bucket): the new model scores it
+/// there, at the next event, as polling does, not a whole interval later.
+#[test]
+fn a_swap_puts_a_skipped_timer_back_where_polling_has_it() {
+    let s = Setup {
+        coefs: vec![(0, 0.0), (usize::MAX, 0.3)],
+        intercept: -2.64,
+        tiers: vec![0.13],
+        cooldown_days: 0,
+        resend_while_silent: false,
+        control: false,
+        value_rule: false,
+        interval: 6 * HOUR_MS,
+        ttl_days: 45,
+        score_at: None,
+        lateness: HOUR_MS,
+        warm_up_days: None,
+        shadow: false,
+        swap_after: 2,
+    };
+    // u0 goes quiet; u1's event two days on moves the clock (and the pass proves u0's span),
+    // the swap follows, and u0's next event fires their due time in the bucket left open.
+    let ev = |user: u8, gap: Millis, back: Millis| Ev { user, gap, back, kind: 0, amount: None };
+    let evs = [ev(0, 43 * MINUTE_MS, 47 * MINUTE_MS), ev(1, 2 * DAY_MS + 13 * MINUTE_MS, 0), ev(0, 0, 0)];
+    let (polled, _) = run(&s, &evs, true);
+    let (skipped, _) = run(&s, &evs, false);
+    assert!(polled.iter().any(|r| r.model == "live-2" && r.trigger == "Silence"), "{polled:?}");
+    assert_eq!(skipped, polled);
 }
 
 /// A restored engine has no proofs of quiet spans (they are not persisted): it rescores every

@@ -9,6 +9,28 @@
 
 use crate::time::Millis;
 
+/// The first due time of the chain `first + k * step` (k = 0, 1, ...) after `clock`.
+pub fn first_after(first: Millis, step: Millis, clock: Millis) -> Millis {
+    if first > clock {
+        first
+    } else {
+        first.saturating_add(((clock - first) / step + 1).saturating_mul(step))
+    }
+}
+
+/// Where a polling engine's timer would be now for a user whose due times from `first` on all
+/// decide nothing, with the wheel's first undrained bucket at `base` (`granularity`: its bucket
+/// width): a due time fires in the pass that completes its bucket, so the timer is at the first
+/// due time from `first` on in a bucket not drained yet.
+pub fn polled_due(first: Millis, step: Millis, granularity: Millis, base: i64) -> Millis {
+    let from = base.saturating_mul(granularity);
+    if first >= from {
+        first
+    } else {
+        first_after(first, step, from - 1)
+    }
+}
+
 /// How far the quiet span starting at `first` reaches: the due time after the first `len` due
 /// times of the chain `first + k * step` (or `end`, if they reach it) when `quiet` proves them
 /// all, else (with `halve`) after the first `len / 2`, `len / 4`, ... of them; `first` when not
@@ -79,6 +101,41 @@ mod tests {
                 prop_assert!(got > first, "the first due time is quiet and was not passed");
             }
         }
+    }
+
+    proptest! {
+        /// [`polled_due`] against a simulation of polling: the timer waits in its due time's
+        /// bucket, a pass happens whenever the watermark completes a bucket, and it fires every
+        /// due time in the buckets it completes.
+        #[test]
+        fn polled_due_is_where_polling_has_the_timer(
+            first in 1_000i64..2_000, step in 1i64..60, granularity in 1i64..40,
+            back in 1i64..100, moves in proptest::collection::vec(0i64..80, 0..40),
+        ) {
+            // Nothing fired from `first` on yet: the clock was before it.
+            let mut clock = first - back;
+            let mut base = (clock + 1).div_euclid(granularity);
+            let mut polled = first;
+            for m in moves {
+                clock += m;
+                let complete = (clock + 1).div_euclid(granularity);
+                if base < complete {
+                    base = complete;
+                    while polled.div_euclid(granularity) < base {
+                        polled += step;
+                    }
+                }
+                prop_assert_eq!(polled_due(first, step, granularity, base), polled, "clock {}", clock);
+            }
+        }
+    }
+
+    #[test]
+    fn first_after_is_the_next_due_time_past_the_clock() {
+        assert_eq!(first_after(10, 5, 3), 10);
+        assert_eq!(first_after(10, 5, 10), 15);
+        assert_eq!(first_after(10, 5, 14), 15);
+        assert_eq!(first_after(10, 5, 15), 20);
     }
 
     /// The proof is a count that fits the per-user record's padding: tracking it costs no memory.

@@ -6,8 +6,8 @@
 //! users, so the same events give the same decisions in both modes:
 //! - an event is scored at the user's newest event time;
 //! - a silent user is scored at exact due times `last decision + rescore_interval`, except that
-//!   due times a bound on their frozen score proves unable to decide anything fire without
-//!   computing a score (`crossing`, docs/ARCHITECTURE.md rule 5a);
+//!   due times a bound on their frozen score proves unable to decide anything are skipped: the
+//!   timer waits where the proof ends (`crossing`, docs/ARCHITECTURE.md rule 5a);
 //! - before a user's event is applied, any of their timers due at or before it fire first.
 //!
 //! With `engine.score_at` set (a UTC time of day, e.g. `"00:00"`), the cadence is daily instead:
@@ -306,13 +306,9 @@ struct UserMeta {
     dirty: bool,
     /// In the open snapshot and not handed out yet ([`snapshot`]).
     frozen: bool,
-    /// How many due times `next_due + k * interval` (k = 0, 1, ...) are proven quiet: they fire
-    /// as timers, exactly when they would have, but compute nothing ([`crossing`]); `ALL_QUIET`:
-    /// every one before the eviction; `TRY_BOUND`: none yet, but the user was below the cut when
-    /// last seen, so the next due time tries a bound before computing a score. A count rather
-    /// than a time, so the record stays 64 bytes. Not persisted: a restored user is rescored at
-    /// every due time until their next computed scoring proves a span again.
-    quiet_left: u32,
+    /// What the user's timer knows of their quiet due times ([`crossing`], [`Quiet`]). Not
+    /// persisted: a restored user computes a score at their next due time.
+    quiet: Quiet,
 }
 
 const FRESH_META: UserMeta = UserMeta {
@@ -321,15 +317,46 @@ const FRESH_META: UserMeta = UserMeta {
     outcome: NO_OUTCOME,
     dirty: false,
     frozen: false,
-    quiet_left: 0,
+    quiet: Quiet::NONE,
 };
 
-/// `UserMeta::quiet_left`: every due time before the user's eviction is proven quiet.
-const ALL_QUIET: u32 = u32::MAX;
-/// `UserMeta::quiet_left`: nothing is proven, but the next due time is worth a bound first.
-const TRY_BOUND: u32 = u32::MAX - 1;
-/// The most due times `UserMeta::quiet_left` counts; a longer span is cut short (fewer is sound).
-const MAX_QUIET_COUNT: u32 = u32::MAX - 2;
+/// What a user's timer at `next_due` knows of their quiet due times: a due time whose score a
+/// bound keeps below the cut decides nothing, so a proven span of them holds no timer at all;
+/// the timer waits at the span's end ([`crossing`]).
+///
+/// Bits: [`Quiet::TRY`], [`Quiet::TO_EVICTION`], and a count of the due times before
+/// `next_due` that were skipped (the span behind it, from where polling would have had the
+/// timer right after the proof), which puts the timer back where polling would have it when a
+/// model swap voids the proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quiet(u32);
+
+impl Quiet {
+    const NONE: Quiet = Quiet(0);
+    /// The user was below the cut when last seen: the due time tries a bound before computing
+    /// a score.
+    const TRY: u32 = 1 << 31;
+    /// The due time and every later one before the eviction are proven quiet.
+    const TO_EVICTION: u32 = 1 << 30;
+    const MAX_SKIPPED: u32 = Quiet::TO_EVICTION - 1;
+
+    fn new(flags: u32, skipped: i64) -> Quiet {
+        Quiet(flags | u32::try_from(skipped).map_or(Quiet::MAX_SKIPPED, |n| n.min(Quiet::MAX_SKIPPED)))
+    }
+
+    fn tries(self) -> bool {
+        self.0 & Quiet::TRY != 0
+    }
+
+    fn to_eviction(self) -> bool {
+        self.0 & Quiet::TO_EVICTION != 0
+    }
+
+    fn skipped(self) -> i64 {
+        i64::from(self.0 & Quiet::MAX_SKIPPED)
+    }
+}
+
 /// How far ahead of the user being fired a timer pass prefetches records and cells: about a
 /// memory latency of work apart at the cost of scoring a user, and the record first, so that
 /// reading it to decide on the cells does not miss.
@@ -512,11 +539,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Forget every proof of quiet due times: they were made for another model. The users'
-    /// timers are on their due-time chains already, so they are rescored from their next one.
+    /// Forget every proof of quiet due times: they were made for another model. A user whose
+    /// timer skipped a span gets it back where polling would have it (`crossing::polled_due`),
+    /// so they are rescored from their next due time, as if no span had been skipped.
     fn forget_quiet_spans(&mut self) {
-        for m in &mut self.meta {
-            m.quiet_left = 0;
+        let (step, granularity) = (self.interval(), self.timers.granularity());
+        for idx in 0..self.meta.len() {
+            let m = self.meta[idx];
+            if m.quiet == Quiet::NONE {
+                continue;
+            }
+            self.meta[idx].quiet = Quiet::NONE;
+            let n = m.quiet.skipped();
+            if m.next_due == NO_DUE || n == 0 {
+                continue;
+            }
+            let due = crossing::polled_due(m.next_due - n * step, step, granularity, self.timers.base());
+            if due < m.next_due {
+                self.preserve(idx as u32);
+                self.schedule(idx as u32, due);
+                self.mark_changed(idx as u32);
+            }
         }
     }
 
@@ -564,7 +607,7 @@ impl Engine {
         // Catch-up: the user's own timers due before this event fire first, whatever the clock.
         while self.meta[idx as usize].next_due <= ev.ts {
             let due = self.meta[idx as usize].next_due;
-            if !self.fire(idx, due, ev.ts, emit) {
+            if !self.fire(idx, due, emit) {
                 idx = self.lookup_or_create(&ev.user_id, ev.ts);
                 break;
             }
@@ -590,7 +633,7 @@ impl Engine {
                 self.schedule(idx, next);
             }
             // The event changed the state the quiet span was proven for.
-            self.meta[idx as usize].quiet_left = 0;
+            self.meta[idx as usize].quiet = Quiet::NONE;
             return Ingested::Applied;
         }
         let at = self.store.user(idx).last_ts();
@@ -628,6 +671,8 @@ impl Engine {
         let meta = &self.meta;
         let timers = &mut self.timers;
         let granularity = timers.granularity();
+        // Buckets before this one are complete: the pass fires every due time in them.
+        let complete = (to + 1).div_euclid(granularity);
         timers.drain_until(to, |bucket, ids| {
             for &id in ids {
                 let due = meta[id as usize].next_due;
@@ -648,10 +693,12 @@ impl Engine {
             if self.meta[id as usize].next_due != due {
                 continue;
             }
-            // A jump in event time can leave several of the user's due times behind the clock.
-            while self.meta[id as usize].next_due <= to {
+            // A jump in event time can leave several of the user's due times in buckets this
+            // pass completes; one in the bucket the clock is in waits for the pass that
+            // completes it, as every due time does, whatever the user's earlier ones were.
+            while self.meta[id as usize].next_due.div_euclid(granularity) < complete {
                 let d = self.meta[id as usize].next_due;
-                if !self.fire(id, d, to, emit) {
+                if !self.fire(id, d, emit) {
                     break;
                 }
             }
@@ -669,7 +716,7 @@ impl Engine {
             crate::features::prefetch::one(self.meta.as_ptr().wrapping_add(id as usize));
         }
         if let Some(&(_, id)) = due.get(k + CELLS_AHEAD) {
-            if self.meta.get(id as usize).is_some_and(|m| m.quiet_left == 0 || m.quiet_left == TRY_BOUND) {
+            if self.meta.get(id as usize).is_some_and(|m| !m.quiet.to_eviction()) {
                 self.store.prefetch(id);
             }
         }
@@ -703,10 +750,9 @@ impl Engine {
         idx
     }
 
-    /// A rescore timer at `due`, fired with the clock at `clock` (every due time up to it fires
-    /// in this pass): evict the user if silent past the TTL, else score them. Returns false if
-    /// the user was evicted.
-    fn fire(&mut self, idx: u32, due: Millis, clock: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
+    /// A rescore timer at `due`: evict the user if silent past the TTL, else score them unless
+    /// their quiet span says it decides nothing. Returns false if the user was evicted.
+    fn fire(&mut self, idx: u32, due: Millis, emit: &mut dyn FnMut(&Decision<'_>)) -> bool {
         self.preserve(idx);
         // The wheel entry that led here is spent: the next schedule must push a new one.
         self.meta[idx as usize].next_due = NO_DUE;
@@ -725,38 +771,26 @@ impl Engine {
             self.counters.users_evicted += 1;
             return false;
         }
-        let mut left = self.meta[idx as usize].quiet_left;
-        if left == TRY_BOUND {
+        let quiet = self.meta[idx as usize].quiet;
+        let step = self.interval();
+        let evict_at = self.evict_at(last);
+        if quiet.to_eviction() {
+            // Proven quiet up to the eviction, which polling would reach from here too.
+            self.meta[idx as usize].quiet = Quiet::NONE;
+            self.schedule(idx, evict_at);
+            return true;
+        }
+        if quiet.tries() {
             // Below the cut when last scored, at an event or at the end of a proven span: a
             // bound over this due time and as many more as the silence so far (two at the
             // first) most likely proves them all, and then no score is computed here at all.
             // One try: if it fails, the score computed here searches on from it, halving.
-            let step = self.interval();
             let len = ((due - last) / step).max(1) + 1;
-            let evict_at = self.evict_at(last);
             let until = self.quiet_span(idx, due, step, evict_at, len, false);
-            left = self.quiet_count(until, due, evict_at);
-            self.meta[idx as usize].quiet_left = left;
-        }
-        if left > 0 {
-            // Proven quiet: this and every due time up to the clock would score below the cut and
-            // change nothing. The timer moves on as polling would have moved it (to the first due
-            // time past the clock, or the first unproven one if that is sooner, which this same
-            // pass then fires), so every later decision fires in the same pass and order as when
-            // polled.
-            let step = self.interval();
-            let passed = (clock - due).max(0) / step + 1;
-            let (next, left) = if left == ALL_QUIET {
-                (due.saturating_add(passed.saturating_mul(step)).min(self.evict_at(last)), ALL_QUIET)
-            } else if passed >= i64::from(left) {
-                // The span ends with the user most likely still below the cut.
-                (due + i64::from(left) * step, TRY_BOUND)
-            } else {
-                (due + passed * step, left - passed as u32)
-            };
-            self.schedule(idx, next);
-            self.meta[idx as usize].quiet_left = left;
-            return true;
+            if until > due {
+                self.skip_to(idx, due + step, until, evict_at);
+                return true;
+            }
         }
         self.counters.scored_on_timer += 1;
         // On the daily cadence, a user with an event in the day before is reported as scored
@@ -828,15 +862,23 @@ impl Engine {
         }
     }
 
-    /// `UserMeta::quiet_left` for a span of due times from `next` proven quiet up to `until` (the
-    /// first unproven one, or the eviction). Too many to count (a TTL of years at a 1m interval)
-    /// is cut short: fewer is sound.
-    fn quiet_count(&self, until: Millis, next: Millis, evict_at: Millis) -> u32 {
-        if until >= evict_at {
-            ALL_QUIET
+    /// Set the user's timer past a proven span: every due time of the chain from `first` (the
+    /// one after the last fired or scored) up to `until` (the first unproven one, or the
+    /// eviction) is quiet, so the timer waits at `until`, which then tries a bound, or, for a
+    /// span to the eviction, at the chain's last due time before it. A span too long to count
+    /// is cut short (shorter is sound: its end only tries a bound).
+    fn skip_to(&mut self, idx: u32, first: Millis, until: Millis, evict_at: Millis) {
+        let step = self.interval();
+        let (due, flags) = if until >= evict_at && first < evict_at {
+            (first + (evict_at - 1 - first) / step * step, Quiet::TO_EVICTION)
         } else {
-            u32::try_from((until - next) / self.interval()).map_or(MAX_QUIET_COUNT, |n| n.min(MAX_QUIET_COUNT))
-        }
+            (until.min(evict_at), Quiet::TRY)
+        };
+        let longest = first.saturating_add(i64::from(Quiet::MAX_SKIPPED).saturating_mul(step));
+        let (due, flags) = if due > longest { (longest, Quiet::TRY) } else { (due, flags) };
+        self.meta[idx as usize].quiet =
+            if due >= evict_at { Quiet::NONE } else { Quiet::new(flags, (due - first).max(0) / step) };
+        self.schedule(idx, due);
     }
 
     /// The score below which a rescoring at any time in `[from, to]` decides nothing, for a user
@@ -978,20 +1020,19 @@ impl Engine {
             } else {
                 self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1), true)
             };
-        let mut left = self.quiet_count(quiet_until, next, evict_at);
-        if left == 0
-            && !silent_a_while
-            && !self.cfg.exhaustive_polling
-            && self.shadow.is_none()
-            && score < self.quiet_cut(&mem, last_active, next, next)
-        {
+        if quiet_until > next {
+            self.skip_to(idx, next, quiet_until, evict_at);
+        } else {
             // Scored on an event (or within an interval of one) below the cut: most users have
             // another event within the interval, so no search now, but one at the next due time
             // if they do not.
-            left = TRY_BOUND;
+            let try_bound = !silent_a_while
+                && !self.cfg.exhaustive_polling
+                && self.shadow.is_none()
+                && score < self.quiet_cut(&mem, last_active, next, next);
+            self.meta[idx as usize].quiet = if try_bound { Quiet::new(Quiet::TRY, 0) } else { Quiet::NONE };
+            self.schedule(idx, next);
         }
-        self.meta[idx as usize].quiet_left = left;
-        self.schedule(idx, next);
         let rank = match verdict {
             Verdict::NoTier => return,
             Verdict::Cooldown => {
