@@ -264,10 +264,10 @@ proptest! {
     }
 }
 
-/// Six users who go quiet for weeks at a time, scored by silence alone with `intercept`: the
-/// decisions and counters of the polling engine, then of the skipping one.
-fn weeks_of_silence(intercept: f64) -> (Vec<Record>, EngineCounters, Vec<Record>, EngineCounters) {
-    let s = Setup {
+/// Risk rises with recency alone, from `intercept`; daily due times, and nothing resent while
+/// silent.
+fn rising_with_silence(intercept: f64) -> Setup {
+    Setup {
         coefs: vec![(usize::MAX, 1.2)],
         intercept,
         tiers: vec![0.8, 0.5],
@@ -282,7 +282,13 @@ fn weeks_of_silence(intercept: f64) -> (Vec<Record>, EngineCounters, Vec<Record>
         warm_up_days: None,
         shadow: false,
         swap_after: usize::MAX,
-    };
+    }
+}
+
+/// Six users who go quiet for weeks at a time, scored by silence alone with `intercept`: the
+/// decisions and counters of the polling engine, then of the skipping one.
+fn weeks_of_silence(intercept: f64) -> (Vec<Record>, EngineCounters, Vec<Record>, EngineCounters) {
+    let s = rising_with_silence(intercept);
     let evs: Vec<Ev> = (0..40)
         .map(|i| Ev { user: (i % 6) as u8, gap: (1 + i % 5) * 3 * DAY_MS, back: 0, kind: 0, amount: None })
         .collect();
@@ -325,22 +331,7 @@ fn silences_far_below_every_tier_compute_no_score() {
 /// 120), where the polling engine fires 120.
 #[test]
 fn a_quiet_silence_holds_a_timer_only_where_a_proof_ends() {
-    let s = Setup {
-        coefs: vec![(usize::MAX, 1.2)],
-        intercept: -30.0,
-        tiers: vec![0.8, 0.5],
-        cooldown_days: 0,
-        resend_while_silent: false,
-        control: false,
-        value_rule: false,
-        interval: DAY_MS,
-        ttl_days: 120,
-        score_at: None,
-        lateness: 0,
-        warm_up_days: None,
-        shadow: false,
-        swap_after: usize::MAX,
-    };
+    let s = rising_with_silence(-30.0);
     let due_times = |exhaustive: bool| {
         let mut e = engine(&s, exhaustive);
         let ev =

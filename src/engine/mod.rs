@@ -324,10 +324,9 @@ const FRESH_META: UserMeta = UserMeta {
 /// bound keeps below the cut decides nothing, so a proven span of them holds no timer at all;
 /// the timer waits at the span's end ([`crossing`]).
 ///
-/// Bits: [`Quiet::TRY`], [`Quiet::TO_EVICTION`], and a count of the due times before
-/// `next_due` that were skipped (the span behind it, from where polling would have had the
-/// timer right after the proof), which puts the timer back where polling would have it when a
-/// model swap voids the proof.
+/// Bits: [`Quiet::TRY`], [`Quiet::TO_EVICTION`], and how many due times before `next_due` were
+/// skipped (from the one after the last fired or scored), which puts the timer back where
+/// polling would have it when a model swap voids the proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Quiet(u32);
 
