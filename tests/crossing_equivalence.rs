@@ -458,3 +458,30 @@ fn a_restored_skipping_engine_decides_as_the_polling_one() {
     second.advance_watermark_decisions(clock + 200 * DAY_MS, &mut |d| out.push(record(d)));
     assert_eq!(out, polled);
 }
+
+/// In the warm-up, a silent user scored at or above the lowest tier is held at every due time,
+/// and their timer skips to where a bound stops proving it (the engine's `Quiet::HELD`). The
+/// held decisions are still counted, each one, as polling counts them: for a span that runs to
+/// the eviction (u0, whose TTL ends inside the warm-up), for spans that an event cuts short
+/// (u1, active every 9 days into the decisions after the warm-up), and for a span that a model
+/// swap voids (u2, silent since the start when the swap comes).
+#[test]
+fn held_warm_up_silences_skip_their_scores_and_count_every_held_decision() {
+    let s = Setup { intercept: 0.5, ttl_days: 20, warm_up_days: Some(60), swap_after: 4, ..rising_with_silence(0.0) };
+    let ev = |user: u8, gap: Millis| Ev { user, gap, back: 0, kind: 0, amount: None };
+    let mut evs = vec![ev(0, 0), ev(1, HOUR_MS), ev(2, HOUR_MS)];
+    evs.extend((0..11).map(|_| ev(1, 9 * DAY_MS)));
+    let (polled, pc) = run(&s, &evs, true);
+    let (skipped, sc) = run(&s, &evs, false);
+    assert_eq!(skipped, polled);
+    assert!(polled.iter().any(|r| r.user == "u1"), "u1 is decided on after the warm-up: {polled:?}");
+    assert!(pc.held_warm_up > 50, "held while polling: {}", pc.held_warm_up);
+    assert_eq!(sc.held_warm_up, pc.held_warm_up);
+    assert_eq!(decision_counters(&sc), decision_counters(&pc));
+    assert!(
+        sc.scored_on_timer * 2 < pc.scored_on_timer,
+        "{} of {} rescorings computed",
+        sc.scored_on_timer,
+        pc.scored_on_timer
+    );
+}

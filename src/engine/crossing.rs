@@ -226,6 +226,9 @@ mod tests {
         assert!(b.counters.scored_on_timer < a.counters.scored_on_timer, "the skip skipped nothing");
         assert!(out_a == out_b, "intervention output differs");
         assert!(control_a == control_b, "control output differs");
+        // Held warm-up spans skip their scores but count every held decision.
+        assert!(a.counters.held_warm_up > 0);
+        assert_eq!(b.counters.held_warm_up, a.counters.held_warm_up, "held decisions differ");
     }
 
     /// Each record's `"emitted_at":"..."` value blanked: the only field that is the wall clock.

@@ -322,11 +322,14 @@ const FRESH_META: UserMeta = UserMeta {
 
 /// What a user's timer at `next_due` knows of their quiet due times: a due time whose score a
 /// bound keeps below the cut decides nothing, so a proven span of them holds no timer at all;
-/// the timer waits at the span's end ([`crossing`]).
+/// the timer waits at the span's end ([`crossing`]). So does a span of warm-up due times whose
+/// score a bound keeps at or above the lowest tier ([`Quiet::HELD`]): each would only count one
+/// held decision, which is counted when the span has passed.
 ///
-/// Bits: [`Quiet::TRY`], [`Quiet::TO_EVICTION`], and how many due times before `next_due` were
-/// skipped (from the one after the last fired or scored), which puts the timer back where
-/// polling would have it when a model swap voids the proof.
+/// Bits: [`Quiet::TRY`], [`Quiet::TO_EVICTION`], [`Quiet::HELD`], and how many due times before
+/// `next_due` were skipped (from the one after the last fired or scored), which puts the timer
+/// back where polling would have it when a model swap voids the proof, and counts the held
+/// decisions of a held span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Quiet(u32);
 
@@ -337,7 +340,11 @@ impl Quiet {
     const TRY: u32 = 1 << 31;
     /// The due time and every later one before the eviction are proven quiet.
     const TO_EVICTION: u32 = 1 << 30;
-    const MAX_SKIPPED: u32 = Quiet::TO_EVICTION - 1;
+    /// The skipped due times (and, with [`Quiet::TO_EVICTION`], `next_due` too) are in the
+    /// warm-up with a score at or above the lowest tier: held decisions, not quiet ones. The due
+    /// time at the end of a span that does not reach the eviction is unproven and scored.
+    const HELD: u32 = 1 << 29;
+    const MAX_SKIPPED: u32 = Quiet::HELD - 1;
 
     fn new(flags: u32, skipped: i64) -> Quiet {
         Quiet(flags | u32::try_from(skipped).map_or(Quiet::MAX_SKIPPED, |n| n.min(Quiet::MAX_SKIPPED)))
@@ -353,6 +360,10 @@ impl Quiet {
 
     fn skipped(self) -> i64 {
         i64::from(self.0 & Quiet::MAX_SKIPPED)
+    }
+
+    fn held(self) -> bool {
+        self.0 & Quiet::HELD != 0
     }
 }
 
@@ -553,7 +564,12 @@ impl Engine {
             if m.next_due == NO_DUE || n == 0 {
                 continue;
             }
-            let due = crossing::polled_due(m.next_due - n * step, step, granularity, self.timers.base());
+            let first = m.next_due - n * step;
+            let due = crossing::polled_due(first, step, granularity, self.timers.base());
+            if m.quiet.held() {
+                // Polling fired (and held) the due times before `due` under the old model.
+                self.counters.held_warm_up += ((due - first) / step) as u64;
+            }
             if due < m.next_due {
                 self.preserve(idx as u32);
                 self.schedule(idx as u32, due);
@@ -611,6 +627,7 @@ impl Engine {
                 break;
             }
         }
+        self.end_held_span(idx, ev.ts);
         if self.store.apply(idx, ev.ts, type_idx, ev.amount.unwrap_or(0.0)) == crate::features::Applied::OutOfOrder {
             self.counters.events_out_of_order += 1;
         }
@@ -757,6 +774,11 @@ impl Engine {
         self.meta[idx as usize].next_due = NO_DUE;
         self.mark_changed(idx);
         let last = self.store.user(idx).last_ts();
+        let quiet = self.meta[idx as usize].quiet;
+        if quiet.held() {
+            // Every due time the span skipped was a held decision.
+            self.counters.held_warm_up += quiet.skipped() as u64;
+        }
         if due - last >= self.cfg.state_ttl.ms() {
             // Silent past the TTL: an outcome still open is closed with what it has seen.
             self.close_outcome(idx);
@@ -770,11 +792,13 @@ impl Engine {
             self.counters.users_evicted += 1;
             return false;
         }
-        let quiet = self.meta[idx as usize].quiet;
         let step = self.interval();
         let evict_at = self.evict_at(last);
         if quiet.to_eviction() {
-            // Proven quiet up to the eviction, which polling would reach from here too.
+            // Proven quiet (or held) up to the eviction, which polling would reach from here too.
+            if quiet.held() {
+                self.counters.held_warm_up += 1;
+            }
             self.meta[idx as usize].quiet = Quiet::NONE;
             self.schedule(idx, evict_at);
             return true;
@@ -785,9 +809,9 @@ impl Engine {
             // first) most likely proves them all, and then no score is computed here at all.
             // One try: if it fails, the score computed here searches on from it, halving.
             let len = ((due - last) / step).max(1) + 1;
-            let until = self.quiet_span(idx, due, step, evict_at, len, false);
+            let until = self.quiet_span(idx, due, step, evict_at, len, false, false);
             if until > due {
-                self.skip_to(idx, due + step, until, evict_at);
+                self.skip_to(idx, due + step, until, evict_at, false);
                 return true;
             }
         }
@@ -851,6 +875,23 @@ impl Engine {
         self.outcome_timers.push(due, idx);
     }
 
+    /// An event at `ts` ends the user's held span ([`Quiet::HELD`]): of the due times it
+    /// skipped, those up to `ts` have passed (polling's catch-up fires each one before the
+    /// event) and are counted as held; the later ones never come.
+    fn end_held_span(&mut self, idx: u32, ts: Millis) {
+        let step = self.interval();
+        let m = &mut self.meta[idx as usize];
+        if !m.quiet.held() || m.next_due == NO_DUE {
+            return;
+        }
+        let n = m.quiet.skipped();
+        let first = m.next_due - n * step;
+        if ts >= first {
+            self.counters.held_warm_up += ((ts - first) / step + 1).min(n) as u64;
+        }
+        m.quiet = Quiet::NONE;
+    }
+
     fn schedule(&mut self, idx: u32, due: Millis) {
         let m = &mut self.meta[idx as usize];
         let had = m.next_due;
@@ -863,18 +904,20 @@ impl Engine {
 
     /// Set the user's timer past a proven span: every due time of the chain from `first` (the
     /// one after the last fired or scored) up to `until` (the first unproven one, or the
-    /// eviction) is quiet, so the timer waits at `until`, which then tries a bound, or, for a
-    /// span to the eviction, at the chain's last due time before it. A span too long to count
-    /// is cut short (shorter is sound: its end only tries a bound).
-    fn skip_to(&mut self, idx: u32, first: Millis, until: Millis, evict_at: Millis) {
+    /// eviction) is quiet (or, with `held`, a held decision), so the timer waits at `until`,
+    /// which then tries a bound (a held span's end is scored), or, for a span to the eviction,
+    /// at the chain's last due time before it. A span too long to count is cut short (shorter
+    /// is sound: its end only tries a bound, or is scored).
+    fn skip_to(&mut self, idx: u32, first: Millis, until: Millis, evict_at: Millis, held: bool) {
         let step = self.interval();
+        let open = if held { Quiet::HELD } else { Quiet::TRY };
         let (due, flags) = if until >= evict_at && first < evict_at {
-            (first + (evict_at - 1 - first) / step * step, Quiet::TO_EVICTION)
+            (first + (evict_at - 1 - first) / step * step, Quiet::TO_EVICTION | (open & Quiet::HELD))
         } else {
-            (until.min(evict_at), Quiet::TRY)
+            (until.min(evict_at), open)
         };
         let longest = first.saturating_add(i64::from(Quiet::MAX_SKIPPED).saturating_mul(step));
-        let (due, flags) = if due > longest { (longest, Quiet::TRY) } else { (due, flags) };
+        let (due, flags) = if due > longest { (longest, open) } else { (due, flags) };
         self.meta[idx as usize].quiet =
             if due >= evict_at { Quiet::NONE } else { Quiet::new(flags, (due - first).max(0) / step) };
         self.schedule(idx, due);
@@ -919,23 +962,33 @@ impl Engine {
     /// rescoring changes nothing: no decision, no policy memory, no warm-up hold; with a shadow
     /// model, the shadow is kept below too, so no disagreement goes uncounted.
     /// With `halve` false, one try over the whole span ([`crossing::quiet_until`]).
+    ///
+    /// With `held`, the span is of held decisions instead: due times in the warm-up (so before
+    /// the first due time at or past its end, `end`) whose score the bound keeps at or above
+    /// the lowest tier. Each would only be counted as held: the warm-up leaves the policy's
+    /// memory alone. The caller makes sure no shadow model is set.
+    #[allow(clippy::too_many_arguments)]
     fn quiet_span(
         &mut self,
         idx: u32,
         next: Millis,
         interval: Millis,
-        evict_at: Millis,
+        end: Millis,
         len: i64,
         halve: bool,
+        held: bool,
     ) -> Millis {
         let min = self.policy.min_threshold();
         let (mut lo, mut hi) = (std::mem::take(&mut self.bound_lo), std::mem::take(&mut self.bound_hi));
         let (layout, user) = (self.store.layout(), self.store.user(idx));
         let (scorer, shadow) = (&self.scorer, self.shadow.as_deref());
         let mem = self.meta[idx as usize].memory;
-        let due = crossing::quiet_until(next, interval, evict_at, len, halve, |a, b| {
-            let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
+        let due = crossing::quiet_until(next, interval, end, len, halve, |a, b| {
             layout.vector_bounds(user, a, b, &mut lo, &mut hi);
+            if held {
+                return sigmoid(scorer.logit_lower(&lo, &hi)) >= min;
+            }
+            let cut = self.quiet_cut(&mem, user.last_ts(), a, b);
             sigmoid(scorer.logit_upper(&lo, &hi)) < cut && shadow.is_none_or(|s| sigmoid(s.logit_upper(&lo, &hi)) < min)
         });
         self.bound_lo = lo;
@@ -959,12 +1012,14 @@ impl Engine {
             }
         }
         let memory_before = self.meta[idx as usize].memory;
+        let mut held = false;
         let verdict = if score < self.policy.min_threshold() {
             Verdict::NoTier
         } else if at < self.warm_until {
             // Held: the features do not yet cover a full window. The policy's memory is left
             // alone, so the first decision after the warm-up is judged as on a fresh start.
             self.counters.held_warm_up += 1;
+            held = true;
             Verdict::NoTier
         } else {
             let last_active = self.store.user(idx).last_ts();
@@ -1017,10 +1072,21 @@ impl Engine {
             if self.cfg.exhaustive_polling || !silent_a_while || !self.worth_a_search(score, &mem, last_active, next) {
                 next
             } else {
-                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1), true)
+                self.quiet_span(idx, next, interval, evict_at, ((at - last_active) / interval).max(1), true, false)
+            };
+        // Held in the warm-up, and silent a while: the due times after this one are most likely
+        // held too, up to the end of the warm-up or the next crossing of the lowest tier.
+        let held_until =
+            if held && quiet_until == next && silent_a_while && !self.cfg.exhaustive_polling && self.shadow.is_none() {
+                let end = evict_at.min(crossing::first_after(next, interval, self.warm_until.saturating_sub(1)));
+                self.quiet_span(idx, next, interval, end, ((at - last_active) / interval).max(1), true, true)
+            } else {
+                next
             };
         if quiet_until > next {
-            self.skip_to(idx, next, quiet_until, evict_at);
+            self.skip_to(idx, next, quiet_until, evict_at, false);
+        } else if held_until > next {
+            self.skip_to(idx, next, held_until, evict_at, true);
         } else {
             // Scored on an event (or within an interval of one) below the cut: most users have
             // another event within the interval, so no search now, but one at the next due time

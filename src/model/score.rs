@@ -150,6 +150,16 @@ impl Scorer {
     /// bound holds for the computed logit too; the margin covers a libm that is not exactly
     /// monotone.
     pub fn logit_upper(&self, lo: &[f64], hi: &[f64]) -> f64 {
+        self.logit_bound(lo, hi, true)
+    }
+
+    /// A lower bound of [`Scorer::logit`] over the same vectors (`-inf` when none can be
+    /// given): [`Scorer::logit_upper`] with every term at its other end.
+    pub fn logit_lower(&self, lo: &[f64], hi: &[f64]) -> f64 {
+        self.logit_bound(lo, hi, false)
+    }
+
+    fn logit_bound(&self, lo: &[f64], hi: &[f64], upper: bool) -> f64 {
         let mut z = self.bias;
         let mut size = self.bias.abs();
         let mut memo = Memo::EMPTY;
@@ -157,7 +167,7 @@ impl Scorer {
             // A NaN end must poison the bound, not be skipped over.
             let x = if l.is_nan() || h.is_nan() {
                 f64::NAN
-            } else if w >= 0.0 {
+            } else if (w >= 0.0) == upper {
                 h
             } else {
                 l
@@ -172,11 +182,12 @@ impl Scorer {
         for &(i, t, w) in &self.other_terms {
             add(t, w, lo[i], hi[i]);
         }
-        let bound = z + 1e-9 * (1.0 + size);
-        if bound.is_nan() {
-            f64::INFINITY
-        } else {
-            bound
+        let margin = 1e-9 * (1.0 + size);
+        let bound = if upper { z + margin } else { z - margin };
+        match (bound.is_nan(), upper) {
+            (false, _) => bound,
+            (true, true) => f64::INFINITY,
+            (true, false) => f64::NEG_INFINITY,
         }
     }
 
@@ -254,6 +265,32 @@ mod tests {
     fn shipped() -> Scorer {
         let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"));
         Scorer::new(&ModelArtifact::load(path).expect("shipped model"))
+    }
+
+    proptest! {
+        /// For every vector inside the box, `logit_lower <= logit <= logit_upper`, with the
+        /// shipped model's weights of both signs, boxes from a point to wide ones, negative
+        /// amounts, and integer ends (the table's path) as well as fractional ones.
+        #[test]
+        fn the_bounds_hold_the_logit_of_every_vector_in_the_box(
+            ends in prop::collection::vec((-20.0f64..500.0, 0.0f64..400.0, 0.0f64..=1.0, any::<bool>()), 80),
+        ) {
+            let s = shipped();
+            let n = s.n_features();
+            let (mut lo, mut hi, mut x) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            for (i, &(l, width, at, whole)) in ends.iter().take(n).enumerate() {
+                let l = if whole { l.round() } else { l };
+                let w = if whole { width.round() } else { width };
+                lo[i] = l;
+                hi[i] = l + w;
+                x[i] = if whole { (l + (w * at).round()).min(l + w) } else { l + w * at };
+            }
+            let (low, z, up) = (s.logit_lower(&lo, &hi), s.logit(&x), s.logit_upper(&lo, &hi));
+            prop_assert!(low <= z && z <= up, "{low} <= {z} <= {up}");
+            // At a point the bounds are the logit, up to the margin.
+            let (at_low, at_up, at) = (s.logit_lower(&x, &x), s.logit_upper(&x, &x), z);
+            prop_assert!(at_low <= at && at <= at_up && at_up - at_low < 1e-4, "{at_low} {at} {at_up}");
+        }
     }
 
     proptest! {
