@@ -91,17 +91,6 @@ impl Memo {
         }
         self.value
     }
-
-    /// [`transform`], through the memo (`table`: the log1p table, fetched once by the caller).
-    #[inline]
-    fn transform(&mut self, table: &[f64], t: Transform, x: f64) -> f64 {
-        if t == Transform::Log1p {
-            if let Some(n) = table_index(x) {
-                return table[n];
-            }
-        }
-        self.apply(t, x)
-    }
 }
 
 #[inline]
@@ -184,29 +173,32 @@ impl Scorer {
         let table: &[f64] = &LOG1P_TABLE;
         let mut z = self.bias;
         let mut size = self.bias.abs();
+        // A NaN end must poison the bound, not be skipped over when the other end is picked:
+        // `l - h` is NaN when either is (and for two equal infinities, where no bound is lost).
+        let mut poison = 0.0;
         let mut memo = Memo::EMPTY;
-        let mut add = |t: Transform, w: f64, l: f64, h: f64| {
-            // A NaN end must poison the bound, not be skipped over.
-            let x = if l.is_nan() || h.is_nan() {
-                f64::NAN
-            } else if (w >= 0.0) == upper {
-                h
-            } else {
-                l
+        for &(i, w) in &self.log1p_terms {
+            let (l, h) = (lo[i], hi[i]);
+            poison += l - h;
+            let x = if (w >= 0.0) == upper { h } else { l };
+            let v = match table_index(x) {
+                Some(n) => table[n],
+                None => memo.apply(Transform::Log1p, x),
             };
-            let term = w * memo.transform(table, t, x);
+            let term = w * v;
             z += term;
             size += term.abs();
-        };
-        for &(i, w) in &self.log1p_terms {
-            add(Transform::Log1p, w, lo[i], hi[i]);
         }
         for &(i, t, w) in &self.other_terms {
-            add(t, w, lo[i], hi[i]);
+            let (l, h) = (lo[i], hi[i]);
+            poison += l - h;
+            let term = w * memo.apply(t, if (w >= 0.0) == upper { h } else { l });
+            z += term;
+            size += term.abs();
         }
         let margin = 1e-9 * (1.0 + size);
         let bound = if upper { z + margin } else { z - margin };
-        match (bound.is_nan(), upper) {
+        match (bound.is_nan() || poison.is_nan(), upper) {
             (false, _) => bound,
             (true, true) => f64::INFINITY,
             (true, false) => f64::NEG_INFINITY,
@@ -337,6 +329,28 @@ mod tests {
             // At a point the bounds are the logit, up to the margin.
             let (at_low, at_up, at) = (s.logit_lower(&x, &x), s.logit_upper(&x, &x), z);
             prop_assert!(at_low <= at && at <= at_up && at_up - at_low < 1e-4, "{at_low} {at} {at_up}");
+        }
+    }
+
+    /// A NaN at either end of any weighted feature's range leaves no bound to give: the upper
+    /// bound is `+inf` and the lower `-inf`, whichever end the weight's sign would have picked.
+    /// (A feature with a zero weight is not in the logit at all.)
+    #[test]
+    fn a_nan_end_poisons_both_bounds() {
+        let s = shipped();
+        let n = s.n_features();
+        assert!(s.coef.iter().filter(|c| **c != 0.0).count() > n / 2);
+        for i in (0..n).filter(|i| s.coef[*i] != 0.0) {
+            for nan_high in [false, true] {
+                let (mut lo, mut hi) = (vec![1.0; n], vec![2.0; n]);
+                if nan_high {
+                    hi[i] = f64::NAN;
+                } else {
+                    lo[i] = f64::NAN;
+                }
+                assert_eq!(s.logit_upper(&lo, &hi), f64::INFINITY, "feature {i}, NaN high: {nan_high}");
+                assert_eq!(s.logit_lower(&lo, &hi), f64::NEG_INFINITY, "feature {i}, NaN high: {nan_high}");
+            }
         }
     }
 
