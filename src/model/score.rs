@@ -174,7 +174,8 @@ impl Scorer {
         let mut z = self.bias;
         let mut size = self.bias.abs();
         // A NaN end must poison the bound, not be skipped over when the other end is picked:
-        // `l - h` is NaN when either is (and for two equal infinities, where no bound is lost).
+        // `l - h` is NaN when either is. It is also NaN for two equal infinities, which no
+        // feature has; giving no bound there is sound, as it always is.
         let mut poison = 0.0;
         let mut memo = Memo::EMPTY;
         for &(i, w) in &self.log1p_terms {
